@@ -1,0 +1,82 @@
+"""How the token sequence becomes one vector (``model.pool``), paper Appendix D.3.
+
+Each pooling owns what it needs: ``cls`` owns the class token (so ``gap`` creates none) and every
+pooling applies the final LayerNorm where its reference implementation does: on the class token
+(eq. 4: y = LN(z_L^0)), after averaging (timm's ``fc_norm`` for GAP), or before attention pooling.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, Optional
+
+import torch
+from timm.layers import AttentionPoolLatent
+from torch import nn
+
+from vit_ablate.registry import Registry
+
+POOLINGS: Registry = Registry("model.pool")
+
+
+class Pooling(nn.Module):
+    num_prefix_tokens: int = 0
+    # our parameter prefix → timm's, for timm_interop
+    timm_names: Optional[Dict[str, str]] = {}  # our suffix → timm's name; None: timm has no equivalent
+    timm_kwargs: Dict[str, object] = {}  # the timm VisionTransformer arguments that build the same pooling
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
+        super().__init__()
+        self.norm = final_norm
+
+    def prefix_tokens(self, batch: int) -> Optional[torch.Tensor]:
+        """Tokens prepended to the patch sequence before position embeddings are added."""
+        return None
+
+
+@POOLINGS.register("cls")
+class ClassTokenPooling(Pooling):
+    """A learned [class] token is prepended; its final state is the image representation (§3.1)."""
+
+    num_prefix_tokens = 1
+    timm_names = {"cls_token": "cls_token", "norm.": "norm."}
+    timm_kwargs = {"class_token": True, "global_pool": "token"}
+    no_weight_decay_names = ("cls_token",)
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
+        super().__init__(dim, heads, mlp_dim, final_norm)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.cls_token, std=1e-6)  # as timm
+
+    def prefix_tokens(self, batch: int) -> torch.Tensor:
+        return self.cls_token.expand(batch, -1, -1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(tokens[:, 0])
+
+
+@POOLINGS.register("gap")
+class GlobalAveragePooling(Pooling):
+    """Mean of the patch tokens; no class token exists at all (D.3)."""
+
+    timm_names = {"norm.": "fc_norm."}
+    timm_kwargs = {"class_token": False, "global_pool": "avg"}
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(tokens.mean(dim=1))
+
+
+@POOLINGS.register("map")
+class AttentionPooling(Pooling):
+    """Multi-head attention pooling with a learned query (big_vision's MAP head, timm's AttentionPoolLatent)."""
+
+    timm_names = {"norm.": "norm.", "attn_pool.": "attn_pool."}
+    timm_kwargs = {"class_token": False, "global_pool": "map"}
+    no_weight_decay_names = ("attn_pool.latent",)
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
+        super().__init__(dim, heads, mlp_dim, final_norm)
+        self.attn_pool = AttentionPoolLatent(dim, num_heads=heads, mlp_ratio=mlp_dim / dim, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.attn_pool(self.norm(tokens))

@@ -1,0 +1,359 @@
+"""Position embeddings (``model.pos_embed``) and where additive ones are added (``model.pos_embed_at``).
+
+Paper Appendix D.4 / Table 8 compares no embedding, a learned 1-D table, a learned 2-D table (X and Y
+tables of D/2 each, concatenated) and 1-D relative attention, added at the input, at every layer, or
+one table shared by every layer. Beyer et al. (2022) add fixed 2-D sin-cos; RoPE-ViT (Heo et al. 2024)
+adds 2-D rotary embeddings.
+
+A position embedding acts through three hooks that the model calls at fixed points:
+``embed`` (after prefix tokens are prepended), ``before_block(i)`` and
+``make_attention_position(i)`` (a module that edits q/k or returns an attention bias for layer i).
+Adding a kind is one class and one ``@POSITION_EMBEDDINGS.register`` line; an additive table only
+implements ``make_table``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn.init import trunc_normal_
+
+from vit_ablate.registry import Registry
+
+POSITION_EMBEDDINGS: Registry = Registry("model.pos_embed")
+PLACEMENTS: Registry = Registry("model.pos_embed_at")
+
+
+@dataclass(frozen=True)
+class PositionContext:
+    """What a position embedding needs to know about the model it lives in."""
+
+    grid_size: Tuple[int, int]  # patch rows, patch columns
+    num_prefix_tokens: int  # class token(s) ahead of the patches
+    dim: int
+    heads: int
+    depth: int
+    at: str  # model.pos_embed_at
+    rope_theta: float = 100.0
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+class PositionEmbedding(nn.Module):
+    """No position information: the base behaviour of every hook is to do nothing."""
+
+    placements: Tuple[str, ...] = ("input",)  # the model.pos_embed_at values this kind supports
+    timm_names: Optional[Dict[str, str]] = {}  # our suffix → timm's name; None: timm has no equivalent
+    timm_kwargs: Dict[str, object] = {"pos_embed": "none"}  # timm VisionTransformer arguments
+
+    def __init__(self, ctx: PositionContext):
+        super().__init__()
+        self.ctx = ctx
+
+    @classmethod
+    def check(cls, ctx: PositionContext) -> None:
+        """Raise ValueError for a model this kind cannot serve (called before anything is built)."""
+        name = getattr(cls, "registry_name", cls.__name__)
+        if ctx.at not in cls.placements:
+            raise ValueError(
+                f"model.pos_embed_at={ctx.at!r} is not valid with model.pos_embed={name!r}; "
+                f"it supports {', '.join(cls.placements)}"
+            )
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def before_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def make_attention_position(self, index: int) -> Optional[nn.Module]:
+        """A fresh module for layer ``index``'s attention, or None. Owned by that attention layer."""
+        return None
+
+    def patch_table(self) -> Optional[torch.Tensor]:
+        """The (num_patches, D) table added to patch tokens, for the similarity plot (Figure 7)."""
+        return None
+
+
+@POSITION_EMBEDDINGS.register("none")
+class NoPositionEmbedding(PositionEmbedding):
+    """The Table 8 "no positional information" row: the model sees a bag of patches."""
+
+
+# --------------------------------------------------------------------------------------------
+# Additive tables and where they are added
+# --------------------------------------------------------------------------------------------
+class Placement(nn.Module):
+    """Holds the table(s) of an additive embedding and adds them at the right points."""
+
+    def __init__(self, make_table: Callable[[], nn.Module], depth: int):
+        super().__init__()
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def before_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+
+@PLACEMENTS.register("input")
+class AtInput(Placement):
+    """Added once to the input sequence (the paper's default)."""
+
+    def __init__(self, make_table: Callable[[], nn.Module], depth: int):
+        super().__init__(make_table, depth)
+        self.table = make_table()
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + self.table()
+
+    def first_table(self) -> nn.Module:
+        return self.table
+
+
+@PLACEMENTS.register("every_layer")
+class AtEveryLayer(Placement):
+    """A separate learned table added to the input of every layer (Table 8, "every layer")."""
+
+    def __init__(self, make_table: Callable[[], nn.Module], depth: int):
+        super().__init__(make_table, depth)
+        self.tables = nn.ModuleList(make_table() for _ in range(depth))
+
+    def before_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + self.tables[index]()
+
+    def first_table(self) -> nn.Module:
+        return self.tables[0]
+
+
+@PLACEMENTS.register("every_layer_shared")
+class AtEveryLayerShared(Placement):
+    """One table added to the input of every layer (Table 8, "every layer, shared")."""
+
+    def __init__(self, make_table: Callable[[], nn.Module], depth: int):
+        super().__init__(make_table, depth)
+        self.table = make_table()
+
+    def before_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + self.table()
+
+    def first_table(self) -> nn.Module:
+        return self.table
+
+
+class AdditivePositionEmbedding(PositionEmbedding):
+    """A (prefix + patches) × D table added to the tokens; subclasses only say how to make one."""
+
+    placements = tuple(PLACEMENTS.names())
+
+    def __init__(self, ctx: PositionContext):
+        super().__init__(ctx)
+        self.placement = PLACEMENTS.get(ctx.at)(lambda: self.make_table(ctx), ctx.depth)
+
+    def make_table(self, ctx: PositionContext) -> nn.Module:  # abstract: a module whose forward() gives (1, T, D)
+        raise NotImplementedError  # abstract
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.placement.embed(tokens)
+
+    def before_block(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
+        return self.placement.before_block(index, tokens)
+
+    def patch_table(self) -> torch.Tensor:
+        table = self.placement.first_table()()
+        return table[0, self.ctx.num_prefix_tokens :]
+
+
+class LearnedTable1d(nn.Module):
+    no_weight_decay_names = ("weight",)
+
+    def __init__(self, tokens: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, tokens, dim))
+        trunc_normal_(self.weight, std=0.02)  # as timm
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+@POSITION_EMBEDDINGS.register("1d")
+class Learned1d(AdditivePositionEmbedding):
+    """A learned embedding per sequence position, class token included (paper eq. 1)."""
+
+    timm_names = {"placement.table.weight": "pos_embed"}
+    timm_kwargs = {"pos_embed": "learn"}
+
+    def make_table(self, ctx: PositionContext) -> nn.Module:
+        return LearnedTable1d(ctx.num_prefix_tokens + ctx.num_patches, ctx.dim)
+
+
+class LearnedTable2d(nn.Module):
+    """Patch (r, c) gets [X_r ; Y_c]: a row table and a column table of D/2 each (paper D.4)."""
+
+    no_weight_decay_names = ("prefix", "rows", "cols")
+
+    def __init__(self, grid_size: Tuple[int, int], num_prefix: int, dim: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.prefix = nn.Parameter(torch.zeros(1, num_prefix, dim))  # the class token's own position
+        self.rows = nn.Parameter(torch.zeros(grid_size[0], dim // 2))
+        self.cols = nn.Parameter(torch.zeros(grid_size[1], dim - dim // 2))
+        for p in (self.prefix, self.rows, self.cols):
+            trunc_normal_(p, std=0.02)
+
+    def forward(self) -> torch.Tensor:
+        rows, cols = self.grid_size
+        grid = torch.cat(
+            [self.rows[:, None, :].expand(rows, cols, -1), self.cols[None, :, :].expand(rows, cols, -1)], dim=-1
+        )
+        return torch.cat([self.prefix, grid.reshape(1, rows * cols, -1)], dim=1)
+
+
+@POSITION_EMBEDDINGS.register("2d")
+class Learned2d(AdditivePositionEmbedding):
+    timm_names = None
+
+    @classmethod
+    def check(cls, ctx: PositionContext) -> None:
+        super().check(ctx)
+        if ctx.dim % 2:
+            raise ValueError(f"model.pos_embed='2d' needs an even model.dim (got {ctx.dim})")
+
+    def make_table(self, ctx: PositionContext) -> nn.Module:
+        return LearnedTable2d(ctx.grid_size, ctx.num_prefix_tokens, ctx.dim)
+
+
+def sincos_2d_table(grid_size: Tuple[int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """big_vision's ``posemb_sincos_2d``: [sin x, cos x, sin y, cos y], D/4 frequencies each."""
+    rows, cols = grid_size
+    y, x = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
+    quarter = dim // 4
+    omega = torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1)
+    omega = 1.0 / temperature**omega
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).float()
+
+
+class SinCosTable2d(nn.Module):
+    def __init__(self, grid_size: Tuple[int, int], num_prefix: int, dim: int):
+        super().__init__()
+        table = torch.cat([torch.zeros(num_prefix, dim), sincos_2d_table(grid_size, dim)], dim=0)
+        self.register_buffer("table", table[None], persistent=False)  # fixed, recomputed on load
+
+    def forward(self) -> torch.Tensor:
+        return self.table
+
+
+@POSITION_EMBEDDINGS.register("sincos2d")
+class SinCos2d(AdditivePositionEmbedding):
+    """Fixed 2-D sin-cos (Beyer et al. 2022's baseline); the class token gets zeros."""
+
+    # A fixed table is the same at every layer, so "every_layer" would equal "every_layer_shared".
+    placements = ("input", "every_layer_shared")
+    timm_names = None
+
+    @classmethod
+    def check(cls, ctx: PositionContext) -> None:
+        super().check(ctx)
+        if ctx.dim % 4:
+            raise ValueError(f"model.pos_embed='sincos2d' needs model.dim divisible by 4 (got {ctx.dim})")
+
+    def make_table(self, ctx: PositionContext) -> nn.Module:
+        return SinCosTable2d(ctx.grid_size, ctx.num_prefix_tokens, ctx.dim)
+
+
+# --------------------------------------------------------------------------------------------
+# Position inside attention
+# --------------------------------------------------------------------------------------------
+class RelativeLogits(nn.Module):
+    """Paper D.4's 1-D relative attention for one layer.
+
+    Each offset j − i between patches (raster order) has a learned embedding r; the query attends to it
+    like a key, and ``q_i · r_{j−i}`` (scaled like the content logits) is added to the attention logits
+    before the softmax. Pairs involving a prefix token share one extra learned embedding, since the
+    class token has no place in the image. The result is passed to SDPA as an additive float mask.
+    """
+
+    no_weight_decay_names = ("table",)
+
+    def __init__(self, grid_size: Tuple[int, int], num_prefix: int, head_dim: int):
+        super().__init__()
+        patches = grid_size[0] * grid_size[1]
+        offsets = 2 * patches - 1
+        # one extra slot for pairs involving a prefix token, only when there is one (none under gap/map)
+        self.table = nn.Parameter(torch.zeros(offsets + (1 if num_prefix else 0), head_dim))
+        trunc_normal_(self.table, std=0.02)
+        pos = torch.arange(patches)
+        index = torch.full((num_prefix + patches, num_prefix + patches), offsets, dtype=torch.long)
+        index[num_prefix:, num_prefix:] = pos[None, :] - pos[:, None] + patches - 1
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float):
+        logits = (q * scale) @ self.table.t()  # B, h, T, offsets
+        batch, heads, tokens, _ = q.shape
+        bias = logits.gather(-1, self.index.expand(batch, heads, tokens, tokens))
+        return q, k, bias
+
+
+@POSITION_EMBEDDINGS.register("relative")
+class Relative1d(PositionEmbedding):
+    """1-D relative attention in every layer (Table 8, "relative" row); its own table per layer."""
+
+    timm_names = None
+
+    def make_attention_position(self, index: int) -> nn.Module:
+        return RelativeLogits(self.ctx.grid_size, self.ctx.num_prefix_tokens, self.ctx.head_dim)
+
+
+class Rotary2d(nn.Module):
+    """Axial 2-D RoPE: half of each head's channels rotate with the row, half with the column."""
+
+    def __init__(self, grid_size: Tuple[int, int], num_prefix: int, head_dim: int, theta: float):
+        super().__init__()
+        quarter = head_dim // 4
+        freqs = 1.0 / theta ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+        rows, cols = torch.meshgrid(
+            torch.arange(grid_size[0], dtype=torch.float64), torch.arange(grid_size[1], dtype=torch.float64), indexing="ij"
+        )
+        angles = torch.cat([rows.flatten()[:, None] * freqs, cols.flatten()[:, None] * freqs], dim=1)  # N, dh/2
+        self.num_prefix = num_prefix
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def _rotate(self, t: torch.Tensor) -> torch.Tensor:
+        prefix, patches = t[..., : self.num_prefix, :], t[..., self.num_prefix :, :]
+        first, second = patches.chunk(2, dim=-1)
+        cos, sin = self.cos.to(t.dtype), self.sin.to(t.dtype)
+        rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+        return torch.cat([prefix, rotated], dim=-2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float):
+        return self._rotate(q), self._rotate(k), None
+
+
+@POSITION_EMBEDDINGS.register("rope2d")
+class Rope2d(PositionEmbedding):
+    """2-D rotary position embedding on queries and keys of the patch tokens (RoPE-ViT, axial)."""
+
+    timm_names = None
+
+    @classmethod
+    def check(cls, ctx: PositionContext) -> None:
+        super().check(ctx)
+        if ctx.head_dim % 4:
+            raise ValueError(
+                f"model.pos_embed='rope2d' needs a head dimension (dim/heads) divisible by 4 (got {ctx.head_dim})"
+            )
+
+    def make_attention_position(self, index: int) -> nn.Module:
+        return Rotary2d(self.ctx.grid_size, self.ctx.num_prefix_tokens, self.ctx.head_dim, self.ctx.rope_theta)

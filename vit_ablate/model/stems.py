@@ -1,0 +1,146 @@
+"""How pixels become tokens (``model.stem``), paper §3.1.
+
+``patch``  — the pure ViT: non-overlapping P×P patches, linearly projected (a stride-P conv, timm's
+             PatchEmbed).
+``hybrid`` — the paper's hybrid: a ResNet feature map cut into 1×1 patches (timm's ResNetV2 and
+             HybridEmbed, exactly what timm's ``vit_base_r50_s16_224`` builds). ``hybrid_stage: 4``
+             uses ResNet-50 up to stage 4 (stride 32); ``hybrid_stage: 3`` removes stage 4 and moves its
+             blocks into stage 3 (layers 3, 4, 9; stride 16, a 4× longer sequence). "/16" in a hybrid's
+             name is this total stride.
+``conv``   — a small stack of stride-2 3×3 convolutions with BatchNorm and ReLU, then a 1×1
+             projection (Xiao et al. 2021, "Early convolutions help transformers see better").
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+import torch
+from timm.layers import HybridEmbed, PatchEmbed, StdConv2dSame
+from timm.models.resnetv2 import ResNetV2
+from torch import nn
+
+from vit_ablate.registry import Registry
+
+if TYPE_CHECKING:
+    from vit_ablate.model.vit import ViTSpec
+
+STEMS: Registry = Registry("model.stem")
+
+# paper §3.1: ResNet-50 up to stage 4, or with stage 4 folded into stage 3.
+HYBRID_STAGE_LAYERS: Dict[int, List[int]] = {3: [3, 4, 9], 4: [3, 4, 6, 3]}
+
+
+def _check_divisible(spec: "ViTSpec", stride: int, what: str) -> None:
+    if spec.img_size % stride:
+        raise ValueError(
+            f"model.img_size={spec.img_size} is not divisible by the {what} ({stride}); "
+            f"choose an image size that is a multiple of {stride}"
+        )
+
+
+class Stem(nn.Module):
+    grid_size: Tuple[int, int]
+    timm_names: Optional[Dict[str, str]] = {"": "patch_embed."}  # None: timm has no equivalent
+
+    @classmethod
+    def check(cls, spec: "ViTSpec") -> None:
+        _check_divisible(spec, spec.patch_size, f"patch size model.patch_size={spec.patch_size}")
+
+
+@STEMS.register("patch")
+class PatchStem(Stem):
+    """Linear projection of flattened P×P patches (paper eq. 1)."""
+
+    def __init__(self, spec: "ViTSpec"):
+        super().__init__()
+        embed = PatchEmbed(spec.img_size, spec.patch_size, spec.in_chans, spec.dim)
+        self.proj = embed.proj  # timm's name, so `patch_embed.proj.*` converts by prefix
+        self.grid_size = tuple(embed.grid_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+def hybrid_layers(spec: "ViTSpec") -> List[int]:
+    return list(spec.hybrid_layers) if spec.hybrid_layers else HYBRID_STAGE_LAYERS.get(spec.hybrid_stage, [])
+
+
+def hybrid_stride(layers: List[int]) -> int:
+    # ResNetV2 "same" stem: conv stride 2 + max-pool stride 2; every stage after the first halves again.
+    return 4 * 2 ** (len(layers) - 1)
+
+
+@STEMS.register("hybrid")
+class HybridStem(Stem):
+    """ResNetV2 (BiT-style, standardised convs, GroupNorm) feature map → 1×1 patches → D."""
+
+    @classmethod
+    def check(cls, spec: "ViTSpec") -> None:
+        layers = hybrid_layers(spec)
+        if not layers:
+            raise ValueError(
+                f"model.hybrid_stage={spec.hybrid_stage!r} is not valid; choose one of 3, 4 "
+                "(or give model.hybrid_layers, the ResNet blocks per stage)"
+            )
+        if not 1 <= len(layers) <= 4 or any(n <= 0 for n in layers):
+            raise ValueError(f"model.hybrid_layers={layers} must hold 1 to 4 positive block counts")
+        stride = hybrid_stride(layers)
+        if spec.patch_size != stride:
+            raise ValueError(
+                f"model.patch_size={spec.patch_size} does not match the hybrid stem's total stride {stride} "
+                f"(ResNet layers {layers}); a hybrid's '/P' is its stride: use variant '<size>/{stride}'"
+            )
+        _check_divisible(spec, stride, f"hybrid stem's stride")
+
+    def __init__(self, spec: "ViTSpec"):
+        super().__init__()
+        backbone = ResNetV2(
+            layers=hybrid_layers(spec),
+            num_classes=0,
+            global_pool="",
+            in_chans=spec.in_chans,
+            preact=False,
+            stem_type="same",
+            conv_layer=partial(StdConv2dSame, eps=1e-8),
+        )
+        embed = HybridEmbed(backbone, img_size=spec.img_size, patch_size=1, in_chans=spec.in_chans, embed_dim=spec.dim)
+        self.backbone = embed.backbone
+        self.proj = embed.proj
+        self.grid_size = tuple(embed.grid_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)
+        return self.proj(features).flatten(2).transpose(1, 2)
+
+
+@STEMS.register("conv")
+class ConvStem(Stem):
+    """log2(P) stride-2 3×3 conv + BN + ReLU layers, then a 1×1 conv to D (Xiao et al. 2021)."""
+
+    timm_names = None
+
+    @classmethod
+    def check(cls, spec: "ViTSpec") -> None:
+        super().check(spec)
+        if spec.patch_size < 2 or spec.patch_size & (spec.patch_size - 1):
+            raise ValueError(f"model.stem='conv' needs a power-of-two model.patch_size ≥ 2 (got {spec.patch_size})")
+
+    def __init__(self, spec: "ViTSpec"):
+        super().__init__()
+        steps = int(math.log2(spec.patch_size))
+        widths = [max(16, spec.dim >> (steps - i)) for i in range(steps)]
+        layers: List[nn.Module] = []
+        channels = spec.in_chans
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            channels = width
+        layers.append(nn.Conv2d(channels, spec.dim, 1))
+        self.convs = nn.Sequential(*layers)
+        side = spec.img_size // spec.patch_size
+        self.grid_size = (side, side)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.convs(images).flatten(2).transpose(1, 2)

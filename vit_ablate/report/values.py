@@ -1,0 +1,69 @@
+"""Canonical forms of configuration values, so that runs from different sources group together.
+
+The same setting reaches the report in several spellings: ``0.0008`` in a resolved ``config.yaml``,
+``8e-4`` in a sweep file or a ``# reference:`` comment (PyYAML reads that one as a string), ``8e-4``
+again as a JSON float in the manifest, ``True`` from the W&B agent. Grouping and matching compare the
+canonical string of a value, never the raw value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Dict, Mapping, Tuple
+
+__all__ = ["canon", "sort_key", "flatten"]
+
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _number(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))  # 1.0 and 1 are one setting (dropout 0 vs 0.0)
+    return repr(float(x))  # shortest round-tripping form: 0.0008, 3e-05
+
+
+def canon(value: Any) -> str:
+    """A canonical string for a config value: numbers by value, booleans and null in YAML spelling."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _number(float(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER_RE.match(text):
+            return _number(float(text))
+        # Python's str() spellings, as the W&B agent passes them (config._wandb_literal maps the same).
+        # Only the exact capitalised forms: "none" is a legitimate value (model.pos_embed=none).
+        return {"True": "true", "False": "false", "None": "null"}.get(text, text)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(canon(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return json.dumps({str(k): canon(v) for k, v in value.items()}, sort_keys=True)
+    return str(value)
+
+
+def sort_key(text: str) -> Tuple[int, float, str]:
+    """Numbers in numeric order before words in alphabetical order (so 3e-4 sorts before 8e-4)."""
+    if _NUMBER_RE.match(text):
+        return (0, float(text), text)
+    return (1, 0.0, text)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"model": {"pool": "gap"}}`` → ``{"model.pool": "gap"}``; lists stay values."""
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
