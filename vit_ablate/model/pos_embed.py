@@ -204,18 +204,20 @@ class LearnedTable2d(nn.Module):
     def __init__(self, grid_size: Tuple[int, int], num_prefix: int, dim: int):
         super().__init__()
         self.grid_size = grid_size
-        self.prefix = nn.Parameter(torch.zeros(1, num_prefix, dim))  # the class token's own position
+        # the class token has no (r, c): it gets its own learned vector, and none exists without it
+        self.prefix = nn.Parameter(torch.zeros(1, num_prefix, dim)) if num_prefix else None
         self.rows = nn.Parameter(torch.zeros(grid_size[0], dim // 2))
         self.cols = nn.Parameter(torch.zeros(grid_size[1], dim - dim // 2))
         for p in (self.prefix, self.rows, self.cols):
-            trunc_normal_(p, std=0.02)
+            if p is not None:
+                trunc_normal_(p, std=0.02)
 
     def forward(self) -> torch.Tensor:
         rows, cols = self.grid_size
         grid = torch.cat(
             [self.rows[:, None, :].expand(rows, cols, -1), self.cols[None, :, :].expand(rows, cols, -1)], dim=-1
-        )
-        return torch.cat([self.prefix, grid.reshape(1, rows * cols, -1)], dim=1)
+        ).reshape(1, rows * cols, -1)
+        return grid if self.prefix is None else torch.cat([self.prefix, grid], dim=1)
 
 
 @POSITION_EMBEDDINGS.register("2d")

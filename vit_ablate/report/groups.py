@@ -319,6 +319,8 @@ def analyse(
         adjusted = stats.holm([c.p for c in comparisons])
         for comparison, p_holm in zip(comparisons, adjusted):
             comparison.p_holm = float(p_holm)
+            if comparison.note:
+                notes.append(f"{comparison.group.label} vs baseline: {comparison.note}")
 
     excluded = [
         (collection.runs[i], g.label, reasons[i])

@@ -99,7 +99,7 @@ def bootstrap_ci_diff_unpaired(
     """Percentile bootstrap CI of mean(a) − mean(b), resampling each group on its own."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
-        return math.nan, math.nan, "a group with n<2: no CI"
+        return math.nan, math.nan, "a group has n<2"
     if np.all(x == x[0]) and np.all(y == y[0]):
         d = float(x[0] - y[0])
         return d, d, "no spread in either group: the CI is the point"

@@ -71,12 +71,16 @@ def comparison_verdict(c: Comparison, analysis: Analysis, n_comparisons: int, al
 
     if established:
         better = (c.diff > 0) == analysis.higher_is_better
+        # "worse by 7.1 points [95% CI 5.2, 9.0]": the CI in the same (unsigned) terms as the size.
+        low, high = (c.ci_low, c.ci_high) if c.diff >= 0 else (-c.ci_high, -c.ci_low)
+        magnitude_ci = units.interval(low, high)
+        ci_text = f" [95% CI {magnitude_ci[1:-1]}]" if magnitude_ci != "—" else f" (no CI: {c.ci_note})"
         line = (
             f"{subject} is {'better' if better else 'worse'} than {base} by "
             f"{units.magnitude(c.diff)}{ci_text}, {p_text}, {size}"
         )
     else:
-        p_both = f"p={fmt_p(c.p)}" + (f", {p_text}" if n_comparisons > 1 else "")
+        p_both = f"p={fmt_p(c.p)}" + (f", Holm-adjusted {fmt_p(c.p_holm)}" if n_comparisons > 1 else "")
         line = (
             f"{subject} vs {base}: not distinguishable at n={n} "
             f"(difference {units.delta(c.diff)}{units.unit}{ci_text}, {p_both})"

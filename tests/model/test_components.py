@@ -1,0 +1,120 @@
+"""Every valid combination of the ablation axes builds, trains and validates (issue 1)."""
+
+import itertools
+
+import pytest
+import torch
+
+from vit_ablate import build_model
+from vit_ablate.model import AXES, POSITION_EMBEDDINGS, resolve_spec
+
+TINY = {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "img_size": 16, "num_classes": 5, "head_zero_init": False}
+STEM_SETTINGS = {"patch": {"patch_size": 4}, "conv": {"patch_size": 4}, "hybrid": {"patch_size": 4, "hybrid_layers": [1]}}
+
+
+def _valid_pos_combinations():
+    for pos in POSITION_EMBEDDINGS.names():
+        for at in POSITION_EMBEDDINGS.get(pos).placements:
+            yield pos, at
+
+
+COMBINATIONS = [
+    (stem, pos, at, norm, pool, head)
+    for stem in AXES["model.stem"].names()
+    for (pos, at) in _valid_pos_combinations()
+    for norm, pool, head in itertools.product(
+        AXES["model.norm"].names(), AXES["model.pool"].names(), AXES["model.head"].names()
+    )
+]
+
+
+def test_the_combination_grid_covers_every_name():
+    assert len(COMBINATIONS) == 3 * 11 * 2 * 3 * 2  # 11 valid (pos_embed, pos_embed_at) pairs
+    for key, registry in AXES.items():
+        column = {"model.stem": 0, "model.pos_embed": 1, "model.pos_embed_at": 2, "model.norm": 3, "model.pool": 4, "model.head": 5}[key]
+        assert {c[column] for c in COMBINATIONS} == set(registry.names())
+
+
+@pytest.mark.parametrize("stem, pos, at, norm, pool, head", COMBINATIONS, ids=lambda v: str(v))
+def test_every_combination_builds_and_backpropagates(stem, pos, at, norm, pool, head):
+    torch.manual_seed(0)
+    cfg = {**TINY, **STEM_SETTINGS[stem], "stem": stem, "pos_embed": pos, "pos_embed_at": at, "norm": norm, "pool": pool, "head": head}
+    model = build_model(cfg)
+    logits = model(torch.randn(3, 3, 16, 16))
+    assert logits.shape == (3, 5)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(dim=1).sum().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not silent, f"parameters without a (finite, non-zero) gradient: {silent}"
+
+
+def _names(model):
+    return {n for n, _ in model.named_parameters()}
+
+
+def test_only_used_parameters_are_created():
+    base = {**TINY, "patch_size": 4}
+    gap_none = _names(build_model({**base, "pool": "gap", "pos_embed": "none"}))
+    assert not any("cls_token" in n or "pos_embed" in n for n in gap_none)
+    cls_1d = _names(build_model({**base, "pool": "cls", "pos_embed": "1d"}))
+    assert {"pool.cls_token", "pos_embed.placement.table.weight"} <= cls_1d
+    every = _names(build_model({**base, "pos_embed": "1d", "pos_embed_at": "every_layer"}))
+    assert sum("pos_embed.placement.tables" in n for n in every) == TINY["depth"]
+    shared = _names(build_model({**base, "pos_embed": "1d", "pos_embed_at": "every_layer_shared"}))
+    assert sum("pos_embed" in n for n in shared) == 1
+    post = build_model({**base, "norm": "post"})
+    assert not any(p.numel() for p in post.pool.norm.parameters())  # post-norm: no final LayerNorm
+    assert build_model({**base, "head": "linear"}).head.fc.in_features == TINY["dim"]
+
+
+def test_zero_initialised_head_gives_zero_logits():
+    model = build_model({**TINY, "patch_size": 4, "head_zero_init": True})
+    assert model(torch.randn(2, 3, 16, 16)).abs().max() == 0
+
+
+def test_no_weight_decay_names():
+    model = build_model({**TINY, "patch_size": 4, "pos_embed": "2d"})
+    names = model.no_weight_decay()
+    assert {"pool.cls_token", "pos_embed.placement.table.rows", "pos_embed.placement.table.cols", "pos_embed.placement.table.prefix"} <= names
+    assert "blocks.0.norm1.weight" in names and "blocks.0.attn.qkv.bias" in names
+    assert "blocks.0.attn.qkv.weight" not in names and "head.fc.weight" not in names
+    assert names <= _names(model)
+    rel = build_model({**TINY, "patch_size": 4, "pos_embed": "relative"})
+    assert "blocks.1.attn.position.table" in rel.no_weight_decay()
+
+
+def test_intermediates_are_named_and_consistent():
+    model = build_model({**TINY, "patch_size": 4}).eval()
+    images = torch.randn(2, 3, 16, 16)
+    taps = model.forward_intermediates(images)
+    assert list(taps) == ["stem", "pos_embed", "block0", "block1", "pre_logits", "logits"]
+    assert taps["stem"].shape == (2, 16, 32)
+    assert taps["pos_embed"].shape == (2, 17, 32)  # class token prepended
+    assert torch.allclose(taps["logits"], model(images), atol=1e-6)
+    assert torch.allclose(taps["pre_logits"], model.forward_pre_logits(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("pos", ["1d", "relative", "rope2d"])
+def test_explicit_attention_path_matches_sdpa(pos):
+    torch.manual_seed(0)
+    model = build_model({**TINY, "patch_size": 4, "pos_embed": pos}).eval()
+    images = torch.randn(2, 3, 16, 16)
+    fused = model(images)
+    maps = model.attention_maps(images)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 17, 17)
+    assert torch.allclose(maps[0].sum(-1), torch.ones(2, 4, 17), atol=1e-5)
+    for block in model.blocks:
+        block.attn.record_attention = True
+    try:
+        explicit = model(images)
+    finally:
+        for block in model.blocks:
+            block.attn.record_attention = False
+    assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_variant_and_overrides_resolve():
+    spec = resolve_spec({"variant": "S/16"})
+    assert (spec.dim, spec.depth, spec.heads, spec.mlp_dim, spec.patch_size) == (384, 12, 6, 1536, 16)
+    spec = resolve_spec({"variant": "Ti/16", "patch_size": 4, "img_size": 32, "depth": 6})
+    assert (spec.dim, spec.depth, spec.patch_size, spec.grid_side) == (192, 6, 4, 8)

