@@ -8,6 +8,8 @@ from typing import Dict, Optional, Sequence
 
 import yaml
 
+from vit_ablate.report.references import parse_reference_comments
+
 # val/acc1 (final) per group and seed; the report's means are checked against these by hand:
 #   1d: 0.80 0.82 0.81 → 81.00 ± 1.00;  2d: 0.81 0.82 0.82 → 81.67 ± 0.58;  none: 0.74 0.75 0.73 → 74.00 ± 1.00
 FINAL = {
@@ -49,7 +51,8 @@ def write_run(
     for epoch in range(epochs):
         # A curve that rises to the final value at the last epoch.
         acc = target * (epoch + 1) / epochs if status != "diverged" else 0.1
-        rows.append(f"{epoch},{(epoch + 1) * 64},{2.0 - 0.2 * epoch},{1.9 - 0.2 * epoch},{acc},{min(1.0, acc + 0.1)},0.001,{epoch * 10.0}")
+        cells = [epoch, (epoch + 1) * 64, 2.0 - 0.2 * epoch, 1.9 - 0.2 * epoch, acc, min(1.0, acc + 0.1), 0.001, epoch * 10.0]
+        rows.append(",".join(str(c) for c in cells))
     (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
     if status is not None:
         result = {"status": status, "error": error, "epochs": epochs, "seed": config.get("seed")}
@@ -96,8 +99,6 @@ def make_sweep(root: Path, final: Dict[str, Sequence[float]] = FINAL) -> Path:
                     "status": "diverged", "dir": diverged})
     entries.append({"name": f"run-{index + 1:03d}", "params": {"model.pos_embed": "2d", "seed": 3},
                     "status": "pending", "dir": f"run-{index + 1:03d}"})
-    from vit_ablate.report.references import parse_reference_comments
-
     manifest = {
         "sweep": "pos-embed",
         "file": str(root / "pos_embed.yaml"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -55,6 +57,7 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
     assert "| run-009 | model.pos_embed=none | 3 | diverged | result.json: diverged (loss is NaN at step 120) |" in excluded
     assert "| run-010 | model.pos_embed=2d | 3 | pending | not started (manifest: pending) |" in excluded
     assert {r.name for r in report.excluded} == {"run-009", "run-010"}
+    assert "with 3 runs per group the bootstrap CIs are optimistic" in md
 
     # CSV: raw fractions.
     with open(out / "report.csv") as handle:
@@ -65,7 +68,7 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
 
     # Figures: readable PNGs of the expected size, small; no temp files left behind.
     shapes = {p.name: mpimg.imread(p).shape for p in report.written if p.suffix == ".png"}
-    assert shapes == {"curves.png": (400, 640, 4), "final.png": (400, 400, 4)}
+    assert shapes == {"curves.png": (400, 640, 4), "final.png": (400, 450, 4)}
     assert all(p.stat().st_size < 200_000 for p in report.written)
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final.png", "report.csv", "report.md"]
 
@@ -83,13 +86,17 @@ def test_eight_seeds_reach_significance_and_compare_with_paper(tmp_path: Path):
         final={
             "1d": base,
             "2d": [v + d for v, d in zip(base, [0.01, -0.01, 0.0, 0.01, -0.01, 0.01, 0.0, -0.01])],
-            "none": [v - 0.07 for v in base],
+            # none − 1d per seed, in points: −6 −7 −8 −7 −6 −8 −7 −7 → mean −7.00, all negative.
+            "none": [v + d for v, d in zip(base, [-0.06, -0.07, -0.08, -0.07, -0.06, -0.08, -0.07, -0.07])],
         },
     )
     report = run_report([str(sweep)], baseline="model.pos_embed=1d")
     v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
-    # p = 2/256 raw; Holm over 2 comparisons: 2 × 2/256 = 0.015625.
-    assert v_none.startswith("model.pos_embed=none is worse than 1d by 7.00 points [95% CI -7.00, -7.00]")
+    # p = 2/256 raw (only all-minus and all-plus); Holm over 2 comparisons: 2 × 2/256 = 0.015625.
+    match = re.match(r"model\.pos_embed=none is worse than 1d by 7\.00 points \[95% CI (\S+), (\S+)\]", v_none)
+    assert match, v_none
+    low, high = float(match.group(1)), float(match.group(2))
+    assert 6.0 <= low < 7.0 < high <= 8.0  # the CI of the size, in the same unsigned terms
     assert "p=0.0156 (Holm), n=8 paired seeds" in v_none
     assert v_none.endswith("agrees in direction with paper Table 8, imagenet_5shot (none 61.38 < 1d 64.21)")
     v_2d = next(v for v in report.verdicts if v.startswith("model.pos_embed=2d"))
@@ -122,16 +129,25 @@ def test_lr_grouping_draws_figure9_curves_and_checks_baseline(tmp_path: Path):
 
 def test_unpaired_fallback_and_n1(tmp_path: Path):
     runs = tmp_path / "mixed"
-    for name, pos, seed, final in [("a0", "1d", 0, 0.80), ("a1", "1d", 1, 0.82), ("b5", "none", 5, 0.70)]:
+    for name, pos, seed, final in [
+        ("a0", "1d", 0, 0.80), ("a1", "1d", 1, 0.82),  # baseline: seeds 0, 1
+        ("b5", "none", 5, 0.70), ("b6", "none", 6, 0.71),  # no seed in common → unpaired
+        ("c0", "2d", 0, 0.81),  # n=1, pairs with seed 0
+    ]:
         write_run(runs / name, run_config(pos, seed, name), final=final)
     report = run_report([str(runs)])
-    verdict = report.verdicts[0]
-    assert "unpaired (no seed in common)" in verdict or "n=1" in verdict
-    assert "no seed in common with the baseline: unpaired permutation test" not in report.markdown or True
-    row = next(r for r in report.rows if r["group"] == "model.pos_embed=none")
-    assert row["paired"] is False and row["n"] == 1
-    assert "model.pos_embed=none: n=1, so no standard deviation and no CI" in report.markdown
-    assert "†" in report.markdown
+    rows = {r["group"]: r for r in report.rows}
+    none = rows["model.pos_embed=none"]
+    # Unpaired: Δ = 70.5 − 81.0; exact permutation over C(4,2) = 6 splits, 2 as extreme → p = 1/3.
+    assert none["paired"] is False and none["n_pairs"] == 0
+    assert none["delta"] == pytest.approx(-0.105) and none["p"] == pytest.approx(1 / 3)
+    assert "| model.pos_embed=none | 2 | 70.50 | 0.71 |" in report.markdown and "0.333 †" in report.markdown
+    assert "model.pos_embed=none vs baseline: no seed in common with the baseline: unpaired permutation test" in report.markdown
+    v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
+    assert "cannot go below p=0.333" in v_none
+    two_d = rows["model.pos_embed=2d"]
+    assert two_d["paired"] is True and two_d["n_pairs"] == 1 and two_d["p"] == 1.0
+    assert "model.pos_embed=2d: n=1, so no standard deviation and no CI" in report.markdown
 
 
 def test_no_runs_is_a_value_error(tmp_path: Path):
@@ -153,3 +169,14 @@ def test_report_from_wandb_with_fake_api(monkeypatch, tmp_path: Path):
     excluded = report.markdown.split("## Not included", 1)[1]
     for name, status in (("e", "failed"), ("f", "diverged"), ("g", "running")):
         assert f"| {name} |" in excluded and f"| {status} |" in excluded
+
+
+def test_sweep_declared_baseline_is_the_default(sweep_dir: Path):
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    manifest["baseline"] = {"model.pos_embed": "none"}
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
+    report = run_report([str(sweep_dir)])
+    assert report.analysis.baseline.label == "model.pos_embed=none"
+    assert "| model.pos_embed=none (baseline) | 3 of 4 | 74.00 |" in report.markdown
+    # An explicit baseline wins over the declared one.
+    assert run_report([str(sweep_dir)], baseline="model.pos_embed=2d").analysis.baseline.label == "model.pos_embed=2d"

@@ -117,10 +117,13 @@ def test_manifest_without_reference_reads_the_sweep_file(sweep_dir: Path):
     del manifest["reference"]
     manifest["baseline"] = None
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
+    sweep_file = Path(manifest["file"])
+    sweep_file.write_text("# baseline: model.pos_embed=2d\n" + sweep_file.read_text())
     collection = collect_runs([str(sweep_dir)])
     assert [r["params"] for r in collection.references] == [
         {"model.pos_embed": "none"}, {"model.pos_embed": "1d"}, {"model.pos_embed": "2d"}
     ]
+    assert collection.baseline == {"model.pos_embed": "2d"}
 
 
 # ---------------------------------------------------------------------------------------------

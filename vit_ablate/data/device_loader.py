@@ -198,6 +198,7 @@ class DeviceLoader:
         self._mean255 = torch.tensor([255.0 * m for m in mean], device=device).view(1, -1, 1, 1)
         self._std255 = torch.tensor([255.0 * s for s in std], device=device).view(1, -1, 1, 1)
         self.sampler = ShardSampler(len(images), train=train, seed=seed, world_size=world_size, rank=rank)
+        self.batch_sampler = None  # Lightning inspects DataLoader-like objects for these two attributes
         if train and len(self) == 0:
             raise ValueError(
                 f"{len(images)} training images give rank {rank} of {world_size} no full batch of "

@@ -307,6 +307,19 @@ def analyse(
         group.reference = match_reference(collection.references, group.common)
         if group.summary.n == 1:
             notes.append(f"{group.label}: n=1, so no standard deviation and no CI")
+    small = [g.summary.n for g in groups if 2 <= g.summary.n < 6]
+    if small:
+        # A resampled mean never leaves [min, max] of the sample, so at n=2..5 the percentile interval
+        # is narrower than the uncertainty it stands for. Say so where the numbers are read.
+        notes.append(
+            f"with {min(small)}–{max(small)} runs per group the bootstrap CIs are optimistic (a resampled "
+            "mean cannot leave the range of the observed values): read them as the spread of the seeds, "
+            "and the permutation p-values for evidence"
+            if min(small) != max(small)
+            else f"with {small[0]} runs per group the bootstrap CIs are optimistic (a resampled mean cannot "
+            "leave the range of the observed values): read them as the spread of the seeds, and the "
+            "permutation p-values for evidence"
+        )
 
     base = _choose_baseline(groups, baseline, collection.baseline, notes)
     comparisons: List[Comparison] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -89,6 +89,13 @@ def _mean_and_band(matrix: np.ndarray, seed: Sequence[int]) -> Tuple[np.ndarray,
     return mean, low, high
 
 
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _colors(count: int) -> List:
     from matplotlib import colormaps
 
@@ -115,7 +122,7 @@ def plot_curves(analysis: Analysis, path: Path) -> Optional[Path]:
         drawn += 1
     if not drawn:
         return None
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel(f"{column}" + (" (%)" if units.is_fraction else ""))
     ax.set_title(f"{column} by {', '.join(analysis.by) or 'run'}: mean, 95% CI over seeds", fontsize=9)
     ax.grid(alpha=0.3)
@@ -125,45 +132,64 @@ def plot_curves(analysis: Analysis, path: Path) -> Optional[Path]:
 
 
 def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
-    """The metric per group: each seed as a dot, the mean with its 95% CI, paper values as diamonds."""
+    """The metric per group: each seed as a grey dot, the mean with its 95% CI (baseline in orange),
+    and the paper's reference values as red diamonds."""
     groups = analysis.groups
     if not any(g.summary.n for g in groups):
         return None
     units = Units(analysis.is_fraction)
     scale = 100.0 if units.is_fraction else 1.0
-    fig = _figure(max(4.0, min(10.0, 1.2 + 0.9 * len(groups))), 4.0)
+    fig = _figure(max(4.5, min(10.0, 1.5 + 0.9 * len(groups))), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(groups), dtype=float)
-    paper_label = True
     for i, group in enumerate(groups):
         s = group.summary
-        if s.n:
-            jitter = np.linspace(-0.12, 0.12, s.n) if s.n > 1 else np.zeros(1)
-            ax.scatter(x[i] + jitter, group.values * scale, s=12, color="0.55", zorder=2,
-                       label="seeds" if i == 0 else None)
-            has_ci = not (math.isnan(s.ci_low) or math.isnan(s.ci_high))
-            yerr = [[(s.mean - s.ci_low) * scale], [(s.ci_high - s.mean) * scale]] if has_ci else None
-            ax.errorbar([x[i]], [s.mean * scale], yerr=yerr, fmt="o", color="C0" if not group.is_baseline else "C1",
-                        capsize=4, ms=6, zorder=3)
-        if group.reference:
-            value = float(group.reference["value"])
-            shown = value * 100.0 if units.is_fraction and abs(value) <= 1.0 else value
-            metric = group.reference.get("metric")
-            ax.scatter([x[i] + 0.25], [shown], marker="D", s=30, facecolors="none", edgecolors="C3", zorder=3,
-                       label=f"paper ({metric})" if paper_label and metric else ("paper" if paper_label else None))
-            paper_label = False
-    ax.set_xticks(x)
+        if not s.n:
+            continue
+        jitter = np.linspace(-0.12, 0.12, s.n) if s.n > 1 else np.zeros(1)
+        ax.scatter(x[i] + jitter, group.values * scale, s=12, color="0.55", zorder=2,
+                   label="seeds" if i == 0 else None)
+        has_ci = not (math.isnan(s.ci_low) or math.isnan(s.ci_high))
+        yerr = [[(s.mean - s.ci_low) * scale], [(s.ci_high - s.mean) * scale]] if has_ci else None
+        ax.errorbar([x[i]], [s.mean * scale], yerr=yerr, fmt="o", capsize=4, ms=6, zorder=3,
+                    color="C1" if group.is_baseline else "C0")
+    _draw_references(ax, analysis, x, units)
     labels = [g.short + (" *" if g.is_baseline else "") for g in groups]
-    ax.set_xticklabels(labels, rotation=20 if max(len(lbl) for lbl in labels) > 8 else 0, fontsize=8, ha="right" if max(len(lbl) for lbl in labels) > 8 else "center")
+    long_labels = max(len(label) for label in labels) > 8
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8, rotation=20 if long_labels else 0, ha="right" if long_labels else "center")
     ax.set_ylabel(analysis.metric + (" (%)" if units.is_fraction else ""))
     title = f"{analysis.metric}: mean and 95% CI per group"
-    if analysis.baseline is not None:
-        title += " (* baseline)"
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title + (" (* baseline)" if analysis.baseline is not None else ""), fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    # One legend below the axes for both y axes: inside, it would cover the points.
+    handles, labels = [], []
+    for axis in fig.axes:
+        h, lbl = axis.get_legend_handles_labels()
+        handles += h
+        labels += lbl
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
+
+
+def _draw_references(ax, analysis: Analysis, x: np.ndarray, units: Units) -> None:
+    references = [(x[i], g.reference) for i, g in enumerate(analysis.groups) if g.reference]
+    if not references:
+        return
+    # A paper value measured on another metric (ImageNet 5-shot vs our CIFAR val/acc1) gets its own
+    # y axis: on ours it would squash the differences being compared and invite a comparison of
+    # levels, when only the pattern across groups is comparable.
+    metrics = sorted({str(ref.get("metric")) for _, ref in references if ref.get("metric")})
+    other_metric = any(m != analysis.metric for m in metrics)
+    target = ax.twinx() if other_metric else ax
+    values = [float(units.reference(float(ref["value"]))) for _, ref in references]
+    label = "paper" + (f" ({', '.join(metrics)})" if metrics else "")
+    target.scatter([pos + 0.25 for pos, _ in references], values, marker="D", s=30, facecolors="none",
+                   edgecolors="C3", zorder=3, label=label)
+    if other_metric:
+        target.set_ylabel(label + (" (%)" if units.is_fraction else ""), color="C3", fontsize=8)
+        target.tick_params(axis="y", colors="C3", labelsize=8)
 
 
 def wants_lr_curves(analysis: Analysis) -> bool:
@@ -203,7 +229,7 @@ def plot_lr_curves(analysis: Analysis, path: Path) -> Optional[Path]:
         drawn += 1
     if not drawn:
         return None
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel(column + (" (%)" if units.is_fraction else ""))
     ax.set_title(f"{column} vs epoch per ({', '.join(others)}, learning rate) — cf. paper Figure 9", fontsize=9)
     ax.grid(alpha=0.3)

@@ -168,7 +168,8 @@ def _method_lines(analysis: Analysis, n_resamples: int) -> List[str]:
     units = Units(analysis.is_fraction)
     m = len(analysis.comparisons)
     found = "; ".join(
-        f"`{section}` section for {count} run{'s' if count != 1 else ''}" for section, count in sorted(analysis.sections.items())
+        f"`{section}` section for {count} run{'s' if count != 1 else ''}"
+        for section, count in sorted(analysis.sections.items())
     ) or "no run has it"
     shown = (
         "shown in % (accuracy × 100), differences in percentage points"
@@ -188,7 +189,11 @@ def _method_lines(analysis: Analysis, n_resamples: int) -> List[str]:
         paired = all(c.paired for c in analysis.comparisons)
         lines.append(
             "- Δ: group − baseline, "
-            + ("mean of the per-seed differences (paired by seed)" if paired else "paired by seed where seeds match (else difference of means, marked †)")
+            + (
+                "mean of the per-seed differences (paired by seed)"
+                if paired
+                else "paired by seed where seeds match (else difference of means, marked †)"
+            )
             + "; Δ 95% CI: the same bootstrap on the differences; p: two-sided exact sign-flip permutation test"
             + (" († unpaired permutation test)" if not paired else "")
             + f"; p (Holm): Holm–Bonferroni over {m} comparison{'s' if m != 1 else ''}."

@@ -14,7 +14,8 @@ The rules:
 from __future__ import annotations
 
 import math
-from typing import List, Mapping, Optional
+from collections import Counter
+from typing import List
 
 import numpy as np
 
@@ -103,21 +104,21 @@ def _too_few_clause(
             word = "higher" if signs[0] > 0 else "lower"
             direction = f"{word} in all {c.differences.size} pairs, but "
     if c.paired:
-        what = f"with {c.n_pairs} pair{'s' if c.n_pairs != 1 else ''} the exact sign-flip test cannot go below p={fmt_p(min_p)}"
+        pairs = f"{c.n_pairs} pair{'s' if c.n_pairs != 1 else ''}"
+        what = f"with {pairs} the exact sign-flip test cannot go below p={fmt_p(min_p)}"
         if m > 1:
             what += f" ({fmt_p(floor)} after Holm over {m} comparisons)"
         need = stats.seeds_needed(alpha, m)
         return f"; {direction}{what}: ≥{need} paired seeds are needed to reach p<{alpha:g}"
-    what = f"with {c.group.summary.n} vs {c.baseline.summary.n} runs the exact permutation test cannot go below p={fmt_p(min_p)}"
+    runs = f"{c.group.summary.n} vs {c.baseline.summary.n} runs"
+    what = f"with {runs} the exact permutation test cannot go below p={fmt_p(min_p)}"
     if m > 1:
         what += f" ({fmt_p(floor)} after Holm over {m} comparisons)"
     return f"; {what}, so p<{alpha:g} was out of reach"
 
 
 def _status_counts(runs) -> str:
-    counts: Mapping[str, int] = {}
-    for run in runs:
-        counts[run.status] = counts.get(run.status, 0) + 1  # type: ignore[index]
+    counts = Counter(run.status for run in runs)
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
@@ -140,6 +141,3 @@ def verdict_lines(analysis: Analysis, alpha: float = ALPHA) -> List[str]:
             lines.append("no baseline with completed runs: no comparisons")
     return lines
 
-
-def baseline_description(baseline: Optional[Group]) -> str:
-    return baseline.label if baseline is not None else "none"

@@ -1,0 +1,171 @@
+"""``vit-ablate``: parse the command line and dispatch. No logic lives here.
+
+Exit codes: 0 success (a run that finished ``completed`` or ``diverged``), 1 a failed run,
+2 a bad command line or configuration, 130 an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from vit_ablate.config import ConfigError
+
+EXIT_USAGE = 2
+STATUS_EXIT = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 130}
+
+
+def _split_args(items: List[str]):
+    """Positional arguments are YAML files, except ``key=value`` overrides."""
+    files = [i for i in items if "=" not in i]
+    overrides = [i for i in items if "=" in i]
+    return files, overrides
+
+
+def _config_epilog(items: List[str]) -> str:
+    from vit_ablate.config import load_config, to_yaml
+
+    files, overrides = _split_args(items)
+    return "The resolved configuration (every key can be overridden as key=value):\n\n" + to_yaml(
+        load_config(files, overrides)
+    )
+
+
+def cmd_train(args) -> int:
+    from vit_ablate.config import load_config
+    from vit_ablate.training.run import train
+
+    files, overrides = _split_args(args.items)
+    cfg = load_config(files, overrides)
+    result = train(cfg)
+    return STATUS_EXIT.get(result.get("status"), 1)
+
+
+def cmd_config_show(args) -> int:
+    from vit_ablate.config import load_config, to_yaml
+
+    files, overrides = _split_args(args.items)
+    print(to_yaml(load_config(files, overrides)), end="")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from vit_ablate.sweep import run_sweep
+
+    summary = run_sweep(
+        args.file, backend=args.backend, workers=args.workers, count=args.count, overrides=args.overrides,
+        sweep_id=args.sweep_id, output_dir=args.output_dir, gpus=args.gpus,
+    )
+    print(summary.text)
+    return 0 if summary.ok else 1
+
+
+def cmd_report(args) -> int:
+    from vit_ablate.report import run_report
+
+    try:
+        report = run_report(args.runs, by=args.by, metric=args.metric, baseline=args.baseline, out=args.out, wandb_path=args.wandb)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(report.markdown)
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from vit_ablate.analyze import run_analysis
+
+    try:
+        summary = run_analysis(args.checkpoint, data=args.data, out=args.out, num_images=args.images, overrides=args.overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(summary)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from vit_ablate.bench import run_bench
+    from vit_ablate.config import load_config
+
+    files, overrides = _split_args(args.items)
+    cfg = load_config(files, overrides)
+    table = run_bench(cfg, steps=args.steps, json_path=args.json, ddp=args.ddp, sections=args.only)
+    print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vit-ablate", description="Vision Transformer ablation studies.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train one run: vit-ablate train [EXPERIMENT.yaml ...] [key=value ...]",
+        description="Train one run. YAML files are merged in order, then key=value overrides.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")
+    train.set_defaults(func=cmd_train)
+
+    config = sub.add_parser("config", help="inspect configurations")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser("show", help="print the resolved config: vit-ablate config show [files] [key=value]")
+    show.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")
+    show.set_defaults(func=cmd_config_show)
+
+    sweep = sub.add_parser("sweep", help="run a W&B sweep file locally (no account) or on wandb")
+    sweep.add_argument("file", help="a sweep YAML file, e.g. sweeps/quickstart.yaml")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    sweep.add_argument("--backend", choices=["local", "wandb"], default="local")
+    sweep.add_argument("--workers", type=int, default=1, help="runs in parallel (local backend)")
+    sweep.add_argument("--count", type=int, default=None, help="at most this many new runs")
+    sweep.add_argument("--sweep-id", default=None, help="join an existing W&B sweep (wandb backend)")
+    sweep.add_argument("--output-dir", default="runs", help="where runs/<sweep>/ is written")
+    sweep.add_argument("--gpus", default=None, help="GPU ids to spread workers over, e.g. 0,1 (default: all visible)")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="tables, statistics and plots over run directories")
+    report.add_argument("runs", nargs="+", help="a sweep directory or run directories")
+    report.add_argument("--by", nargs="+", default=None, help="config keys to group by (default: the swept keys)")
+    report.add_argument("--metric", default="val/acc1")
+    report.add_argument("--baseline", default=None, help="KEY=VALUE of the group the others are compared with")
+    report.add_argument("--out", default=None, help="output directory (default: <first run dir>/report)")
+    report.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT/SWEEP", help="read runs from the W&B API")
+    report.set_defaults(func=cmd_report)
+
+    analyze = sub.add_parser("analyze", help="the paper's figures and few-shot accuracy for a checkpoint")
+    analyze.add_argument("checkpoint")
+    analyze.add_argument("overrides", nargs="*", metavar="key=value", help="data.* overrides for the images used")
+    analyze.add_argument("--data", default=None, help="data.root for the images (default: the run's own data)")
+    analyze.add_argument("--out", default=None)
+    analyze.add_argument("--images", type=int, default=64, help="images for attention statistics")
+    analyze.set_defaults(func=cmd_analyze)
+
+    bench = sub.add_parser("bench", help="throughput against timm and a plain PyTorch loop")
+    bench.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--json", default=None)
+    bench.add_argument("--ddp", type=int, default=0, help="also measure DDP scaling on N devices")
+    bench.add_argument("--only", nargs="+", default=None, help="sections to run: model components framework data gpu")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv[:1] == ["train"] and any(a in ("-h", "--help") for a in argv[1:]):
+            # `vit-ablate train [files] [overrides] --help` also prints the resolved configuration
+            items = [a for a in argv[1:] if a not in ("-h", "--help")]
+            train_parser = parser._subparsers._group_actions[0].choices["train"]
+            train_parser.epilog = _config_epilog(items)
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"vit-ablate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""CIFAR-10 / CIFAR-100 (paper §4: transfer targets) from torchvision's Python pickles, held in memory.
+
+The pickles already are raw pixels, so the whole set is decoded once into a uint8 ``(N, 3, 32, 32)``
+tensor (150 MB for the 50k training images) and batched by ``DeviceLoader``. ``data.img_size`` other
+than 32 (e.g. 224 to fine-tune at the pre-training resolution, paper §3.2) resizes each batch on the
+device instead of storing upsampled copies. ``data.in_memory`` does not apply.
+
+Splits: ``train`` is the 50k training set less ``data.val_split`` held-out images (the last
+``val_split`` class-balanced training images, deterministic), then limited to the first
+``data.train_subset`` class-balanced images; ``val`` is the hold-out when ``val_split > 0``, else the
+10k test set; ``test`` is always the 10k test set.
+
+``data.root`` (default ``.data``, git-ignored) holds torchvision's ``cifar-10-batches-py`` /
+``cifar-100-python``; ``data.download=true`` fetches it (in ``prepare_data``, i.e. once per node).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torchvision
+from torch import Tensor
+
+from vit_ablate.data.base import DATASETS, ImageDataModule, Split
+
+__all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "DEFAULT_ROOT"]
+
+DEFAULT_ROOT = ".data"
+
+
+class _CIFARDataModule(ImageDataModule):
+    torchvision_class: type
+    folder: str  # torchvision's extracted folder name under the root
+    num_classes: int
+    native_size = 32
+    in_chans = 3
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.root = Path(cfg.data.root or DEFAULT_ROOT).expanduser()
+        self.img_size = int(cfg.data.img_size) if cfg.data.img_size is not None else self.native_size
+        self._raw: Dict[bool, Tuple[Tensor, Tensor]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.registry_name  # set by the registry: "cifar10" / "cifar100"
+
+    def prepare_data(self) -> None:
+        """Download once per node (Lightning calls this on local rank 0 only) when asked to."""
+        if self.data_cfg.download:
+            for train in (True, False):
+                self.torchvision_class(str(self.root), train=train, download=True)
+
+    def _load_raw(self, train: bool) -> Tuple[Tensor, Tensor]:
+        if train not in self._raw:
+            if self.trainer is None and self.data_cfg.download:
+                self.prepare_data()  # used outside a Trainer: nobody else calls prepare_data
+            try:
+                dataset = self.torchvision_class(str(self.root), train=train, download=False)
+            except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. ..."
+                where = self.root.resolve()
+                state = "does not exist" if not where.exists() else f"has no complete {self.folder}/ folder"
+                raise FileNotFoundError(
+                    f"{self.name} not found: data.root={str(where)!r} {state} ({exc}). "
+                    f"Set data.download=true to download it there, or point data.root at a folder that "
+                    f"contains {self.folder}/"
+                ) from None
+            images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # NHWC → NCHW
+            labels = torch.as_tensor(dataset.targets, dtype=torch.long)
+            if self.class_names is None:
+                self.class_names = list(dataset.classes)
+            self._raw[train] = (images, labels)
+        return self._raw[train]
+
+    def _load_split(self, name: str) -> Split:
+        if name == "test" or (name == "val" and int(self.data_cfg.val_split) == 0):
+            images, labels = self._load_raw(train=False)
+            return Split(labels, images=images)
+        images, labels = self._load_raw(train=True)
+        train_idx, held = self._train_selection(labels, holdout=True)
+        index: Optional[Tensor] = train_idx if name == "train" else held
+        return Split(labels[index], images=images[index])
+
+
+@DATASETS.register("cifar10")
+class CIFAR10DataModule(_CIFARDataModule):
+    torchvision_class = torchvision.datasets.CIFAR10
+    folder = "cifar-10-batches-py"
+    num_classes = 10
+
+
+@DATASETS.register("cifar100")
+class CIFAR100DataModule(_CIFARDataModule):
+    torchvision_class = torchvision.datasets.CIFAR100
+    folder = "cifar-100-python"
+    num_classes = 100

@@ -1,0 +1,250 @@
+"""Any dataset laid out as class folders (torchvision ``ImageFolder`` semantics).
+
+Layout under ``data.root``::
+
+    train/<class>/**/<image>     required
+    val/<class>/**/<image>       validation split (if absent: test/, or a hold-out via data.val_split)
+    test/<class>/**/<image>      test split (if absent: val/, or else the validation hold-out)
+
+Classes are the sub-folders of ``train/`` in sorted order; ``val/`` and ``test/`` must have the same
+class folders (otherwise class ids would silently shift). Images are the files with an image extension
+(``.jpg``, ``.png``, …, case-insensitive) anywhere below a class folder, in sorted order.
+
+Two ways to serve them:
+
+* in memory (``data.in_memory=true``, or automatically when there are fewer than 100k images of at
+  most 64 px): every image is decoded ONCE — in a process pool of ``data.num_workers`` processes — to
+  RGB, resized (shorter side to ``img_size``, bicubic) and centre-cropped into one uint8 tensor, then
+  served by ``DeviceLoader`` like CIFAR. The tensor is cached at ``<root>/.vit_ablate_cache_<digest>.pt``
+  when the root is writable (the digest covers the file list, sizes, mtimes and ``img_size``, so a
+  changed dataset is re-decoded); otherwise it lives in memory only.
+* streamed (large datasets, e.g. ImageNet): a ``DataLoader`` with workers reads and transforms each
+  image per sample (timm RandAugment, Inception crop, … — ``sample_loader.py``).
+
+``img_size`` is ``data.img_size``, or the shorter side of the first training image when unset.
+Every error names the offending path: a missing root, a root without ``train/``, a class folder with
+no images, an unreadable image, class folders that differ between splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from vit_ablate.data.base import DATASETS, ImageDataModule, Split
+from vit_ablate.data.sample_loader import load_rgb, resize_center_crop
+
+__all__ = ["ImageFolderDataModule", "scan_split", "decode_images", "IN_MEMORY_MAX_IMAGES", "IN_MEMORY_MAX_SIZE"]
+
+log = logging.getLogger(__name__)
+
+IN_MEMORY_MAX_IMAGES = 100_000  # automatic in-memory decode below this many images (all splits) …
+IN_MEMORY_MAX_SIZE = 64  # … of at most this many pixels per side (60k CIFAR images: 180 MB as uint8)
+_CACHE_VERSION = 1  # bump when the decoded bytes would change (resize method, layout)
+_CHUNK = 512  # images per task of the decoding pool
+_POOL_MIN_IMAGES = 2048  # below this, starting processes costs more than it saves
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def scan_split(folder: Path) -> Tuple[List[str], List[str], List[int]]:
+    """``(classes, paths, labels)`` of one split folder, ImageFolder-style, with errors naming paths."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"{str(folder)!r} has no class folders (expected {folder}/<class>/<image>)")
+    paths: List[str] = []
+    labels: List[int] = []
+    for label, name in enumerate(classes):
+        found = []
+        for directory, subdirs, files in os.walk(folder / name, followlinks=True):
+            subdirs.sort()
+            found += [os.path.join(directory, f) for f in sorted(files) if _is_image(f)]
+        if not found:
+            raise FileNotFoundError(
+                f"class folder {str(folder / name)!r} contains no images (extensions: {', '.join(IMG_EXTENSIONS)})"
+            )
+        paths += found
+        labels += [label] * len(found)
+    return classes, paths, labels
+
+
+def _decode_chunk(task: Tuple[Sequence[str], int]) -> np.ndarray:
+    paths, img_size = task
+    resize = resize_center_crop(img_size)
+    out = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        img = load_rgb(path)  # raises ValueError naming the file
+        if img.size != (img_size, img_size):
+            img = resize(img)
+        out[i] = np.asarray(img)
+    return out
+
+
+def decode_images(paths: Sequence[str], img_size: int, num_workers: int = 0) -> Tensor:
+    """Decode files into a uint8 ``(N, 3, img_size, img_size)`` tensor, in ``num_workers`` processes.
+
+    The pool forks (where available) so that workers start in milliseconds without re-importing torch;
+    they only run PIL and NumPy.
+    """
+    out = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
+    tasks = [(paths[i : i + _CHUNK], img_size) for i in range(0, len(paths), _CHUNK)]
+    workers = min(int(num_workers), os.cpu_count() or 1, len(tasks))
+    if workers > 1 and len(paths) >= _POOL_MIN_IMAGES:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        with multiprocessing.get_context(method).Pool(workers) as pool:
+            for k, block in enumerate(pool.imap(_decode_chunk, tasks)):
+                out[k * _CHUNK : k * _CHUNK + len(block)] = block
+    else:
+        for k, task in enumerate(tasks):
+            out[k * _CHUNK : k * _CHUNK + len(task[0])] = _decode_chunk(task)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+@DATASETS.register("imagefolder")
+class ImageFolderDataModule(ImageDataModule):
+    """``data.name=imagefolder`` (module docstring). Attributes after construction: ``num_classes``,
+    ``class_names``, ``img_size``, ``in_chans`` (3: images are converted to RGB), ``mean``/``std``
+    (0.5: the ViT reference code's [-1, 1] scaling), ``in_memory``, ``root``, ``split_dirs``."""
+
+    in_chans = 3
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if not cfg.data.root:
+            raise ValueError("data.root must be set for data.name=imagefolder (a folder with train/<class>/ images)")
+        self.root = Path(cfg.data.root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root={str(self.root)!r} does not exist or is not a folder")
+        if not (self.root / "train").is_dir():
+            raise FileNotFoundError(f"data.root={str(self.root)!r} has no train/ folder (expected train/<class>/<image>)")
+
+        self._index: Dict[str, Tuple[List[str], List[int]]] = {}
+        self._decoded: Dict[str, Tensor] = {}  # digest → decoded images, shared by splits with the same files
+        self.class_names, paths, labels = scan_split(self.root / "train")
+        self._index["train"] = (paths, labels)
+        self.split_dirs: Dict[str, Path] = {"train": self.root / "train"}
+        for name in ("val", "test"):
+            folder = self.root / name
+            if folder.is_dir():
+                classes, paths, labels = scan_split(folder)
+                self._check_classes(folder, classes)
+                self._index[name] = (paths, labels)
+                self.split_dirs[name] = folder
+        holdout = int(cfg.data.val_split) > 0
+        if not holdout and len(self.split_dirs) == 1:
+            raise FileNotFoundError(
+                f"data.root={str(self.root)!r} has neither val/ nor test/; add one or set data.val_split>0 "
+                f"to hold out training images for validation"
+            )
+        self.num_classes = len(self.class_names)
+
+        first = self._index["train"][0][0]
+        try:
+            with Image.open(first) as img:
+                width, height = img.size
+        except Exception as exc:
+            raise ValueError(f"cannot read image file {first}: {type(exc).__name__}: {exc}") from None
+        self.img_size = int(cfg.data.img_size) if cfg.data.img_size is not None else min(width, height)
+        total = sum(len(paths) for paths, _ in self._index.values())
+        if cfg.data.in_memory is None:
+            self.in_memory = total < IN_MEMORY_MAX_IMAGES and self.img_size <= IN_MEMORY_MAX_SIZE
+        else:
+            self.in_memory = bool(cfg.data.in_memory)
+        # in memory, images are stored at img_size already; streamed, transforms resize each file
+        self.native_size = self.img_size if self.in_memory else None
+
+    def _check_classes(self, folder: Path, classes: List[str]) -> None:
+        if classes != self.class_names:
+            missing = sorted(set(self.class_names) - set(classes))
+            extra = sorted(set(classes) - set(self.class_names))
+            raise ValueError(
+                f"class folders differ: {str(self.root / 'train')!r} has {len(self.class_names)} classes but "
+                f"{str(folder)!r} has {len(classes)}; missing there: {missing}, not in train/: {extra}"
+            )
+
+    # -------------------------------------------------------------------------------------------- files
+    def split_files(self, name: str) -> Tuple[List[str], Tensor]:
+        """The file paths and labels of split ``name`` after hold-out and subset selection."""
+        holdout = int(self.data_cfg.val_split) > 0
+        if name == "train" or (name == "val" and holdout):
+            paths, labels = self._index["train"]
+            labels_t = torch.as_tensor(labels, dtype=torch.long)
+            train_idx, held = self._train_selection(labels_t, holdout=holdout)
+            index = train_idx if name == "train" else held
+        else:
+            order = ("val", "test") if name == "val" else ("test", "val")
+            source = next((s for s in order if s in self._index), None)
+            if source is None:  # only possible for test with a hold-out and neither folder
+                log.warning("%s has no test/ or val/ folder: testing on the data.val_split hold-out", self.root)
+                return self.split_files("val")
+            paths, labels = self._index[source]
+            labels_t = torch.as_tensor(labels, dtype=torch.long)
+            index = torch.arange(len(paths))
+        return [paths[i] for i in index.tolist()], labels_t[index]
+
+    # -------------------------------------------------------------------------------------------- decode
+    def _digest(self, paths: Sequence[str]) -> str:
+        """Identifies the decoded bytes: file list, sizes, mtimes, ``img_size`` and the decode version."""
+        digest = hashlib.sha256(f"v{_CACHE_VERSION}/{self.img_size}".encode())
+        for path in paths:
+            stat = os.stat(path)
+            digest.update(f"\n{os.path.relpath(path, self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:16]
+
+    def cache_path(self, paths: Sequence[str]) -> Optional[Path]:
+        """Where the decoded tensor of ``paths`` is cached, or None when the root is not writable."""
+        if not os.access(self.root, os.W_OK):
+            return None
+        return self.root / f".vit_ablate_cache_{self._digest(paths)}.pt"
+
+    def _decode_cached(self, paths: Sequence[str]) -> Tensor:
+        key = self._digest(paths)
+        if key in self._decoded:  # e.g. val and test both read test/
+            return self._decoded[key]
+        cache = self.root / f".vit_ablate_cache_{key}.pt" if os.access(self.root, os.W_OK) else None
+        images = None
+        if cache is not None and cache.is_file():
+            try:
+                loaded = torch.load(cache, map_location="cpu", weights_only=True)
+                if loaded.shape == (len(paths), 3, self.img_size, self.img_size) and loaded.dtype == torch.uint8:
+                    images = loaded
+            except Exception as exc:  # a truncated cache (killed writer) is rebuilt
+                log.warning("ignoring unreadable cache %s: %s", cache, exc)
+        if images is None:
+            images = decode_images(paths, self.img_size, int(self.data_cfg.num_workers))
+            if cache is not None:
+                tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+                try:
+                    torch.save(images, tmp)
+                    os.replace(tmp, cache)  # atomic: concurrent ranks never see a half-written cache
+                except OSError as exc:
+                    log.warning("could not write the decode cache %s: %s", cache, exc)
+                    tmp.unlink(missing_ok=True)
+        self._decoded[key] = images
+        return images
+
+    def prepare_data(self) -> None:
+        """Decode and cache once per node (local rank 0), so that the other ranks load the cache."""
+        if self.in_memory and os.access(self.root, os.W_OK):
+            for name in ("train", "val", "test"):
+                self._decode_cached(self.split_files(name)[0])
+
+    def _load_split(self, name: str) -> Split:
+        paths, labels = self.split_files(name)
+        if self.in_memory:
+            return Split(labels, images=self._decode_cached(paths))
+        return Split(labels, paths=paths)

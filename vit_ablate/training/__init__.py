@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the run driver and its callbacks."""

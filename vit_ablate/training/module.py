@@ -1,0 +1,178 @@
+"""The LightningModule: a ViT built from ``cfg.model``, timm's optimizer/schedule/mixup, torchmetrics.
+
+It knows nothing of where batches come from. Its only hyperparameter is the resolved run config, so a
+checkpoint rebuilds its own model (``ViTModule.load_from_checkpoint(path)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from omegaconf import DictConfig
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from timm.scheduler import CosineLRScheduler, PolyLRScheduler
+
+from vit_ablate.config import from_container, to_container
+from vit_ablate.model import build_model
+from vit_ablate.registry import Registry
+
+SCHEDULES: Registry = Registry("optim.schedule")
+
+
+@SCHEDULES.register("cosine")
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float):
+    """Linear warmup then cosine decay to ``min_lr`` (paper Table 3; Beyer et al. 2022)."""
+    return CosineLRScheduler(
+        optimizer, t_initial=total_steps, lr_min=min_lr, warmup_t=warmup_steps, warmup_lr_init=0.0,
+        warmup_prefix=True, t_in_epochs=False,
+    )
+
+
+@SCHEDULES.register("linear")
+def linear_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float):
+    """Linear warmup then linear decay to ``min_lr``."""
+    return PolyLRScheduler(
+        optimizer, t_initial=total_steps, power=1.0, lr_min=min_lr, warmup_t=warmup_steps, warmup_lr_init=0.0,
+        warmup_prefix=True, t_in_epochs=False,
+    )
+
+
+@SCHEDULES.register("constant")
+def constant_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float):
+    """Linear warmup then a constant rate."""
+    return PolyLRScheduler(
+        optimizer, t_initial=total_steps, power=0.0, warmup_t=warmup_steps, warmup_lr_init=0.0,
+        warmup_prefix=True, t_in_epochs=False,
+    )
+
+
+LR_SCALE_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+
+
+def scaled_lr(cfg: DictConfig) -> float:
+    """``optim.lr`` rescaled to the global batch only when ``optim.lr_scale_rule`` asks for it.
+
+    The global batch never depends on the device count, so neither does the learning rate.
+    """
+    exponent = LR_SCALE_RULES[cfg.optim.lr_scale_rule]
+    return float(cfg.optim.lr) * (cfg.data.batch_size / cfg.optim.lr_base_batch) ** exponent
+
+
+class ViTModule(L.LightningModule):
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        cfg = config if isinstance(config, DictConfig) else from_container(config)
+        self.save_hyperparameters({"config": to_container(cfg)})
+        self.cfg = cfg
+        self.model = build_model(cfg.model)
+        self._forward = torch.compile(self.model) if cfg.trainer.compile else self.model
+        # An exponential moving average of the weights (timm); when on, it is what gets evaluated.
+        self.ema = ModelEmaV3(self.model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
+
+        num_classes = cfg.model.num_classes
+        aug = cfg.augment
+        self.mixup: Optional[Mixup] = None
+        if aug.mixup > 0 or aug.cutmix > 0:
+            # timm's Mixup folds label smoothing into the soft targets it returns.
+            self.mixup = Mixup(
+                mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.label_smoothing, num_classes=num_classes
+            )
+            self.soft_loss = SoftTargetCrossEntropy()
+        top5 = min(5, num_classes)
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_acc1", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1, average="micro"))
+            setattr(self, f"{stage}_acc5", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
+            setattr(self, f"{stage}_loss", torchmetrics.MeanMetric())
+        self.train_loss = torchmetrics.MeanMetric()
+        # non-finite losses are counted on the device and inspected by DivergenceCallback without a
+        # host sync every step
+        self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
+
+    # ------------------------------------------------------------------------------- steps
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._forward(images)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+            loss = self.soft_loss(self(images), targets)
+        else:
+            loss = F.cross_entropy(self(images), labels, label_smoothing=self.cfg.augment.label_smoothing)
+        finite = torch.isfinite(loss.detach())
+        self.nonfinite_steps += (~finite).long()
+        self.train_loss.update(torch.where(finite, loss.detach(), torch.zeros_like(loss)))
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def _evaluate(self, batch, stage: str) -> None:
+        images, labels = batch
+        logits = self.ema.module(images) if self.ema is not None else self(images)
+        loss = F.cross_entropy(logits.float(), labels, reduction="none")
+        getattr(self, f"{stage}_acc1").update(logits, labels)
+        getattr(self, f"{stage}_acc5").update(logits, labels)
+        getattr(self, f"{stage}_loss").update(loss)  # per-sample: the epoch mean is over samples, not batches
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        # torchmetrics all-reduce their sums across ranks in compute(): every sample counted once
+        # (the evaluation loaders shard without padding), identical values on every rank.
+        for name in ("acc1", "acc5", "loss"):
+            metric = getattr(self, f"{stage}_{name}")
+            self.log(f"{stage}/{name}", metric.compute(), prog_bar=(name == "acc1"), sync_dist=False, rank_zero_only=False)
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/epoch_loss", self.train_loss.compute(), sync_dist=False)
+        self.train_loss.reset()
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        lr = scaled_lr(self.cfg)
+        extra: Dict[str, Any] = {"eps": optim.eps}
+        name = optim.name.lower()
+        if "sgd" in name or "momentum" in name:
+            extra = {"momentum": optim.momentum}
+        elif "adam" in name or "lamb" in name:
+            extra["betas"] = tuple(optim.betas)
+        # timm excludes model.no_weight_decay() (position tables, class token) and every bias and
+        # norm parameter from weight decay.
+        optimizer = create_optimizer_v2(self.model, opt=optim.name, lr=lr, weight_decay=optim.weight_decay, **extra)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1) if self.trainer.max_steps in (-1, None) else None
+        warmup = optim.warmup_steps
+        if warmup == 0 and optim.warmup_epochs > 0:
+            per_epoch = steps_per_epoch or total / max(1, self.trainer.max_epochs or 1)
+            warmup = int(math.ceil(optim.warmup_epochs * per_epoch))
+        warmup = min(warmup, total)
+        scheduler = SCHEDULES.get(optim.schedule)(optimizer, max(1, total - warmup), warmup, optim.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm schedulers are driven by the update count, not by Lightning's torch-scheduler protocol
+        scheduler.step_update(num_updates=self.global_step)
