@@ -17,9 +17,14 @@ STATUS_EXIT = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 130}
 
 
 def _split_args(items: List[str]):
-    """Positional arguments are YAML files, except ``key=value`` overrides."""
+    """Positional arguments are YAML files (``*.yaml``/``*.yml``) or ``key=value`` overrides."""
     files = [i for i in items if "=" not in i]
     overrides = [i for i in items if "=" in i]
+    for item in files:
+        if not item.endswith((".yaml", ".yml")):
+            raise ConfigError(
+                f"argument {item!r} is not of the form key=value (e.g. model.pos_embed=2d) nor a .yaml file"
+            )
     return files, overrides
 
 
@@ -160,7 +165,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             items = [a for a in argv[1:] if a not in ("-h", "--help")]
             train_parser = parser._subparsers._group_actions[0].choices["train"]
             train_parser.epilog = _config_epilog(items)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may also follow the options (`analyze ck.ckpt --out d data.root=x`)
+        stray = [item for item in extra if item.startswith("-") or "=" not in item]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if extra:
+            target = "items" if hasattr(args, "items") else "overrides"
+            if not hasattr(args, target):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            setattr(args, target, [*getattr(args, target), *extra])
         return args.func(args)
     except ConfigError as exc:
         print(f"vit-ablate: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -247,10 +248,14 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         if key.startswith("+") or key.startswith("~"):
             raise ConfigError(f"override {item!r}: only plain key=value overrides are supported")
         dotlist.append(f"{key}={_wandb_literal(value)}")
-    try:
-        return OmegaConf.from_dotlist(dotlist)
-    except OmegaConfBaseException as exc:  # malformed YAML value, e.g. "[1, 2"
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {exc}") from None
+    parsed = OmegaConf.create({})
+    for item in dotlist:
+        try:
+            parsed.merge_with_dotlist([item])
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:  # a malformed value, e.g. "[1, 2"
+            first_line = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"cannot parse override {item!r}: {first_line}") from None
+    return parsed
 
 
 def _read_yaml(path: str | Path) -> DictConfig:

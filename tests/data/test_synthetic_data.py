@@ -146,7 +146,7 @@ def test_ceiling_premise_on_pixels(big):
             for b in labels:
                 if a < b:
                     assert z_scores(sorted_cells[by_label[a]], sorted_cells[by_label[b]]).max() < 5.0
-                    assert z_scores(unsorted[by_label[a]], unsorted[by_label[b]]).max() > 20.0
+                    assert z_scores(unsorted[by_label[a]], unsorted[by_label[b]]).max() > 10.0
     # while the two contents differ plainly even in the sorted summary
     assert z_scores(sorted_cells[by_label[0]], sorted_cells[by_label[4]]).max() > 20.0
 
@@ -164,10 +164,11 @@ def test_glyphs_are_trivially_separable_from_noise(big):
 
 
 def test_generation_is_fast():
-    start = time.perf_counter()
+    # CPU time, not wall time: other jobs on a shared 2-core machine must not fail this test.
+    start = time.process_time()
     for n, seed in ((8192, 0), (2048, 1), (2048, 2)):
         generate_synthetic(n, seed=seed)
-    assert time.perf_counter() - start < 2.5  # typically ~0.4 s on 2 cores
+    assert time.process_time() - start < 2.0  # ~0.3 s wall / 0.6 s CPU on 2 cores
 
 
 def test_ceiling_api():

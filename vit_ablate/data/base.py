@@ -20,7 +20,7 @@ from ``data.eval_batch_size`` (default ``data.batch_size``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -68,11 +68,6 @@ class Split:
     @property
     def in_memory(self) -> bool:
         return self.images is not None
-
-    def subset(self, index: Tensor) -> "Split":
-        if self.images is not None:
-            return Split(self.labels[index], images=self.images[index])
-        return Split(self.labels[index], paths=[self.paths[i] for i in index.tolist()])
 
 
 def balanced_indices(labels: Tensor, n: int, num_classes: int, *, what: str = "data.train_subset") -> Tensor:
@@ -181,7 +176,8 @@ class ImageDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------------------- splits
     def _load_split(self, name: str) -> Split:
-        raise NotImplementedError
+        """Read split ``name`` from its source; every subclass implements this (called once per split)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _load_split")
 
     def split(self, name: str) -> Split:
         """The split ``name`` (``train``/``val``/``test``), loaded once and kept on the CPU."""

@@ -43,10 +43,6 @@ class _CIFARDataModule(ImageDataModule):
         self.img_size = int(cfg.data.img_size) if cfg.data.img_size is not None else self.native_size
         self._raw: Dict[bool, Tuple[Tensor, Tensor]] = {}
 
-    @property
-    def name(self) -> str:
-        return self.registry_name  # set by the registry: "cifar10" / "cifar100"
-
     def prepare_data(self) -> None:
         """Download once per node (Lightning calls this on local rank 0 only) when asked to."""
         if self.data_cfg.download:
@@ -63,7 +59,7 @@ class _CIFARDataModule(ImageDataModule):
                 where = self.root.resolve()
                 state = "does not exist" if not where.exists() else f"has no complete {self.folder}/ folder"
                 raise FileNotFoundError(
-                    f"{self.name} not found: data.root={str(where)!r} {state} ({exc}). "
+                    f"{self.registry_name} not found: data.root={str(where)!r} {state} (torchvision: {exc}). "
                     f"Set data.download=true to download it there, or point data.root at a folder that "
                     f"contains {self.folder}/"
                 ) from None

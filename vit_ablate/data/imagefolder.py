@@ -205,17 +205,18 @@ class ImageFolderDataModule(ImageDataModule):
             digest.update(f"\n{os.path.relpath(path, self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
         return digest.hexdigest()[:16]
 
+    def _cache_file(self, key: str) -> Optional[Path]:
+        return self.root / f".vit_ablate_cache_{key}.pt" if os.access(self.root, os.W_OK) else None
+
     def cache_path(self, paths: Sequence[str]) -> Optional[Path]:
         """Where the decoded tensor of ``paths`` is cached, or None when the root is not writable."""
-        if not os.access(self.root, os.W_OK):
-            return None
-        return self.root / f".vit_ablate_cache_{self._digest(paths)}.pt"
+        return self._cache_file(self._digest(paths))
 
     def _decode_cached(self, paths: Sequence[str]) -> Tensor:
         key = self._digest(paths)
         if key in self._decoded:  # e.g. val and test both read test/
             return self._decoded[key]
-        cache = self.root / f".vit_ablate_cache_{key}.pt" if os.access(self.root, os.W_OK) else None
+        cache = self._cache_file(key)
         images = None
         if cache is not None and cache.is_file():
             try:

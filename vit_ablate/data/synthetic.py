@@ -42,9 +42,10 @@ glyphs. Hence ``S(X) | (k, a)`` is {glyph_k1 over noise, glyph_k2 over noise, gr
 with the same distribution for every ``a``: ``P(S | k, a) = P(S | k)``.
 
 *Claim 2 — a permutation-invariant model is a function of S(X).* Take a ViT with a patch stem whose
-patch size ``p`` divides ``cell``, **no position embedding**, and CLS-token or global-average pooling.
-Patch embedding, self-attention, MLPs and layer norms are permutation-equivariant over the patch
-tokens and the pooled output is invariant, so the logits are a function of the multiset of patches.
+patch size ``p`` divides ``cell``, **no position embedding**, and CLS-token, global-average or
+attention (MAP) pooling, evaluated on the unaugmented image. Patch embedding, self-attention, MLPs
+and layer norms are permutation-equivariant over the patch tokens and each of those poolings is
+permutation-invariant, so the logits are a function of the multiset of patches.
 Each cell is cut into ``(cell/p)²`` whole patches, so that multiset is a function of ``S(X)``.
 (A hybrid/conv stem, 1-D/2-D/relative/RoPE position embeddings, or a patch size that straddles cells
 break the premise — those are exactly the models the ablation expects to do better.)
@@ -217,11 +218,15 @@ def generate_synthetic(num: int, *, cell: int = 8, grid: int = 4, seed: int = 0)
     paint = (colour[..., None, None] + noise).clamp_(0, 255).to(torch.uint8)  # (N, 2, 3, c, c)
     masks = glyph_masks(cell)[glyph_ids].unsqueeze(2)  # (N, 2, 1, c, c)
 
-    tiles = images.view(n, 3, grid, cell, grid, cell).permute(0, 2, 4, 1, 3, 5).contiguous()  # (N, G, G, 3, c, c)
+    # Paint in place, touching only the two glyph cells: pixel (row, col) indices of each cell.
+    index_n = rows[:, None, None, None]
+    index_c = torch.arange(3)[None, :, None, None]
+    offsets = torch.arange(cell)
     for k, where in enumerate((anchors, seconds)):
-        current = tiles[rows, where[:, 0], where[:, 1]]
-        tiles[rows, where[:, 0], where[:, 1]] = torch.where(masks[:, k], paint[:, k], current)
-    images = tiles.permute(0, 3, 1, 4, 2, 5).reshape(n, 3, size, size)
+        index_y = (where[:, :1] * cell + offsets)[:, None, :, None]  # (N, 1, c, 1)
+        index_x = (where[:, 1:] * cell + offsets)[:, None, None, :]  # (N, 1, 1, c)
+        current = images[index_n, index_c, index_y, index_x]  # (N, 3, c, c)
+        images[index_n, index_c, index_y, index_x] = torch.where(masks[:, k], paint[:, k], current)
     return SyntheticSample(images=images, labels=labels, cells=cells, anchors=anchors)
 
 

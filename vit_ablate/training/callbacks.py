@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+import tempfile
 import random
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Dict, List, Optional
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from vit_ablate.io import atomic_write_json, atomic_write_text
@@ -194,3 +197,24 @@ class RankRecord(Callback):
             },
         )
         self.written = True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed into place.
+
+    A job killed while saving leaves the previous ``last.ckpt`` intact instead of a truncated file
+    that the rerun could not resume from.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise

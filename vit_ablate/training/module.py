@@ -73,7 +73,8 @@ class ViTModule(L.LightningModule):
         self.save_hyperparameters({"config": to_container(cfg)})
         self.cfg = cfg
         self.model = build_model(cfg.model)
-        self._forward = torch.compile(self.model) if cfg.trainer.compile else self.model
+        if cfg.trainer.compile:
+            self.model.compile()  # in place: parameter names (and so checkpoints) stay unchanged
         # An exponential moving average of the weights (timm); when on, it is what gets evaluated.
         self.ema = ModelEmaV3(self.model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
 
@@ -98,7 +99,7 @@ class ViTModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self._forward(images)
+        return self.model(images)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch

@@ -28,7 +28,7 @@ import vit_ablate
 from vit_ablate.config import ConfigError, config_digest, to_container, to_yaml, from_container
 from vit_ablate.data import build_datamodule
 from vit_ablate.io import atomic_write_json, atomic_write_text, read_json
-from vit_ablate.training.callbacks import DivergenceCallback, EpochRecorder, EpochSeeding, RankRecord
+from vit_ablate.training.callbacks import AtomicCheckpointIO, DivergenceCallback, EpochRecorder, EpochSeeding, RankRecord
 from vit_ablate.training.module import ViTModule, scaled_lr
 
 # Outcomes that a rerun keeps; "failed" and "interrupted" runs are resumed or retried.
@@ -194,12 +194,12 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     """Train (or resume, or report the finished run) and return the content of ``result.json``."""
     run_dir = resolve_run_dir(cfg)
     result_path = run_dir / "result.json"
+    prepare_run_dir(run_dir, cfg)  # refuses a directory that holds another configuration
     if result_path.exists():
         previous = read_json(result_path)
         if previous.get("status") in FINAL_STATUSES:
             log(f"{run_dir} already finished ({previous['status']}); nothing to do")
             return previous
-    prepare_run_dir(run_dir, cfg)
     digest = config_digest(cfg)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -215,9 +215,15 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     module = ViTModule(cfg)
     divergence = DivergenceCallback()
     recorder = EpochRecorder(run_dir / "metrics.csv")
+    # Two checkpoints: `last` after every epoch (what a rerun resumes from) and `best` by val/acc1.
+    # (ModelCheckpoint's own save_last only saves when the monitored metric improved.)
+    last_checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+        enable_version_counter=False,
+    )
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_last=True,
-        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
     )
     trainer = L.Trainer(
         default_root_dir=str(run_dir),
@@ -242,7 +248,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the data modules shard themselves, without padding
         logger=_loggers(cfg, run_dir) or False,
-        callbacks=[EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, checkpoints],
+        callbacks=[EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints],
+        plugins=[AtomicCheckpointIO()],
     )
 
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -283,7 +290,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 def _fewshot(cfg: DictConfig, module: ViTModule, datamodule, trainer) -> Dict[str, float]:
     from vit_ablate.analyze.fewshot import fewshot_from_datamodule
 
-    return fewshot_from_datamodule(module.model, datamodule, shots=list(cfg.evaluate.fewshot_shots),
+    evaluated = module.ema.module if module.ema is not None else module.model  # what validation measured
+    return fewshot_from_datamodule(evaluated, datamodule, shots=list(cfg.evaluate.fewshot_shots),
                                    draws=cfg.evaluate.fewshot_draws, seed=cfg.seed, device=module.device)
 
 

@@ -1,0 +1,272 @@
+"""ImageFolder data module: layout errors naming paths, in-memory decode + cache, streaming, real CIFAR JPEGs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import vit_ablate.data.imagefolder as imagefolder
+from vit_ablate.data import DeviceLoader, ShardSampler, build_datamodule
+from vit_ablate.data.imagefolder import ImageFolderDataModule, decode_images
+
+COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}
+
+
+def write_folder(root: Path, splits=("train", "val"), per_class=4, size=(12, 12), fmt="PNG", classes=COLOURS) -> Path:
+    """Class folders of solid-colour images; image k of a class has its top-left pixel set to k."""
+    for split in splits:
+        for name, colour in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                img = Image.new("RGB", size, colour)
+                img.putpixel((0, 0), (k, k, k))
+                img.save(folder / f"{k:03d}.{fmt.lower()}", fmt)
+    return root
+
+
+def cfg_for(make_cfg, root, *more):
+    return make_cfg("data.name=imagefolder", f"data.root={root}", "data.num_workers=0", "data.batch_size=4", *more)
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_root_must_be_set(make_cfg):
+    with pytest.raises(ValueError, match="data.root must be set"):
+        build_datamodule(make_cfg("data.name=imagefolder"))
+
+
+def test_missing_root_is_named(make_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
+        build_datamodule(cfg_for(make_cfg, tmp_path / "absent"))
+
+
+def test_root_without_train_is_named(make_cfg, tmp_path):
+    write_folder(tmp_path, splits=("val",))
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*has no train/"):
+        build_datamodule(cfg_for(make_cfg, tmp_path))
+
+
+def test_empty_class_folder_is_named(make_cfg, tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "train" / "fox").mkdir()
+    (tmp_path / "train" / "fox" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'train' / 'fox'}' contains no images"):
+        build_datamodule(cfg_for(make_cfg, tmp_path))
+
+
+def test_train_without_class_folders(make_cfg, tmp_path):
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "loose.png")
+    with pytest.raises(FileNotFoundError, match="has no class folders"):
+        build_datamodule(cfg_for(make_cfg, tmp_path))
+
+
+def test_class_mismatch_between_splits_is_named(make_cfg, tmp_path):
+    write_folder(tmp_path, splits=("train",))
+    write_folder(tmp_path, splits=("val",), classes={"cat": (1, 2, 3), "dog": (4, 5, 6)})
+    with pytest.raises(ValueError) as info:
+        build_datamodule(cfg_for(make_cfg, tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / "val") in message and "3 classes" in message and "has 2" in message and "['emu']" in message
+
+
+def test_no_validation_source(make_cfg, tmp_path):
+    write_folder(tmp_path, splits=("train",))
+    with pytest.raises(FileNotFoundError, match="neither val/ nor test/.*data.val_split"):
+        build_datamodule(cfg_for(make_cfg, tmp_path))
+    dm = build_datamodule(cfg_for(make_cfg, tmp_path, "data.val_split=3"))  # a hold-out instead
+    assert len(dm.split("val")) == 3 and len(dm.split("train")) == 9
+    assert len(dm.split("test")) == 3  # falls back to the hold-out
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_corrupt_image_is_named(make_cfg, tmp_path, in_memory):
+    write_folder(tmp_path, fmt="JPEG")
+    bad = tmp_path / "train" / "dog" / "bad.jpg"
+    bad.write_bytes(os.urandom(300))
+    dm = build_datamodule(cfg_for(make_cfg, tmp_path, f"data.in_memory={str(in_memory).lower()}", "data.batch_size=13"))
+    with pytest.raises(ValueError, match=f"cannot read image file {bad}"):
+        dm.setup("fit")
+        for _ in dm.train_dataloader():
+            pass
+
+
+def test_unreadable_file_in_the_pool_is_named(tmp_path):
+    paths = []
+    for k in range(2100):  # enough to use the process pool
+        paths.append(str(tmp_path / f"{k}.png"))
+    Image.new("RGB", (4, 4)).save(paths[0])
+    for p in paths[1:]:
+        os.link(paths[0], p)
+    Path(paths[1500]).unlink()
+    Path(paths[1500]).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"cannot read image file {paths[1500]}"):
+        decode_images(paths, 4, num_workers=2)
+
+
+# --------------------------------------------------------------------------------------------- in memory
+def test_in_memory_decode_labels_and_pixels(make_cfg, tmp_path):
+    write_folder(tmp_path, splits=("train", "val", "test"), per_class=4, size=(12, 12))
+    dm = build_datamodule(cfg_for(make_cfg, tmp_path))
+    assert isinstance(dm, ImageFolderDataModule)
+    assert (dm.num_classes, dm.img_size, dm.in_chans, dm.in_memory) == (3, 12, 3, True)
+    assert dm.class_names == ["cat", "dog", "emu"]
+    dm.setup("fit")
+    train = dm.split("train")
+    assert train.images.shape == (12, 3, 12, 12) and train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert train.images[4:8, :, 5, 5].tolist() == [[30, 200, 30]] * 4  # dog green
+    assert train.images[:4, 0, 0, 0].tolist() == [0, 1, 2, 3]  # file order within a class
+    assert isinstance(dm.train_dataloader(), DeviceLoader)
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (4, 3, 12, 12) and x[0, 0, 5, 5].item() == pytest.approx((200 / 255 - 0.5) / 0.5)
+
+
+def test_non_square_images_are_resized_and_centre_cropped(make_cfg, tmp_path):
+    write_folder(tmp_path, size=(20, 10))
+    assert build_datamodule(cfg_for(make_cfg, tmp_path)).img_size == 10  # the shorter side
+    dm = build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=6"))
+    assert dm.split("train").images.shape == (12, 3, 6, 6)
+
+
+def test_decode_cache_is_written_reused_and_invalidated(make_cfg, tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    dm = build_datamodule(cfg_for(make_cfg, tmp_path))
+    first = dm.split("train").images
+    caches = sorted(tmp_path.glob(".vit_ablate_cache_*.pt"))
+    assert len(caches) == 1 and dm.cache_path(dm.split_files("train")[0]) == caches[0]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although a cache exists")
+
+    monkeypatch.setattr(imagefolder, "decode_images", no_decoding)
+    again = build_datamodule(cfg_for(make_cfg, tmp_path))
+    assert torch.equal(again.split("train").images, first)
+    # a changed file changes the digest: decoded afresh
+    changed = tmp_path / "train" / "cat" / "000.png"
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="decoded although"):
+        build_datamodule(cfg_for(make_cfg, tmp_path)).split("train")
+
+
+def test_no_cache_on_a_read_only_root(make_cfg, tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(imagefolder.os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
+    dm = build_datamodule(cfg_for(make_cfg, tmp_path))
+    assert dm.split("train").images.shape == (12, 3, 12, 12)
+    assert dm.cache_path(dm.split_files("train")[0]) is None
+    assert not list(tmp_path.glob(".vit_ablate_cache_*"))
+
+
+def test_automatic_in_memory_rule(make_cfg, tmp_path):
+    write_folder(tmp_path)
+    assert build_datamodule(cfg_for(make_cfg, tmp_path)).in_memory is True
+    assert build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=128")).in_memory is False
+    assert build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=128", "data.in_memory=true")).in_memory is True
+    assert build_datamodule(cfg_for(make_cfg, tmp_path, "data.in_memory=false")).in_memory is False
+
+
+# --------------------------------------------------------------------------------------------- streaming
+def test_streamed_and_in_memory_evaluation_agree(make_cfg, tmp_path):
+    write_folder(tmp_path, size=(20, 14))
+    memory = build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=8"))
+    stream = build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=8", "data.in_memory=false"))
+    memory.setup("fit")
+    stream.setup("fit")
+    assert stream.split("val").paths is not None
+    loader = stream.val_dataloader()
+    assert isinstance(loader, DataLoader) and isinstance(loader.sampler, ShardSampler)
+    xs = torch.cat([x for x, _ in loader])
+    xm = torch.cat([x for x, _ in memory.val_dataloader()])
+    assert xs.shape == xm.shape == (12, 3, 8, 8)
+    assert torch.allclose(xs, xm, atol=1e-6)
+
+
+def test_streamed_training_uses_transforms_and_shards(make_cfg, tmp_path, trainer_stub):
+    write_folder(tmp_path, per_class=8, size=(20, 14))
+    dm = build_datamodule(
+        cfg_for(make_cfg, tmp_path, "data.img_size=8", "data.in_memory=false", "augment.random_resized_crop=true",
+                "augment.hflip=true", "augment.randaugment=rand-m9-n2")
+    )
+    dm.trainer = trainer_stub(world_size=2, global_rank=0)
+    loader = dm.train_dataloader()
+    assert len(loader.sampler) == 12 and len(loader) == 6  # per-device batch 4 // 2 = 2
+    batches = list(loader)
+    assert all(x.shape == (2, 3, 8, 8) and x.dtype == torch.float32 for x, _ in batches)
+
+
+# --------------------------------------------------------------------------------------------- real data
+ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
+EXTRACT_TO = Path(__file__).resolve().parents[2] / ".data" / "cifar10-jpeg"  # git-ignored
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg() -> Path:
+    """CIFAR-10 as JPEGs (cifar10/{train,test}/<class>/NNNN.jpg), extracted once per checkout."""
+    if not ARCHIVE.is_file():
+        pytest.skip(f"the CIFAR-10 JPEG archive {ARCHIVE} does not exist on this machine")
+    if not (EXTRACT_TO / ".extracted").is_file():
+        # Extract beside the target and rename into place, so that a concurrent test session never
+        # reads a half-extracted tree (the rename is atomic; the loser of a race discards its copy).
+        EXTRACT_TO.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".cifar10-jpeg-", dir=EXTRACT_TO.parent))
+        try:
+            with tarfile.open(ARCHIVE) as tar:
+                tar.extractall(staging, filter="data")
+            (staging / ".extracted").write_text(ARCHIVE.name)
+            if EXTRACT_TO.exists() and not (EXTRACT_TO / ".extracted").is_file():
+                shutil.rmtree(EXTRACT_TO)  # left over from an interrupted extraction
+            try:
+                os.rename(staging, EXTRACT_TO)
+            except OSError:  # another session finished first
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return EXTRACT_TO / "cifar10"
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_real_cifar10_jpegs_subset(make_cfg, cifar10_jpeg):
+    dm = build_datamodule(
+        make_cfg("data.name=imagefolder", f"data.root={cifar10_jpeg}", "data.train_subset=1000", "data.num_workers=2")
+    )
+    assert (dm.num_classes, dm.img_size, dm.in_memory) == (10, 32, True)
+    assert dm.class_names == CIFAR10_CLASSES
+    dm.setup("fit")
+    train, val = dm.split("train"), dm.split("val")
+    assert train.images.shape == (1000, 3, 32, 32) and torch.bincount(train.labels).tolist() == [100] * 10
+    assert val.images.shape == (10000, 3, 32, 32) and torch.bincount(val.labels).tolist() == [1000] * 10
+    assert dm.split("test") is not None and dm.split("test").images is val.images  # test/ serves both
+    # CIFAR-10's per-channel means are about (0.49, 0.48, 0.45) of 255
+    means = val.images.float().mean((0, 2, 3)) / 255
+    assert torch.allclose(means, torch.tensor([0.49, 0.48, 0.45]), atol=0.02)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (128, 3, 32, 32) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+@pytest.mark.slow
+def test_real_cifar10_full_decode_is_reasonably_fast(make_cfg, cifar10_jpeg):
+    """All 60k JPEGs decoded once in a 2-process pool (cache bypassed), then served from the cache."""
+    start = time.perf_counter()
+    images = decode_images(ImageFolderDataModule(make_cfg("data.name=imagefolder", f"data.root={cifar10_jpeg}")).split_files("train")[0], 32, 2)
+    elapsed = time.perf_counter() - start
+    assert images.shape == (50000, 3, 32, 32)
+    assert elapsed < 60, f"decoding 50k CIFAR JPEGs took {elapsed:.1f} s"
+    cfg = make_cfg("data.name=imagefolder", f"data.root={cifar10_jpeg}", "data.num_workers=2")
+    build_datamodule(cfg).prepare_data()  # writes the caches (once)
+    start = time.perf_counter()
+    dm = build_datamodule(cfg)
+    assert torch.equal(dm.split("train").images, images)
+    assert time.perf_counter() - start < 10  # from the cache

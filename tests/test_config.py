@@ -1,0 +1,84 @@
+"""Strict configs: every malformed command line fails before anything runs, naming its problem."""
+
+import subprocess
+import sys
+
+import pytest
+
+from vit_ablate.cli import main
+from vit_ablate.config import ConfigError, load_config, parse_overrides
+
+BAD_COMMAND_LINES = [
+    (["model.pos_embd=2d"], "unknown config key 'model.pos_embd'", "did you mean 'model.pos_embed'"),
+    (["optim.lrr=0.1"], "unknown config key 'optim.lrr'", "did you mean 'optim.lr'"),
+    (["modle.pos_embed=2d"], "unknown config key 'modle", "model"),
+    (["model.pos_embed=2D"], "model.pos_embed='2D' is not valid", "did you mean '2d'"),
+    (["model.depth=deep"], "model.depth", "deep"),
+    (["model.pool=mean"], "model.pool='mean' is not valid", "cls, gap, map"),
+    (["model.pos_embed=none", "model.pos_embed_at=every_layer"], "model.pos_embed_at='every_layer'", "supports input"),
+    (["model.img_size=30"], "model.img_size=30", "not divisible"),
+    (["optim.schedule=cosin"], "optim.schedule='cosin' is not valid", "did you mean 'cosine'"),
+    (["optim.name=adamm"], "optim.name='adamm' is not a timm optimizer", "did you mean 'adam"),
+    (["data.name=cifra10"], "data.name='cifra10' is not valid", "did you mean 'cifar10'"),
+    (["data.batch_size=0"], "data.batch_size=0", "positive"),
+    (["model.dropout=1.5"], "model.dropout=1.5", "[0, 1)"),
+    (["trainer.precision=bf16"], "trainer.precision='bf16' is not valid", "bf16-mixed"),
+    (["model.pos_embed"], "not of the form key=value", "model.pos_embed"),
+    (["model.hybrid_layers=[1, 2"], "cannot parse", "hybrid_layers"),
+    (["does_not_exist.yaml"], "config file 'does_not_exist.yaml' does not exist", ""),
+]
+
+
+@pytest.mark.parametrize("argv, first, second", BAD_COMMAND_LINES, ids=[" ".join(a) for a, _, _ in BAD_COMMAND_LINES])
+def test_bad_command_lines_exit_2_with_their_own_message(argv, first, second, capsys, tmp_path):
+    code = main(["train", *argv, f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert first in err and second in err, err
+    assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
+
+
+def test_typo_in_a_yaml_file_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  pos_embd: 2d\n")
+    assert main(["config", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "model.pos_embd" in err and str(bad) in err and "did you mean 'model.pos_embed'" in err
+
+
+def test_wandb_style_values_parse():
+    cfg = parse_overrides(["model.hybrid_layers=[1, 2]", "data.train_subset=None", "augment.hflip=True", "model.qkv_bias=false"])
+    assert list(cfg.model.hybrid_layers) == [1, 2]
+    assert cfg.data.train_subset is None
+    assert cfg.augment.hflip is True and cfg.model.qkv_bias is False
+    full = load_config(overrides=["data.train_subset=None", "augment.hflip=True", "optim.lr=3e-4", "trainer.devices=2"])
+    assert full.optim.lr == pytest.approx(3e-4) and full.trainer.devices == 2
+
+
+def test_merge_order_files_then_overrides(tmp_path):
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text("model:\n  pos_embed: 2d\n  depth: 3\n")
+    b.write_text("model:\n  depth: 5\n")
+    cfg = load_config([a, b], ["model.depth=7"])
+    assert (cfg.model.pos_embed, cfg.model.depth) == ("2d", 7)
+    assert load_config([a, b]).model.depth == 5
+
+
+def test_config_show_prints_the_resolved_config(capsys):
+    assert main(["config", "show", "experiments/quickstart.yaml", "model.pos_embed=2d"]) == 0
+    out = capsys.readouterr().out
+    assert "pos_embed: 2d" in out and "name: synthetic" in out
+
+
+def test_console_script_exit_code_and_help():
+    bad = subprocess.run([sys.executable, "-m", "vit_ablate", "train", "model.pos_embd=2d"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 'model.pos_embed'" in bad.stderr
+    helped = subprocess.run([sys.executable, "-m", "vit_ablate", "train", "model.pos_embed=2d", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "pos_embed: 2d" in helped.stdout
+
+
+def test_config_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        load_config(overrides=["model.norm=sandwich"])
+    assert issubclass(ConfigError, ValueError)

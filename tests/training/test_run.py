@@ -1,0 +1,119 @@
+"""The run directory contract: resume after SIGKILL, divergence, atomic results, no overwrites."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vit_ablate.config import ConfigError, load_config
+from vit_ablate.training import module as module_lib
+from vit_ablate.training.run import plan_batches, train
+
+
+def _cfg(args, *extra):
+    return load_config([args[0]], [*args[1:], *extra])
+
+
+def test_run_directory_layout_and_result(fast_args, tmp_path):
+    result = train(_cfg(fast_args, "name=layout", "trainer.max_epochs=2"))
+    run = tmp_path / "layout"
+    assert result["status"] == "completed"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    on_disk = json.loads((run / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    for key in ("status", "final", "best", "test", "epochs", "global_step", "wall_time_s", "throughput_img_s",
+                "seed", "config_digest", "version", "git_rev", "finished_at"):
+        assert key in on_disk
+    assert on_disk["epochs"] == 2 and on_disk["global_step"] == 2 * (1024 // 64)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[-1]["val/acc1"]) == pytest.approx(on_disk["final"]["val/acc1"])
+    assert 0.0 <= on_disk["test"]["test/acc1"] <= 1.0
+    rank = json.loads((run / "ranks" / "rank-0.json").read_text())
+    assert rank["config_digest"] == on_disk["config_digest"] and len(rank["first_batch_samples"]) == 64
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+
+
+def test_a_finished_run_is_not_run_again_and_a_different_config_is_refused(fast_args, tmp_path):
+    train(_cfg(fast_args, "name=once", "trainer.max_epochs=1"))
+    result_file = tmp_path / "once" / "result.json"
+    before = (result_file.stat().st_mtime_ns, result_file.read_bytes())
+    again = train(_cfg(fast_args, "name=once", "trainer.max_epochs=1"))
+    assert again["status"] == "completed"
+    assert (result_file.stat().st_mtime_ns, result_file.read_bytes()) == before
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(_cfg(fast_args, "name=once", "trainer.max_epochs=1", "model.pos_embed=2d"))
+
+
+def test_a_nan_loss_ends_the_run_as_diverged(fast_args, tmp_path, monkeypatch):
+    original = module_lib.ViTModule.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 5 else loss
+
+    monkeypatch.setattr(module_lib.ViTModule, "training_step", poisoned)
+    started = time.time()
+    result = train(_cfg(fast_args, "name=nan", "trainer.max_epochs=50"))
+    assert result["status"] == "diverged"
+    assert "non-finite" in result["error"]
+    assert result["global_step"] < 50  # stopped within the check interval, not after 50 epochs
+    assert time.time() - started < 60
+    assert json.loads((tmp_path / "nan" / "result.json").read_text())["status"] == "diverged"
+
+
+def test_global_batch_plan():
+    cfg = load_config(overrides=["data.batch_size=256", "data.micro_batch_size=32"])
+    plan = plan_batches(cfg, 4)
+    assert (plan.per_device, plan.micro_batch, plan.accumulation) == (64, 32, 2)
+    with pytest.raises(ConfigError, match="not divisible by the 3 devices"):
+        plan_batches(cfg, 3)
+    with pytest.raises(ConfigError, match="micro_batch_size=24"):
+        plan_batches(load_config(overrides=["data.batch_size=256", "data.micro_batch_size=24"]), 2)
+
+
+def _state(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt["state_dict"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path):
+    args = [*fast_args, "trainer.max_epochs=4", "data.synthetic.num_train=2048"]
+    reference = train(_cfg(args, "name=reference"))
+
+    command = [sys.executable, "-m", "vit_ablate", "train", *args, "name=killed"]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    # wait until epoch 1 has been checkpointed and epoch 2 is under way, then kill without warning
+    while time.time() < deadline:
+        rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").exists() else []
+        if len(rows) >= 2 and (run / "checkpoints" / "last.ckpt").exists():
+            time.sleep(0.3)
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "result.json").exists(), "the killed run must not have finished"
+
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs"] == 4
+    for section in ("final", "test"):
+        for key, value in reference[section].items():
+            assert result[section][key] == pytest.approx(value, abs=1e-6), (section, key)
+    ours, theirs = _state(run / "checkpoints" / "last.ckpt"), _state(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    assert max((ours[k].float() - theirs[k].float()).abs().max().item() for k in ours) <= 1e-6
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # no epoch twice

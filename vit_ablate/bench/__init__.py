@@ -1,0 +1,75 @@
+"""``vit-ablate bench``: throughput against timm, a plain PyTorch loop, the data pipeline and the GPU peak.
+
+    vit-ablate bench [EXPERIMENT.yaml ...] [key=value ...] [--steps N] [--json FILE] [--only SECTION ...] [--ddp N]
+
+``run_bench(cfg, ...)`` measures the configured model and batch and returns a printable table
+(section, what, img/s, reference img/s, ratio, per-round ratio range, target, met?); ``--json`` writes
+every number plus the environment. Sections (``core.py`` describes each): model, components,
+framework, data, gpu (CUDA only), and ``ddp=N``. Misses are printed as misses.
+
+Knobs without a CLI flag (environment variables): ``VIT_ABLATE_BENCH_ROUNDS`` (default 3),
+``VIT_ABLATE_BENCH_WARMUP`` (default 2), ``VIT_ABLATE_BENCH_COMPONENTS`` ("core": the four with targets,
+the CPU default; "all": also rope2d, sincos2d, map, conv stem, the GPU default; or a comma list of
+``key=value``), ``VIT_ABLATE_BENCH_PEAK_TFLOPS`` (the device's dense bf16 peak, for MFU).
+
+``vit_flops(spec, batch=1, training=False)`` is the analytic FLOP count (``flops.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+from vit_ablate.bench.core import SECTIONS, TARGETS
+from vit_ablate.bench.flops import count_flops, count_model_flops, device_peak_flops, vit_flops, vit_flops_breakdown
+from vit_ablate.bench.table import Row, format_table
+
+__all__ = [
+    "run_bench",
+    "benchmark",
+    "vit_flops",
+    "vit_flops_breakdown",
+    "count_flops",
+    "count_model_flops",
+    "device_peak_flops",
+    "Row",
+    "format_table",
+    "SECTIONS",
+    "TARGETS",
+]
+
+
+
+def benchmark(
+    cfg,
+    *,
+    steps: int = 20,
+    sections: Optional[Sequence[str]] = None,
+    ddp: int = 0,
+    json_path: Optional[str] = None,
+    **options: Any,
+):
+    """Run the benchmark; returns the ``Bench`` (``.results`` is the JSON content, ``.table()`` the text).
+
+    ``options`` go to ``Bench``: rounds, warmup, components, peak_tflops, device, progress,
+    mfu_reference, mfu_batch, gpu_compile, gpu_on_cpu.
+    """
+    from vit_ablate.bench.core import Bench
+    from vit_ablate.io import atomic_write_json
+
+    bench = Bench(cfg, steps=steps, **options)
+    bench.run(sections, ddp=ddp)
+    if json_path:
+        atomic_write_json(json_path, bench.results)
+    return bench
+
+
+def run_bench(
+    cfg,
+    steps: int = 20,
+    json_path: Optional[str] = None,
+    ddp: int = 0,
+    sections: Optional[Sequence[str]] = None,
+    **options: Any,
+) -> str:
+    """The CLI entry: measure, write ``json_path`` atomically when given, return the table."""
+    return benchmark(cfg, steps=steps, sections=sections, ddp=ddp, json_path=json_path, **options).table()

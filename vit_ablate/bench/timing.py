@@ -1,0 +1,236 @@
+"""Timing primitives: device synchronisation, precision policies, one training step, interleaved A/B.
+
+Every comparison of the benchmark is *interleaved*: the candidates are warmed up, then timed in rounds
+where each candidate runs ``steps`` steps in turn; the order alternates between rounds (A B, B A, …,
+which cancels a linear drift of the machine's load). A candidate's img/s is the median over rounds; a
+ratio is the median of the per-round paired ratios, so a load spike that hits one round hits both
+sides of that round's ratio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "synchronize",
+    "StepTimer",
+    "Precision",
+    "precision_of",
+    "make_optimizer",
+    "make_train_step",
+    "Measured",
+    "interleaved",
+    "paired_ratio",
+]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimer:
+    """Seconds of device work in a ``with`` block: CUDA events on a GPU, ``perf_counter`` on a CPU.
+
+    The block's queued GPU work is waited for at the end (the start synchronises too, so work queued
+    before the block is not billed to it)."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.seconds = float("nan")
+
+    def __enter__(self) -> "StepTimer":
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self._end.record()
+            self._end.synchronize()
+            self.seconds = self._start.elapsed_time(self._end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self._t0
+
+
+# --------------------------------------------------------------------------------------------
+# Precision: what trainer.precision means for a hand-written step
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    autocast_dtype: Optional[torch.dtype] = None  # mixed precision: autocast to this dtype
+    param_dtype: torch.dtype = torch.float32  # "-true" precisions: parameters and inputs in this dtype
+    grad_scaler: bool = False  # fp16 mixed precision scales the loss
+
+    def autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+_PRECISIONS = {
+    "32-true": Precision("32-true"),
+    "32": Precision("32"),
+    "bf16-mixed": Precision("bf16-mixed", autocast_dtype=torch.bfloat16),
+    "16-mixed": Precision("16-mixed", autocast_dtype=torch.float16, grad_scaler=True),
+    "bf16-true": Precision("bf16-true", param_dtype=torch.bfloat16),
+    "64-true": Precision("64-true", param_dtype=torch.float64),
+}
+
+
+def precision_of(name: str) -> Precision:
+    """``trainer.precision`` → the autocast / dtype policy Lightning applies for it."""
+    try:
+        return _PRECISIONS[str(name)]
+    except KeyError:
+        raise ValueError(f"trainer.precision={name!r} is not supported by the benchmark; use one of {', '.join(_PRECISIONS)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and training step
+# --------------------------------------------------------------------------------------------
+def optimizer_kwargs(cfg) -> Dict[str, object]:
+    """The keyword arguments ``ViTModule.configure_optimizers`` gives timm's ``create_optimizer_v2``."""
+    from vit_ablate.training.module import scaled_lr
+
+    optim = cfg.optim
+    extra: Dict[str, object] = {"eps": optim.eps}
+    name = optim.name.lower()
+    if "sgd" in name or "momentum" in name:
+        extra = {"momentum": optim.momentum}
+    elif "adam" in name or "lamb" in name:
+        extra["betas"] = tuple(optim.betas)
+    return dict(opt=optim.name, lr=scaled_lr(cfg), weight_decay=optim.weight_decay, **extra)
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """The run's optimizer (timm ``create_optimizer_v2``, weight-decay groups from ``no_weight_decay``)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, **optimizer_kwargs(cfg))
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    precision: Precision,
+    device: torch.device,
+    *,
+    grad_clip: Optional[float] = None,
+    label_smoothing: float = 0.0,
+) -> Callable[[], Tensor]:
+    """A closure doing one forward, cross-entropy, backward, (clip,) optimizer step, zero_grad on a
+    fixed batch. It returns the detached loss and never synchronises with the host."""
+    scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step() -> Tensor:
+        with precision.autocast(device):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+# --------------------------------------------------------------------------------------------
+# Interleaved measurement
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Measured:
+    """One candidate's measurement: img/s per round (in round order) and its step-0 loss."""
+
+    name: str
+    img_s: List[float] = field(default_factory=list)
+    loss_step0: Optional[float] = None
+    seconds: List[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.img_s) if self.img_s else float("nan")
+
+    def as_dict(self) -> Dict[str, object]:
+        return {
+            "img_s": self.median,
+            "img_s_rounds": list(self.img_s),
+            "seconds_rounds": list(self.seconds),
+            "loss_step0": self.loss_step0,
+        }
+
+
+def interleaved(
+    steps_fns: Mapping[str, Callable[[], Tensor]],
+    *,
+    images_per_step: int,
+    steps: int,
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Measured]:
+    """Time every candidate's step function in alternating-order rounds (module docstring).
+
+    The very first step of each candidate runs after ``torch.manual_seed(seed)`` and its loss is kept
+    (``loss_step0``): candidates with identical weights and inputs give identical step-0 losses.
+    """
+    if steps < 1 or rounds < 1:
+        raise ValueError(f"steps ({steps}) and rounds ({rounds}) must be positive")
+    names = list(steps_fns)
+    results = {name: Measured(name) for name in names}
+    for name in names:
+        fn = steps_fns[name]
+        torch.manual_seed(seed)
+        results[name].loss_step0 = float(fn())
+        for _ in range(max(0, warmup - 1)):
+            fn()
+        synchronize(device)
+    for r in range(rounds):
+        order: Sequence[str] = names if r % 2 == 0 else list(reversed(names))
+        for name in order:
+            fn = steps_fns[name]
+            with StepTimer(device) as timer:
+                for _ in range(steps):
+                    fn()
+            results[name].seconds.append(timer.seconds)
+            results[name].img_s.append(steps * images_per_step / timer.seconds)
+        if progress is not None:
+            progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {results[n].img_s[-1]:.1f}" for n in names))
+    return results
+
+
+def paired_ratio(a: Measured, b: Measured) -> Dict[str, float]:
+    """a / b: the median of the per-round ratios, with their range (the round-to-round noise)."""
+    ratios = [x / y for x, y in zip(a.img_s, b.img_s)]
+    if not ratios:
+        return {"ratio": float("nan"), "low": float("nan"), "high": float("nan"), "rounds": []}
+    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios), "rounds": ratios}

@@ -1,0 +1,589 @@
+"""Sweep files, their validation, the W&B agent's command macros and the proposals.
+
+Nothing here starts a process. The pieces, in the order a sweep uses them:
+
+``load_sweep``        the YAML file (read with ``yaml.safe_load``, as ``wandb sweep`` reads it), its
+                      name, its ``# reference:``/``# baseline:`` header comments and the effective
+                      command: the file's ``command`` with the CLI's ``key=value`` overrides inserted
+                      right after ``${args_no_hyphens}`` (the same list is uploaded to W&B).
+``validate_sweep``    everything that can be checked before a run starts: the W&B JSON schema (via the
+                      open-source ``sweeps`` package, which is the engine the W&B server runs), the
+                      command's macros, and every parameter name and value, by building the exact
+                      argv the agent would run and passing its ``train`` arguments through
+                      ``vit_ablate.config.load_config``. All problems are collected into one
+                      ``ConfigError``.
+``expand_command``    ``${env} ${interpreter} ${program} ${args} ${args_no_hyphens} ${args_json}
+                      ${args_json_file} ${envvar:NAME}`` exactly as ``wandb agent`` substitutes them;
+                      it calls wandb's own ``create_sweep_command``/``create_sweep_command_args`` and
+                      replicates the ten-line loop of ``wandb.wandb_agent.Agent._command_run`` around
+                      them (tests/sweep compare the result with that method's).
+``propose``           the next parameter set from ``sweeps.next_run`` (grid / random / bayes are
+                      W&B's own code), with Python's and numpy's RNGs seeded from the sweep's name and
+                      the proposal's index, so a proposal is reproducible; the runner persists each one
+                      the moment it is made, so a restart never proposes a run differently.
+``runs_to_stop``      hyperband ``early_terminate`` through ``sweeps.stop_runs``, on each run's
+                      per-epoch ``val/...`` history read from its ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import itertools
+import json
+import math
+import os
+import platform
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from vit_ablate.config import ConfigError
+
+__all__ = [
+    "SweepSpec",
+    "load_sweep",
+    "validate_sweep",
+    "expand_command",
+    "train_arguments",
+    "check_run_params",
+    "propose",
+    "proposal_seed",
+    "grid_size",
+    "to_sweep_run",
+    "runs_to_stop",
+    "read_history",
+    "read_result",
+    "MACROS",
+]
+
+# The macros ``wandb agent`` knows (wandb/wandb_agent.py, wandb/sdk/launch/sweeps/utils.py).
+MACROS = (
+    "env",
+    "interpreter",
+    "program",
+    "args",
+    "args_no_equals",
+    "args_no_hyphens",
+    "args_no_boolean_flags",
+    "args_json",
+    "args_json_file",
+    "args_dict",
+    "args_append_hydra",
+    "args_override_hydra",
+)
+_ENVVAR_MACRO = re.compile(r"^\$\{envvar:[A-Z0-9_]*\}$")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+# More combinations than this are validated one parameter at a time (the others at their first value).
+MAX_VALIDATED_COMBINATIONS = 2048
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The ``sweeps`` package's pydantic models warn about renamed config keys on import and use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _sweeps():
+    with _quiet():
+        import sweeps  # noqa: F401  (W&B's open-source sweep engine)
+        import sweeps.config  # noqa: F401
+    return sweeps
+
+
+# ---------------------------------------------------------------------------------------------- file
+@dataclass
+class SweepSpec:
+    """A loaded sweep file plus the CLI's extra overrides."""
+
+    path: Path
+    text: str
+    config: Dict[str, Any]  # the file as W&B sees it (yaml.safe_load)
+    name: str  # the file's `name`, else its stem; made safe for a directory name
+    overrides: List[str] = field(default_factory=list)  # CLI key=value, applied to every run
+    references: List[Dict[str, Any]] = field(default_factory=list)
+    baseline: Optional[Dict[str, str]] = None
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method"))
+
+    @property
+    def parameters(self) -> Dict[str, Any]:
+        return dict(self.config.get("parameters") or {})
+
+    @property
+    def command(self) -> List[str]:
+        """The effective command template: the file's, with the CLI overrides after ``${args_no_hyphens}``."""
+        return insert_overrides(self.config.get("command"), self.overrides)
+
+    @property
+    def metric(self) -> Dict[str, str]:
+        metric = self.config.get("metric") or {}
+        return {"name": str(metric.get("name", "val/acc1")), "goal": str(metric.get("goal", "maximize"))}
+
+    @property
+    def run_cap(self) -> Optional[int]:
+        cap = self.config.get("run_cap")
+        return int(cap) if cap else None
+
+
+def insert_overrides(command: Optional[Sequence[Any]], overrides: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
+    """``[..., "${args_no_hyphens}", rest...]`` → ``[..., "${args_no_hyphens}", *overrides, *extra, rest...]``.
+
+    After the sweep's parameters, so an override wins over the experiment file (and the parameters);
+    at the end when the command has no ``${args_no_hyphens}``.
+    """
+    command = list(command or [])
+    added = [*overrides, *extra]
+    if not added:
+        return command
+    for index, chunk in enumerate(command):
+        if str(chunk) == "${args_no_hyphens}":
+            return command[: index + 1] + added + command[index + 1 :]
+    return command + added
+
+
+def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read a sweep file. Raises ``ConfigError`` for a missing file, bad YAML or bad header comments."""
+    from vit_ablate.report.references import parse_baseline_comment, parse_reference_comments
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"sweep file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"sweep file {str(path)!r} must hold a mapping (method, parameters, command, ...)")
+    try:
+        references = parse_reference_comments(text)
+        baseline = parse_baseline_comment(text)
+    except ValueError as exc:
+        raise ConfigError(f"sweep file {str(path)!r}: {exc}") from None
+    raw_name = str(config.get("name") or path.stem)
+    name = _SAFE_NAME.sub("-", raw_name).strip("-.") or path.stem
+    return SweepSpec(path=path, text=text, config=config, name=name, overrides=list(overrides),
+                     references=references, baseline=baseline)
+
+
+# -------------------------------------------------------------------------------------------- macros
+def expand_command(
+    command: Optional[Sequence[Any]],
+    params: Mapping[str, Any],
+    program: Optional[str] = None,
+    args_json_file: Optional[str] = None,
+) -> List[str]:
+    """The argv ``wandb agent`` runs for a run with these parameter values.
+
+    A copy of ``wandb.wandb_agent.Agent._command_run``'s command branch: wandb's own
+    ``create_sweep_command`` (``${envvar:NAME}``, and the default ``${env} ${interpreter} ${program}
+    ${args}`` for an empty command) and ``create_sweep_command_args`` (values formatted with Python's
+    ``str``: ``None``, ``True``, ``[2, 2]``), then every chunk that is exactly ``${name}`` replaced by
+    its list (an unknown macro by nothing, as the agent does; ``validate_sweep`` rejects those).
+    """
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    sweep_command = sweep_utils.create_sweep_command(list(command or []))  # it edits its argument in place
+    sweep_vars: Dict[str, Any] = sweep_utils.create_sweep_command_args(
+        {"args": {key: {"value": value} for key, value in params.items()}}
+    )
+    sweep_vars["interpreter"] = ["python"]
+    sweep_vars["program"] = [program]
+    sweep_vars["args_json_file"] = [args_json_file]
+    if platform.system() != "Windows":
+        sweep_vars["env"] = ["/usr/bin/env"]
+    argv: List[str] = []
+    for chunk in sweep_command:
+        chunk = str(chunk)
+        if chunk.startswith("${") and chunk.endswith("}"):
+            argv += sweep_vars.get(chunk[2:-1]) or []
+        else:
+            argv += [chunk]
+    return argv
+
+
+def train_arguments(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
+    """``(files, overrides)`` that ``vit-ablate train`` would read from this argv, or ``None`` when
+    the argv is not a ``vit-ablate train`` command (a custom program: its parameters go unchecked)."""
+    from vit_ablate.cli import _split_args  # the CLI's own rule: items with "=" are overrides
+
+    seen_program = False
+    for index, item in enumerate(argv):
+        base = os.path.basename(str(item))
+        if base in ("vit-ablate", "vit_ablate") or "vit_ablate" in str(item):
+            seen_program = True
+        elif seen_program and item == "train":
+            files, overrides = _split_args([str(a) for a in argv[index + 1 :]])
+            return files, overrides
+    return None
+
+
+# ---------------------------------------------------------------------------------------- validation
+def _representative_values(name: str, config: Mapping[str, Any]) -> List[Any]:
+    """The values of a parameter that validation tries: all of a categorical's, a constant's value,
+    and the ends and middle of a distribution (through the ``sweeps`` package's own ppf)."""
+    _sweeps()
+    from sweeps.params import HyperParameter
+
+    with _quiet():
+        param = HyperParameter(name, dict(config))
+    if param.type in (HyperParameter.CONSTANT,):
+        return [param.config["value"]]
+    if param.type in (HyperParameter.CATEGORICAL, HyperParameter.CATEGORICAL_PROB):
+        return list(param.config["values"])
+    if param.type == HyperParameter.INT_UNIFORM:
+        return sorted({int(param.config["min"]), int(param.config["max"])})
+    values: List[Any] = []
+    for x in (0.0, 0.5, 1.0):
+        value = param.ppf(x)
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = param.ppf(1e-3 if x == 0.0 else 1 - 1e-3)
+            value = value.item() if isinstance(value, np.generic) else value
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def _load(files: Sequence[str], overrides: Sequence[str], validate: bool) -> Optional[str]:
+    from vit_ablate.config import load_config
+
+    try:
+        load_config(files, overrides, validate=validate)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _format_params(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[List[str]] = None) -> List[str]:
+    """Check the sweep file, its command and every parameter before any run starts.
+
+    ``template`` is the command the backend runs (default: the file's with the CLI overrides; the W&B
+    backend adds ``logging.wandb=true output_dir=...``). Raises one ``ConfigError`` listing every
+    problem found; returns notes (e.g. "custom program: its parameters are not checked") otherwise.
+    """
+    problems: List[str] = []
+    notes: List[str] = []
+    config = spec.config
+
+    # 1. W&B's JSON schema (unknown top-level keys, bad method, bad distributions, ...).
+    sweeps = _sweeps()
+    with _quiet():
+        violations = sweeps.schema_violations_from_proposed_config(config)
+    problems += [f"sweep file: {v}" for v in violations]
+    method = config.get("method")
+    if method == "custom" and backend == "local":
+        problems.append("sweep file: method 'custom' needs a W&B server; use grid, random or bayes locally")
+    if method in ("random", "bayes") and backend == "local" and not config.get("run_cap"):
+        notes.append(f"method {method!r} without run_cap: the sweep runs until --count is reached or it is stopped")
+    parameters = config.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        problems.append("sweep file: `parameters` must map at least one parameter name to its values")
+        parameters = {}
+    for name, value in parameters.items():
+        if isinstance(value, dict) and "parameters" in value:
+            problems.append(
+                f"parameter {name!r}: nested `parameters` blocks are not supported; name each key in full, "
+                f"e.g. `{name}.<key>:`"
+            )
+
+    # 2. The command: a list, macros the agent knows, and ${args_no_hyphens} (what `vit-ablate train` parses).
+    command = config.get("command")
+    if command is not None and not isinstance(command, list):
+        problems.append("sweep file: `command` must be a list, e.g. [vit-ablate, train, FILE.yaml, \"${args_no_hyphens}\"]")
+        command = None
+    template = list(template) if template is not None else spec.command
+    for chunk in template:
+        text = str(chunk)
+        if text.startswith("${") and text.endswith("}"):
+            if text[2:-1] not in MACROS and not _ENVVAR_MACRO.match(text):
+                problems.append(f"command: unknown macro {text!r} (the W&B agent would drop it); known: "
+                                + ", ".join("${" + m + "}" for m in MACROS))
+        elif "${" in text and not _ENVVAR_MACRO.search(text):
+            problems.append(f"command: {text!r}: a macro must be a list item of its own (the agent only "
+                            "replaces items that are exactly ${...})")
+    if "${program}" in [str(c) for c in template] and not config.get("program"):
+        problems.append("command uses ${program} but the sweep file has no `program`")
+
+    # 3. The CLI overrides: key=value, not a swept key.
+    for item in spec.overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r} is not of the form key=value")
+        elif key.strip() in parameters:
+            problems.append(f"override {item!r} sets {key.strip()!r}, which the sweep varies: every run would be the same")
+
+    # 4. Parameter names and values, through the config schema, with the argv the agent would build.
+    representative: Dict[str, List[Any]] = {}
+    for name, pconfig in parameters.items():
+        if not isinstance(pconfig, dict) or "parameters" in pconfig:
+            continue
+        try:
+            values = _representative_values(name, pconfig)
+        except Exception as exc:  # a distribution the schema let through but sweeps cannot sample
+            problems.append(f"parameter {name!r}: {exc}")
+            continue
+        if not values:
+            problems.append(f"parameter {name!r} has no values")
+            continue
+        representative[name] = values
+        for value in values:
+            if isinstance(value, str) and _looks_like_float(value):
+                problems.append(
+                    f"parameter {name!r}: {value!r} is a string to YAML (and to W&B, which reads the file "
+                    f"with PyYAML): write it with a dot and a signed exponent, e.g. {float(value):.1e}".replace("e-0", "e-")
+                )
+
+    first = {name: values[0] for name, values in representative.items()}
+    train_args = train_arguments(expand_command(template, first, config.get("program"), "args.json")) if template else None
+    if template and train_args is None:
+        notes.append("the command does not run `vit-ablate train`: parameter names and values are not checked")
+    if train_args is not None and not problems_block_config(problems):
+        problems += _validate_parameters(spec, template, representative)
+
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError(
+            f"sweep file {str(spec.path)!r} has {len(unique)} problem{'s' if len(unique) > 1 else ''} "
+            "(no run was started):\n  - " + "\n  - ".join(unique)
+        )
+    return notes
+
+
+def problems_block_config(problems: Sequence[str]) -> bool:
+    """A command that cannot be expanded makes the parameter checks meaningless."""
+    return any(p.startswith("command:") for p in problems)
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return bool(re.match(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$", text.strip()))
+
+
+def _validate_parameters(spec: SweepSpec, template: List[str], representative: Dict[str, List[Any]]) -> List[str]:
+    problems: List[str] = []
+    program = spec.config.get("program")
+
+    def args_for(params: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
+        argv = expand_command(template, params, program, "args.json")
+        parsed = train_arguments(argv)
+        assert parsed is not None
+        return parsed
+
+    # a) The experiment files and the fixed overrides alone (command literals and the CLI's), one by one.
+    files, fixed = args_for({})
+    error = _load(files, [], validate=False)
+    if error:
+        return [error]  # e.g. the experiment file does not exist: nothing else can be checked
+    usable_fixed = []
+    for item in fixed:
+        error = _load(files, [item], validate=False)
+        if error:
+            problems.append(error.replace("(on the command line)", f"(override {item!r})"))
+        else:
+            usable_fixed.append(item)
+    if len(usable_fixed) != len(fixed):
+        # Rebuild the template without the bad fixed overrides so the parameters can still be checked.
+        template = [c for c in template if str(c) not in set(fixed) - set(usable_fixed)]
+
+    # b) Each parameter on its own: its name is a config key and each value has the right type.
+    good: Dict[str, List[Any]] = {}
+    for name, values in representative.items():
+        ok = True
+        for value in values:
+            files, overrides = args_for({name: value})
+            error = _load(files, overrides, validate=False)
+            if error:
+                problems.append(error.replace("(on the command line)", f"(sweep parameter {name!r})"))
+                ok = False
+                if "unknown config key" in error:
+                    break  # one message per unknown key, not one per value
+        if ok:
+            good[name] = values
+
+    # c) Whole configurations: every combination (a grid runs them all), or, when there are too many,
+    #    each value with the other parameters at their first value.
+    if good:
+        names = list(good)
+        total = math.prod(len(v) for v in good.values())
+        if total <= MAX_VALIDATED_COMBINATIONS:
+            combos: Iterator[Tuple[Any, ...]] = itertools.product(*(good[n] for n in names))
+        else:
+            base = [good[n][0] for n in names]
+            combos = iter(
+                [tuple(base)]
+                + [tuple(v if j == i else base[j] for j in range(len(names))) for i, n in enumerate(names) for v in good[n][1:]]
+            )
+        seen: Dict[str, str] = {}
+        for combo in combos:
+            params = dict(zip(names, combo))
+            files, overrides = args_for(params)
+            error = _load(files, overrides, validate=True)
+            if error and error not in seen:
+                seen[error] = _format_params(params)
+        problems += [f"{error} (with {where})" for error, where in seen.items()]
+    return problems
+
+
+def check_run_params(spec: SweepSpec, params: Mapping[str, Any], template: Optional[List[str]] = None) -> Optional[str]:
+    """The config error a proposed run would hit, or ``None`` (also ``None`` for a custom program)."""
+    template = template if template is not None else spec.command
+    parsed = train_arguments(expand_command(template, params, spec.config.get("program"), "args.json"))
+    if parsed is None:
+        return None
+    return _load(parsed[0], parsed[1], validate=True)
+
+
+# ----------------------------------------------------------------------------------------- proposals
+def proposal_seed(sweep_name: str, index: int) -> int:
+    """The RNG seed of proposal ``index`` of sweep ``sweep_name`` (random and bayes are seeded by it)."""
+    return int(hashlib.sha256(f"{sweep_name}/{index}".encode()).hexdigest()[:8], 16)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed ``random`` and ``numpy.random`` (what ``sweeps`` samples from), restoring both afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def propose(config: Mapping[str, Any], runs: Sequence[Any], seed: int) -> Optional[Dict[str, Any]]:
+    """The next run's parameters (``{name: value}``) from ``sweeps.next_run``, or ``None`` when a grid
+    is exhausted. ``runs`` are ``sweeps.SweepRun`` objects for every run proposed so far."""
+    sweeps = _sweeps()
+    with seeded(seed), _quiet():
+        run = sweeps.next_run(dict(config), list(runs), validate=True)
+    if run is None:
+        return None
+    return {name: _plain(entry["value"]) for name, entry in run.config.items()}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python, so the manifest (JSON) and ``str()`` formatting match W&B's."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def grid_size(config: Mapping[str, Any]) -> Optional[int]:
+    """How many runs a grid sweep holds (capped by run_cap); ``None`` for random and bayes."""
+    if config.get("method") != "grid":
+        return None
+    runs: List[Any] = []
+    sweeps = _sweeps()
+    with _quiet():
+        while True:
+            run = sweeps.next_run(dict(config), runs, validate=False)
+            if run is None:
+                break
+            runs.append(run)
+    cap = config.get("run_cap")
+    return min(len(runs), int(cap)) if cap else len(runs)
+
+
+# ------------------------------------------------------------------------------------ run read-back
+def read_result(run_dir: Path) -> Optional[Dict[str, Any]]:
+    path = Path(run_dir) / "result.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_history(run_dir: Path) -> List[Dict[str, Any]]:
+    """``metrics.csv`` as one dict per validation epoch, numbers as floats (a half-written last line,
+    as seen while the run writes it, is skipped)."""
+    path = Path(run_dir) / "metrics.csv"
+    rows: List[Dict[str, Any]] = []
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                parsed: Dict[str, Any] = {}
+                for key, value in row.items():
+                    if key is None or value in (None, ""):
+                        continue
+                    try:
+                        parsed[key] = float(value)
+                    except ValueError:
+                        parsed[key] = value
+                if "epoch" in parsed and None not in row:
+                    rows.append(parsed)
+    except (OSError, csv.Error):
+        return []
+    return rows
+
+
+# Manifest status → the state a W&B run in that situation would have.
+_RUN_STATE = {
+    "pending": "pending",
+    "running": "running",
+    "completed": "finished",
+    "diverged": "finished",  # the process exits 0: W&B records it as finished
+    "failed": "failed",
+    "interrupted": "crashed",
+    "stopped": "killed",
+}
+
+
+def to_sweep_run(entry: Mapping[str, Any], run_dir: Optional[Path], metric: str, with_history: bool = True):
+    """A manifest entry (plus its run directory's metrics) as a ``sweeps.SweepRun``."""
+    sweeps = _sweeps()
+    summary: Dict[str, Any] = {}
+    history: List[Dict[str, Any]] = []
+    if run_dir is not None:
+        result = read_result(run_dir) or {}
+        for section in ("final", "test"):
+            summary.update({k: v for k, v in (result.get(section) or {}).items() if isinstance(v, (int, float))})
+        if with_history:
+            history = read_history(run_dir)
+            if history and metric not in summary and metric in history[-1]:
+                summary[metric] = history[-1][metric]
+    with _quiet():
+        return sweeps.SweepRun(
+            name=str(entry["name"]),
+            config={k: {"value": v} for k, v in (entry.get("params") or {}).items()},
+            state=_RUN_STATE.get(str(entry.get("status")), "pending"),
+            summary_metrics=summary,
+            history=history,
+        )
+
+
+def runs_to_stop(config: Mapping[str, Any], runs: Sequence[Any]) -> List[str]:
+    """Names of the running runs that hyperband ``early_terminate`` stops now (``sweeps.stop_runs``)."""
+    if not config.get("early_terminate"):
+        return []
+    sweeps = _sweeps()
+    with _quiet():
+        stop = sweeps.stop_runs(dict(config), list(runs), validate=False)
+    return [run.name for run in stop]
