@@ -373,8 +373,42 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+# Keys that say how and where a run executes, not what it computes: the device count is a speed knob,
+# so a run started on 8 GPUs may resume on 1 and is the same experiment.
+EXECUTION_KEYS = (
+    "name",
+    "output_dir",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.accelerator",
+    "trainer.ddp",
+    "trainer.progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.sync_batchnorm",
+    "data.num_workers",
+    "data.micro_batch_size",
+    "data.on_device",
+    "data.in_memory",
+    "logging",
+)
+
+
 def config_digest(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """A short stable hash of the resolved config (ranks compare it; run names derive from it)."""
+    """A short stable hash of the whole resolved config (every DDP rank records and compares it)."""
     data = to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def experiment_digest(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """A hash of what the run computes, without ``EXECUTION_KEYS``: the identity of a run directory."""
+    data = to_container(cfg) if isinstance(cfg, DictConfig) else json.loads(json.dumps(dict(cfg), default=str))
+    for key in EXECUTION_KEYS:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config_digest(data)

@@ -256,7 +256,7 @@ class Bench:
         except Exception as exc:  # recorded: a benchmark reports what failed and goes on
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             self.rows.append(Row(section, what, error=message))
-            self.results.setdefault("errors", {})[section] = "".join(traceback.format_exception(exc))[-4000:]
+            self.results.setdefault("errors", {})[f"{section}: {what}"] = "".join(traceback.format_exception(exc))[-4000:]
             self.log(f"{section} failed: {message}")
 
     # ------------------------------------------------------------------------------------ run
@@ -856,8 +856,7 @@ class Bench:
         """MFU of the issue's reference model (ViT-B/16 at 224), bf16 and compiled when compile works."""
         from vit_ablate.model import resolve_spec
 
-        model_cfg = {**self.model_cfg, **DEFAULT_COMPONENTS, "dim": None, "depth": None, "heads": None, "mlp_dim": None,
-                     "patch_size": None, "head_hidden_dim": None, **self.mfu_reference}
+        model_cfg = dict(self.mfu_reference)  # the paper-default model, nothing of the configured run
         spec = resolve_spec(model_cfg)
         compiled_ok = self.gpu_compile and "error" not in out["configs"].get("bf16-mixed + torch.compile", {"error": 1})
         label = f"ViT-{spec.variant}@{spec.img_size} bf16-mixed{' + compile' if compiled_ok else ''}"

@@ -194,6 +194,7 @@ class RankRecord(Callback):
                 "config_digest": self.digest,
                 "epoch": trainer.current_epoch,
                 "first_batch_samples": hashes,
+                "sync_batchnorm": any(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules()),
             },
         )
         self.written = True

@@ -25,7 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
 
 import vit_ablate
-from vit_ablate.config import ConfigError, config_digest, to_container, to_yaml, from_container
+from vit_ablate.config import ConfigError, config_digest, experiment_digest, from_container, to_container, to_yaml
 from vit_ablate.data import build_datamodule
 from vit_ablate.io import atomic_write_json, atomic_write_text, read_json
 from vit_ablate.training.callbacks import AtomicCheckpointIO, DivergenceCallback, EpochRecorder, EpochSeeding, RankRecord
@@ -49,15 +49,8 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         return Path(os.environ[RUN_DIR_ENV])
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         return Path(cfg.output_dir) / f"sweep-{os.environ['WANDB_SWEEP_ID']}" / os.environ["WANDB_RUN_ID"]
-    name = cfg.name or f"{cfg.data.name}-{config_digest(cfg)}"
+    name = cfg.name or f"{cfg.data.name}-{experiment_digest(cfg)}"
     return Path(cfg.output_dir) / name
-
-
-def _digest_without_location(cfg: DictConfig) -> str:
-    data = to_container(cfg)
-    data.pop("name", None)
-    data.pop("output_dir", None)
-    return config_digest(data)
 
 
 def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
@@ -67,7 +60,7 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         from omegaconf import OmegaConf
 
         previous = from_container(OmegaConf.to_container(OmegaConf.load(saved)), validate=False)
-        if _digest_without_location(previous) != _digest_without_location(cfg):
+        if experiment_digest(previous) != experiment_digest(cfg):
             raise ConfigError(
                 f"run directory {str(run_dir)!r} already holds a run of a different configuration; "
                 "pick another `name=` (or output_dir=) instead of overwriting it"
@@ -122,14 +115,28 @@ def plan_batches(cfg: DictConfig, world_size: int) -> BatchPlan:
     return BatchPlan(world_size, per_device, micro, per_device // micro)
 
 
-def count_devices(cfg: DictConfig) -> int:
-    """How many processes per node Lightning will start for ``trainer.devices``."""
+@dataclass
+class Placement:
+    devices: int  # processes per node
+    cuda: bool
+
+
+def resolve_devices(cfg: DictConfig) -> Placement:
+    """How many processes per node Lightning will start for ``trainer.devices``, and on what."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
     from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
 
     connector = _AcceleratorConnector(
         devices=cfg.trainer.devices, accelerator=cfg.trainer.accelerator, strategy="auto", num_nodes=cfg.trainer.num_nodes
     )
-    return len(connector._parallel_devices) if connector._parallel_devices else 1
+    devices = len(connector._parallel_devices) if connector._parallel_devices else 1
+    return Placement(devices, isinstance(connector.accelerator, CUDAAccelerator))
+
+
+def use_sync_batchnorm(cfg: DictConfig, placement: Placement) -> bool:
+    """SyncBatchNorm for the conv stem under multi-GPU DDP (torch supports it on CUDA only)."""
+    distributed = placement.devices * cfg.trainer.num_nodes > 1
+    return bool(cfg.trainer.sync_batchnorm and distributed and placement.cuda)
 
 
 def _strategy(cfg: DictConfig, devices: int):
@@ -194,7 +201,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     """Train (or resume, or report the finished run) and return the content of ``result.json``."""
     run_dir = resolve_run_dir(cfg)
     result_path = run_dir / "result.json"
-    prepare_run_dir(run_dir, cfg)  # refuses a directory that holds another configuration
+    prepare_run_dir(run_dir, cfg)  # refuses a directory that holds another experiment
     if result_path.exists():
         previous = read_json(result_path)
         if previous.get("status") in FINAL_STATUSES:
@@ -206,7 +213,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     datamodule = build_datamodule(cfg)
     check_data_matches_model(cfg, datamodule)
 
-    devices = count_devices(cfg)
+    placement = resolve_devices(cfg)
+    devices = placement.devices
     plan = plan_batches(cfg, devices * cfg.trainer.num_nodes)
     datamodule.per_device_batch_size = plan.micro_batch
     log(f"run directory {run_dir}")
@@ -234,7 +242,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         num_nodes=cfg.trainer.num_nodes,
         strategy=_strategy(cfg, devices),
         precision=cfg.trainer.precision,
-        sync_batchnorm=cfg.trainer.sync_batchnorm and devices * cfg.trainer.num_nodes > 1,
+        sync_batchnorm=use_sync_batchnorm(cfg, placement),
         accumulate_grad_batches=plan.accumulation,
         gradient_clip_val=cfg.optim.grad_clip,
         gradient_clip_algorithm="norm",
@@ -318,6 +326,7 @@ def _result(cfg, status, error, recorder: EpochRecorder, checkpoints, trainer, t
         "throughput_img_s": round(recorder.throughput, 1) if recorder.throughput else None,
         "seed": int(cfg.seed),
         "config_digest": digest,
+        "experiment_digest": experiment_digest(cfg),
         "version": vit_ablate.__version__,
         "git_rev": git_revision(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,0 +1,227 @@
+"""The local runner: failures, hyperband, signals, persisted proposals (with a fake program that starts in
+milliseconds), then real `vit-ablate train` sweeps: completion, and SIGKILL of the engine then resume."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vit_ablate.config import ConfigError
+from vit_ablate.sweep import run_sweep
+
+from .helpers import REPO, TINY, fake_command, fingerprint, manifest, statuses, write_sweep
+
+FAST = {"poll_s": 0.1, "grace_s": 10.0}
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def _wait_for(predicate, timeout=120.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _runs(sweep_dir: Path):
+    try:
+        return manifest(sweep_dir)["runs"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+# ------------------------------------------------------------------------------- fake program (fast)
+def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
+    path = write_sweep(tmp_path / "fails.yaml", {"mode": {"values": ["crash", "fail", "ok"]}},
+                       command=fake_command("epochs=2"))
+    summary = run_sweep(path, output_dir=tmp_path / "runs", **FAST)
+    sweep_dir = tmp_path / "runs" / "fails"
+    runs = {r["params"]["mode"]: r for r in manifest(sweep_dir)["runs"]}
+    assert {m: r["status"] for m, r in runs.items()} == {"crash": "failed", "fail": "failed", "ok": "completed"}
+    assert runs["crash"]["error"] == "exited with code 3 without writing result.json"
+    assert "simulated crash" in runs["crash"]["log_tail"]
+    assert runs["fail"]["error"] == "fake_train: simulated failure" and runs["fail"]["exit_code"] == 1
+    assert runs["ok"]["metrics"]["val/acc1"] == 0.5
+    assert not summary.ok and summary.exit_code == 1
+    assert summary.counts["failed"] == 2 and summary.counts["completed"] == 1
+    for name in ("name", "mode", "status", "val/acc1", "wall", "run-002", "0.5000", "2 failed"):
+        assert name in summary.text
+
+    # A rerun retries the failed runs only; the completed one is not started again.
+    ok_dir = sweep_dir / runs["ok"]["dir"]
+    before = fingerprint(ok_dir)
+    run_sweep(path, output_dir=tmp_path / "runs", **FAST)
+    again = {r["params"]["mode"]: r for r in manifest(sweep_dir)["runs"]}
+    assert again["crash"]["attempts"] == 2 and again["ok"]["attempts"] == 1
+    assert fingerprint(ok_dir) == before
+    assert (sweep_dir / "run-000" / "train.log").read_text().count("==== sweep fails run-000 attempt") == 2
+
+
+def test_hyperband_stops_a_run_below_the_threshold(tmp_path):
+    path = write_sweep(
+        tmp_path / "hb.yaml", {"acc": {"values": [0.9, 0.8, 0.1]}},
+        command=fake_command("epochs=12", "sleep=0.25"),
+        early_terminate={"type": "hyperband", "min_iter": 2, "eta": 2},
+    )
+    summary = run_sweep(path, output_dir=tmp_path / "runs", early_terminate_every_s=0.1, **FAST)
+    sweep_dir = tmp_path / "runs" / "hb"
+    assert statuses(sweep_dir) == {"run-000": "completed", "run-001": "completed", "run-002": "stopped"}
+    rows = (sweep_dir / "run-002" / "metrics.csv").read_text().splitlines()[1:]
+    assert 2 <= len(rows) < 12
+    assert summary.ok  # stopping is the sweep's decision, not a failure
+    # stopped runs stay stopped on a rerun
+    run_sweep(path, output_dir=tmp_path / "runs", **FAST)
+    assert statuses(sweep_dir)["run-002"] == "stopped"
+
+
+def test_sigterm_to_the_engine_interrupts_runs_and_a_rerun_resumes(tmp_path):
+    path = write_sweep(tmp_path / "sig.yaml", {"acc": {"values": [0.1, 0.2, 0.3, 0.4]}},
+                       command=fake_command("epochs=20", "sleep=0.1"))
+    out = tmp_path / "runs"
+    sweep_dir = out / "sig"
+    engine = subprocess.Popen([sys.executable, "-m", "vit_ablate", "sweep", str(path), "--output-dir", str(out),
+                               "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def two_running_with_progress():
+            running = [r for r in _runs(sweep_dir) if r["status"] == "running" and r.get("pid")]
+            return len(running) == 2 and all(
+                len((sweep_dir / r["dir"] / "metrics.csv").read_text().splitlines()) > 3
+                for r in running if (sweep_dir / r["dir"] / "metrics.csv").exists()
+            ) and running
+        running = _wait_for(two_running_with_progress, what="two runs in progress")
+        engine.send_signal(signal.SIGTERM)
+        output, _ = engine.communicate(timeout=60)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert engine.returncode == 1, output
+    assert "interrupted: rerun the same command to resume" in output
+    after = {r["name"]: r for r in _runs(sweep_dir)}
+    for run in running:
+        assert after[run["name"]]["status"] == "interrupted"
+        assert json.loads((sweep_dir / run["dir"] / "result.json").read_text())["status"] == "interrupted"
+        assert not os.path.exists(f"/proc/{run['pid']}") or "Z" in Path(f"/proc/{run['pid']}/stat").read_text().split()[2]
+    assert manifest(sweep_dir)["invocations"][-1]["interrupted"] is True
+
+    summary = run_sweep(path, output_dir=out, workers=2, **FAST)
+    assert summary.ok, summary.text
+    final = manifest(sweep_dir)["runs"]
+    assert [r["status"] for r in final] == ["completed"] * 4
+    for run in running:  # resumed in place: every epoch once
+        rows = (sweep_dir / run["dir"] / "metrics.csv").read_text().splitlines()[1:]
+        assert len(rows) == 20
+        assert next(r for r in final if r["name"] == run["name"])["attempts"] == 2
+
+
+def test_random_proposals_are_persisted_and_never_redrawn(tmp_path):
+    path = write_sweep(tmp_path / "rnd.yaml", {"acc": {"distribution": "uniform", "min": 0.0, "max": 1.0}},
+                       command=fake_command("epochs=1"), method="random", run_cap=3)
+    out = tmp_path / "runs"
+    run_sweep(path, output_dir=out, count=2, **FAST)
+    first = [(r["name"], r["params"]) for r in manifest(out / "rnd")["runs"]]
+    assert [n for n, _ in first] == ["run-000", "run-001"]
+    # a proposal made but never started (engine killed right after proposing) is kept, not redrawn
+    data = manifest(out / "rnd")
+    data["runs"].append({"name": "run-002", "dir": "run-002", "params": {"acc": 0.123}, "status": "pending"})
+    (out / "rnd" / "sweep.json").write_text(json.dumps(data))
+    summary = run_sweep(path, output_dir=out, **FAST)
+    runs = manifest(out / "rnd")["runs"]
+    assert [(r["name"], r["params"]) for r in runs[:2]] == first
+    assert runs[2]["params"] == {"acc": 0.123} and len(runs) == 3  # run_cap
+    assert summary.counts["completed"] == 3
+    # the draws are the seeded ones: a fresh sweep of the same name proposes the same values
+    run_sweep(path, output_dir=tmp_path / "again", count=2, **FAST)
+    assert [(r["name"], r["params"]) for r in manifest(tmp_path / "again" / "rnd")["runs"]] == first
+
+
+def test_a_changed_sweep_or_a_second_engine_is_refused(tmp_path):
+    path = write_sweep(tmp_path / "chg.yaml", {"acc": {"values": [0.1]}}, command=fake_command("epochs=1"))
+    out = tmp_path / "runs"
+    run_sweep(path, output_dir=out, **FAST)
+    with pytest.raises(ConfigError, match="belongs to a different sweep"):
+        run_sweep(path, output_dir=out, overrides=["epochs=2"], **FAST)
+    write_sweep(path, {"acc": {"values": [0.1, 0.2]}}, command=fake_command("epochs=1"))
+    with pytest.raises(ConfigError, match="sweep file keys parameters"):
+        run_sweep(path, output_dir=out, **FAST)
+    write_sweep(path, {"acc": {"values": [0.1]}}, command=fake_command("epochs=1"))
+    with open(out / "chg" / ".lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="already being run"):
+            run_sweep(path, output_dir=out, **FAST)
+    assert run_sweep(path, output_dir=out, **FAST).ok
+
+
+# -------------------------------------------------------------------------- real training (slow)
+@pytest.mark.slow
+def test_four_run_sweep_on_synthetic_data_completes(tmp_path):
+    path = write_sweep(tmp_path / "tiny.yaml", {"seed": {"values": [0, 1]}, "model.pos_embed": {"values": ["none", "1d"]}})
+    summary = run_sweep(path, overrides=TINY, output_dir=tmp_path / "runs", workers=4, **FAST)
+    sweep_dir = tmp_path / "runs" / "tiny"
+    assert summary.ok, summary.text
+    runs = manifest(sweep_dir)["runs"]
+    assert [(r["name"], r["params"]) for r in runs] == [
+        ("run-000", {"model.pos_embed": "none", "seed": 0}), ("run-001", {"model.pos_embed": "none", "seed": 1}),
+        ("run-002", {"model.pos_embed": "1d", "seed": 0}), ("run-003", {"model.pos_embed": "1d", "seed": 1}),
+    ]
+    for run in runs:
+        result = json.loads((sweep_dir / run["dir"] / "result.json").read_text())
+        assert result["status"] == run["status"] == "completed"
+        assert 0.0 <= run["metrics"]["val/acc1"] <= 1.0 and run["metrics"]["val/acc1"] == result["final"]["val/acc1"]
+        assert result["seed"] == run["params"]["seed"]
+        assert "model.pos_embed=" + run["params"]["model.pos_embed"] in (sweep_dir / run["dir"] / "train.log").read_text()
+        config = (sweep_dir / run["dir"] / "config.yaml").read_text()
+        assert f"pos_embed: {run['params']['model.pos_embed']}" in config and "max_epochs: 1" in config
+    data = manifest(sweep_dir)
+    assert data["reference"] == [] and data["overrides"] == TINY and data["config"]["method"] == "grid"
+    assert (sweep_dir / "tiny.yaml").read_text() == path.read_text()
+    assert "4 runs: 4 completed" in summary.text
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_engine_then_rerun_resumes_without_touching_finished_runs(tmp_path):
+    path = write_sweep(tmp_path / "kill.yaml", {"seed": {"values": [0, 1]}, "model.pos_embed": {"values": ["none", "1d"]}})
+    out = tmp_path / "runs"
+    sweep_dir = out / "kill"
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "vit_ablate", "sweep", str(path), *TINY, "--output-dir", str(out), "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        def third_running():
+            runs = _runs(sweep_dir)
+            return len(runs) == 3 and runs[2]["status"] == "running" and runs[2].get("pid") and runs
+        runs = _wait_for(third_running, timeout=300, what="run-002 to start")
+        time.sleep(4.0)  # well into run 3 (imports, data, maybe training)
+        engine.kill()  # SIGKILL: no handler runs, the manifest says run-002 is running
+        engine.wait()
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert [r["status"] for r in runs[:2]] == ["completed", "completed"]
+    finished = {name: fingerprint(sweep_dir / name) for name in ("run-000", "run-001")}
+    assert all(len(f) >= 2 for f in finished.values())  # result.json and checkpoints
+
+    summary = run_sweep(path, overrides=TINY, output_dir=out, workers=2, **FAST)
+    assert summary.ok, summary.text
+    data = manifest(sweep_dir)
+    assert [r["status"] for r in data["runs"]] == ["completed"] * 4
+    assert [r["attempts"] for r in data["runs"]] == [1, 1, 2, 1]
+    for name, before in finished.items():
+        assert fingerprint(sweep_dir / name) == before  # mtime and sha256 unchanged
+    for name in ("run-002", "run-003"):
+        assert json.loads((sweep_dir / name / "result.json").read_text())["status"] == "completed"
+    assert len(data["invocations"]) == 2 and "ended_at" not in data["invocations"][0]

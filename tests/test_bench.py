@@ -1,0 +1,197 @@
+"""`vit-ablate bench` (issue 6): the tool runs, its JSON holds every number, the A/B comparison uses
+identical weights, and the analytic FLOP count agrees with torch's FlopCounterMode.
+
+Nothing here is a timed test: the benchmarks run a couple of steps of a tiny model on the synthetic data
+and only their structure is checked, never their speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vit_ablate.bench import Row, benchmark, count_flops, count_model_flops, device_peak_flops, vit_flops
+from vit_ablate.bench.core import CORE_COMPONENTS, parse_components, sdpa_kernels_used
+from vit_ablate.config import ConfigError, load_config
+from vit_ablate.model import build_model
+
+TINY = [
+    "model.variant=Ti/8", "model.dim=32", "model.depth=1", "model.heads=2", "model.mlp_dim=64",
+    "model.img_size=32", "model.num_classes=8", "data.batch_size=8", "data.synthetic.num_train=128",
+]
+TINY_MODEL = {"variant": "Ti/8", "dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "img_size": 32, "num_classes": 8}
+FAST = dict(rounds=2, warmup=1, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine run several times faster on one thread (no OpenMP barriers
+    # waiting for a descheduled sibling); restored afterwards so other test modules are unaffected.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """Every section once (gpu through its CPU code path, ddp skipped for want of GPUs)."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    cfg = load_config([], TINY)
+    bench = benchmark(
+        cfg, steps=2, json_path=str(path), ddp=2, sections=["model", "components", "framework", "data", "gpu"],
+        gpu_on_cpu=True, gpu_compile=False, mfu_reference=TINY_MODEL, mfu_batch=4, peak_tflops=1.0, **FAST,
+    )
+    return bench, json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+def _meta_model(cfg):
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"variant": "Ti/16", "img_size": 224, "num_classes": 1000},
+        {"variant": "Ti/4", "img_size": 32, "num_classes": 10},
+        {"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pool": "gap"},
+        {"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pos_embed": "relative", "pool": "map", "stem": "conv", "head": "mlp"},
+    ],
+    ids=["Ti16-224", "cifar-Ti4-32", "Ti4-gap", "relative-map-conv-mlp"],
+)
+def test_analytic_flops_match_torch_flop_counter(cfg):
+    model = _meta_model(cfg)
+    forward, counted = vit_flops(cfg), count_model_flops(model)
+    assert abs(forward / counted - 1) < 0.02
+    training, counted_training = vit_flops(cfg, training=True), count_model_flops(model, training=True)
+    assert abs(training / counted_training - 1) < 0.02
+    assert vit_flops(cfg, batch=3) == 3 * forward
+
+
+def test_vit_b16_matches_the_reference_gmacs():
+    # shared/paper_reference.md: ViT-B/16 at 224 is 17.58 GMACs forward, ≈ 105 GFLOPs per training image
+    spec = {"variant": "B/16", "img_size": 224, "num_classes": 1000}
+    assert vit_flops(spec) / 2e9 == pytest.approx(17.58, rel=0.005)
+    assert vit_flops(spec, training=True) / 1e9 == pytest.approx(105, rel=0.01)
+
+
+def test_cpu_sdpa_kernel_is_counted():
+    # torch's FlopCounterMode alone misses the CPU fused attention kernel; count_flops adds it
+    model = build_model({**TINY_MODEL, "dim": 64, "heads": 4})
+    images = torch.randn(2, 3, 32, 32)
+    _, total, by_op = count_flops(lambda: model(images))
+    assert any("attention" in op for op in by_op)
+    assert total == vit_flops(model.spec, batch=2)
+
+
+# ------------------------------------------------------------------------------------------ the tool
+def test_json_has_every_field(full_run):
+    bench, data = full_run
+    for key in ("environment", "config", "settings", "flops", "model", "components", "framework", "data", "gpu", "ddp", "rows", "notes"):
+        assert key in data, key
+    assert "errors" not in data, data.get("errors")
+    env = data["environment"]
+    for key in ("torch", "timm", "lightning", "device_name", "cpu_count", "torch_threads", "command_line", "config_digest"):
+        assert env[key] not in (None, ""), key
+    model = data["model"]
+    for key in ("ours_img_s", "reference_img_s", "ratio", "ratio_rounds", "loss_step0", "loss_match", "weights_identical"):
+        assert key in model, key
+    assert model["reference"] == "timm" and len(model["ratio_rounds"]) == 2
+    assert set(data["components"]["variants"]) == {f"model.{k}={v}" for k, v in CORE_COMPONENTS}
+    framework = data["framework"]
+    assert framework["lightning_img_s"] > 0 and framework["plain_img_s"] > 0 and framework["ratio"] > 0
+    pipeline = data["data"]["pipelines"]["synthetic"]
+    assert pipeline["img_s"] > 0 and not pipeline["stand_in"] and pipeline["ratio_to_model"] > 0
+    gpu = data["gpu"]
+    assert {"fp32 eager", "bf16-mixed eager"} <= set(gpu["configs"])
+    assert gpu["sdpa"]["default_uses"] and gpu["mfu_reference"]["mfu"] > 0
+    assert data["ddp"]["skipped"]
+    assert data["flops"]["flop_counter_relative_error"] == pytest.approx(0, abs=1e-9)
+    # the table shows every row with a verdict
+    table = bench.table()
+    for section in ("model", "components", "framework", "data", "gpu", "ddp"):
+        assert section in table
+    targets = {row["section"]: row["target"] for row in data["rows"] if row["target"] is not None}
+    assert targets == {"model": 1.0, "components": 0.9, "framework": 0.97, "data": 10.0, "gpu": 0.45}
+    assert all(row["verdict"] in ("yes", "MISS", "MISS (within noise)", "—", "skipped") for row in data["rows"])
+
+
+def test_ab_comparison_uses_identical_weights(full_run):
+    _, data = full_run
+    model = data["model"]
+    assert model["weights_identical"] is True
+    ours, theirs = model["loss_step0"]["ours"], model["loss_step0"]["timm"]
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    assert model["loss_match"] is True
+    # not trivially equal: timm's non-zero head was loaded, so the loss is not ln(classes)
+    assert abs(ours - math.log(8)) > 1e-4
+
+
+def test_components_timm_lacks_compare_with_our_default_and_cifar_falls_back(tmp_path):
+    cfg = load_config([], TINY + ["model.norm=post", "model.num_classes=10", "data.name=cifar10",
+                                  f"data.root={tmp_path / 'missing'}", "augment.random_crop_padding=4", "augment.hflip=true",
+                                  "data.train_subset=64"])
+    bench = benchmark(cfg, steps=1, sections=["model", "data"], **FAST)
+    model = bench.results["model"]
+    assert model["reference"] == "default" and "model.norm" in model["timm_unavailable"]
+    row = next(r for r in bench.rows if r.section == "model")
+    assert row.target is None and row.ratio > 0
+    pipelines = bench.results["data"]["pipelines"]
+    standin = pipelines["cifar10 (stand-in)"]
+    assert standin["stand_in"] and "not found" in standin["stand_in_reason"] and standin["loader"] == "DeviceLoader"
+    assert "synthetic" in pipelines  # the embedded data at the same shape, for comparison
+    assert "STAND-IN" in bench.table()
+
+
+def test_cli_bench_writes_json(tmp_path, capsys):
+    from vit_ablate.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--steps", "1", "--json", str(out), "--only", "model"]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["sections"] == ["model"] and data["model"]["loss_match"] is True
+    assert "ours vs timm" in capsys.readouterr().out
+    assert main(["bench", *TINY, "--only", "modle"]) == 2  # unknown section: a usage error
+
+
+# ------------------------------------------------------------------------------------------ parts
+def test_gpu_section_is_skipped_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    bench = benchmark(load_config([], TINY), steps=1, sections=["gpu"], **FAST)
+    assert bench.rows[0].skipped and bench.results["gpu"]["skipped"]
+
+
+def test_device_peaks():
+    assert device_peak_flops("NVIDIA H100 80GB HBM3")[0] == 989e12
+    assert device_peak_flops("NVIDIA H100 PCIe")[0] == 756e12
+    assert device_peak_flops("NVIDIA H200")[0] == 989e12
+    assert device_peak_flops("NVIDIA A100-SXM4-80GB")[0] == 312e12
+    assert device_peak_flops("Some Accelerator")[0] is None
+    assert device_peak_flops("NVIDIA H100 PCIe", override_tflops=500)[0] == 500e12
+
+
+def test_sdpa_kernel_detection_on_cpu():
+    images = torch.randn(2, 3, 32, 32)
+    fused = build_model(TINY_MODEL)
+    relative = build_model({**TINY_MODEL, "pos_embed": "relative"})  # a float mask: the math path on a CPU
+    assert sdpa_kernels_used(lambda: fused(images), torch.device("cpu")) == ["cpu_fused"]
+    assert sdpa_kernels_used(lambda: relative(images), torch.device("cpu")) == ["math"]
+
+
+def test_verdicts_and_component_lists():
+    assert Row("model", "x", 1.0, 1.0, 1.01, 1.0, 0.99, 1.03).verdict == "yes"
+    assert Row("model", "x", 1.0, 1.0, 0.98, 1.0, 0.95, 1.02).verdict == "MISS (within noise)"
+    assert Row("model", "x", 1.0, 1.0, 0.90, 1.0, 0.88, 0.93).verdict == "MISS"
+    assert Row("data", "x", 1.0, 1.0, 50.0).verdict == "—"
+    cpu = torch.device("cpu")
+    assert parse_components("core", cpu) == list(CORE_COMPONENTS)
+    assert len(parse_components("all", cpu)) == 8
+    assert parse_components("model.pos_embed=rope2d,stem=conv", cpu) == [("pos_embed", "rope2d"), ("stem", "conv")]
+    with pytest.raises(ConfigError):
+        parse_components("colour=red", cpu)

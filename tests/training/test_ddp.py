@@ -1,0 +1,204 @@
+"""DDP on CPU (gloo, two processes): the device count is a speed knob, not a change of science.
+
+Every DDP training runs in a subprocess (Lightning's launcher or torchrun), never inside pytest.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = [
+    "experiments/quickstart.yaml",
+    "trainer.progress_bar=false",
+    "logging.csv=false",
+    "trainer.accelerator=cpu",
+    "data.synthetic.num_train=512",
+    "data.synthetic.num_val=257",  # odd: two ranks cannot split it evenly
+    "data.synthetic.num_test=129",
+    "model.dim=32",
+    "model.mlp_dim=64",
+    "model.depth=1",
+    "data.batch_size=64",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def _run(command, cwd, timeout=300):
+    done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _train(tmp_path, name, devices, *extra, launcher=None):
+    args = [*TINY, f"output_dir={tmp_path}", f"name={name}", f"trainer.devices={devices}", *extra]
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+                   "-m", "vit_ablate", "train", *args]
+    else:
+        command = [sys.executable, "-m", "vit_ablate", "train", *args]
+    return _run(command, cwd=Path(__file__).resolve().parents[2])
+
+
+def _weights(run):
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+@pytest.mark.slow
+def test_one_step_on_two_ranks_equals_one_step_on_one(tmp_path):
+    # SGD makes the update proportional to the gradient, so this compares the all-reduced gradient.
+    step = ["trainer.max_steps=1", "optim.name=momentum", "optim.momentum=0", "optim.lr=0.5", "optim.warmup_steps=0",
+            "optim.weight_decay=0", "model.dropout=0", "model.drop_path=0", "evaluate.test=false"]
+    _train(tmp_path, "one", 1, *step)
+    _train(tmp_path, "two", 2, *step)
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    moved = max((one[k] - _initial(k, tmp_path)).abs().max().item() for k in one)
+    assert moved > 1e-3, "the step must actually change the weights"
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"max |w_1proc - w_2proc| after one step: {diff:.3g}")
+    assert diff <= 1e-6
+
+
+def _initial(key, tmp_path):
+    # the initial weights: a fresh model built with the run's seed, exactly as training builds it
+    from vit_ablate.config import load_config
+    from vit_ablate.training.module import ViTModule
+    import lightning as L
+
+    if not hasattr(_initial, "cache"):
+        cfg = load_config([TINY[0]], [*TINY[1:]])
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        _initial.cache = {f"model.{k}": v for k, v in ViTModule(cfg).model.state_dict().items()}
+    return _initial.cache[key]
+
+
+EVALUATE = textwrap.dedent(
+    """
+    import json, sys
+    import lightning as L
+    from vit_ablate.config import load_config
+    from vit_ablate.data import build_datamodule
+    from vit_ablate.training.module import ViTModule
+
+    checkpoint, devices, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    module = ViTModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    datamodule = build_datamodule(module.cfg)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        use_distributed_sampler=False)
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    if trainer.is_global_zero:
+        json.dump({k: float(v) for k, v in metrics.items()}, open(out, "w"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_validation_metrics_are_identical_on_one_and_two_processes(tmp_path):
+    _train(tmp_path, "trained", 1, "trainer.max_epochs=2", "evaluate.test=false")
+    script = tmp_path / "evaluate.py"
+    script.write_text(EVALUATE)
+    checkpoint = tmp_path / "trained" / "checkpoints" / "last.ckpt"
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"val-{devices}.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+                   str(script), str(checkpoint), str(devices), str(out)]
+        _run(command, cwd=tmp_path)
+        results[devices] = json.loads(out.read_text())
+    print("1 process:", results[1], "2 processes:", results[2])
+    assert results[1]["val/acc1"] == results[2]["val/acc1"]
+    assert results[1]["val/loss"] == pytest.approx(results[2]["val/loss"], abs=1e-6)
+    # and the accuracy is a count over all 257 samples, not over a padded 258
+    correct = results[1]["val/acc1"] * 257
+    assert abs(correct - round(correct)) < 1e-4
+
+
+def _ranks(run):
+    return [json.loads((run / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
+def test_two_process_run_end_to_end(tmp_path, launcher):
+    done = _train(tmp_path, "ddp", 2, "trainer.max_epochs=2", "model.stem=conv", launcher=launcher)
+    run = tmp_path / "ddp"
+    assert "global batch 64 = 2 device(s) × 32 per device × 1 accumulation step(s)" in done.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs"] == 2
+    assert result["global_step"] == 2 * (512 // 64)  # each step consumed the global batch of 64
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    rank0, rank1 = _ranks(run)
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["config_digest"] == rank1["config_digest"]  # both ranks trained the same config
+    assert set(rank0["first_batch_samples"]).isdisjoint(rank1["first_batch_samples"])
+    assert len(rank0["first_batch_samples"]) == 32
+    # torch's SyncBatchNorm runs on CUDA only; on CPU the conv stem keeps per-rank statistics
+    assert rank0["sync_batchnorm"] is rank1["sync_batchnorm"] is False
+
+
+def test_sync_batchnorm_is_chosen_for_multi_gpu_ddp_only():
+    from vit_ablate.config import load_config
+    from vit_ablate.training.run import Placement, use_sync_batchnorm
+
+    cfg = load_config(overrides=["model.stem=conv"])
+    assert use_sync_batchnorm(cfg, Placement(devices=2, cuda=True))
+    assert not use_sync_batchnorm(cfg, Placement(devices=1, cuda=True))
+    assert not use_sync_batchnorm(cfg, Placement(devices=2, cuda=False))
+    assert not use_sync_batchnorm(load_config(overrides=["trainer.sync_batchnorm=false"]), Placement(devices=2, cuda=True))
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_run_resumes_on_one_device(tmp_path):
+    import csv
+    import signal
+    import time
+
+    args = [*TINY, f"output_dir={tmp_path}", "name=moving", "trainer.max_epochs=3", "data.synthetic.num_train=2048"]
+    run = tmp_path / "moving"
+    launcher = subprocess.Popen([sys.executable, "-m", "vit_ablate", "train", *args, "trainer.devices=2"],
+                                cwd=Path(__file__).resolve().parents[2], env=ENV, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").exists() else []
+        if rows and (run / "checkpoints" / "last.ckpt").exists():
+            break
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGKILL)  # both ranks, without warning
+    launcher.wait()
+    assert not (run / "result.json").exists()
+
+    done = _train(tmp_path, "moving", 1, "trainer.max_epochs=3", "data.synthetic.num_train=2048")
+    assert "resuming from" in done.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs"] == 3
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+
+
+def test_sync_batchnorm_is_chosen_for_multi_gpu_ddp_only():
+    from vit_ablate.config import load_config
+    from vit_ablate.training.run import Placement, use_sync_batchnorm
+
+    cfg = load_config(overrides=["model.stem=conv"])
+    assert use_sync_batchnorm(cfg, Placement(devices=2, cuda=True))
+    assert not use_sync_batchnorm(cfg, Placement(devices=1, cuda=True))
+    assert not use_sync_batchnorm(cfg, Placement(devices=2, cuda=False))
+    assert not use_sync_batchnorm(load_config(overrides=["trainer.sync_batchnorm=false"]), Placement(devices=2, cuda=True))
+
+
+@pytest.mark.slow
+def test_a_ddp_checkpoint_resumes_on_one_device(tmp_path):
+    _train(tmp_path, "moving", 2, "trainer.max_epochs=1")
+    done = _train(tmp_path, "moving", 1, "trainer.max_epochs=2")
+    assert "resuming from" in done.stderr
+    result = json.loads((tmp_path / "moving" / "result.json").read_text())
+    assert result["status"] == "completed" and result["epochs"] == 2
