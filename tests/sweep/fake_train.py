@@ -22,6 +22,8 @@ if os.environ.get("VIT_ABLATE_RUN_DIR"):
 else:
     run_dir = os.path.join(args.get("output_dir", "runs"), f"sweep-{os.environ['WANDB_SWEEP_ID']}", os.environ["WANDB_RUN_ID"])
 os.makedirs(run_dir, exist_ok=True)
+with open(os.path.join(run_dir, "config.yaml"), "w") as handle:  # as training writes its resolved config
+    handle.write("".join(f"{key}: {value}\n" for key, value in sorted(args.items())))
 acc = float(args.get("acc", 0.5))
 epochs = int(args.get("epochs", 3))
 sleep = float(args.get("sleep", 0.05))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import warnings
 
@@ -211,6 +210,13 @@ def test_bad_overrides_schema_and_macros_are_all_listed(tmp_path):
     assert "'8e-4' is a string" in message
     assert "sets 'model.pos_embed', which the sweep varies" in message
     assert not (tmp_path / "runs").exists()
+
+
+def test_hyphenated_args_are_rejected_for_vit_ablate_train(tmp_path):
+    path = write_sweep(tmp_path / "args.yaml", {"model.pos_embed": {"values": ["1d", "2d"]}},
+                       command=["vit-ablate", "train", "experiments/quickstart.yaml", "${args}"])
+    with pytest.raises(ConfigError, match=r"takes key=value, not '--model.pos_embed=1d'"):
+        run_sweep(path, output_dir=tmp_path / "runs")
 
 
 def test_combination_errors_name_the_combination(tmp_path):

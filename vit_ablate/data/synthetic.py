@@ -11,11 +11,15 @@ at a ceiling that is known in advance, while a model with position embeddings ca
 Construction (all sizes from ``data.synthetic``; defaults cell = 8, grid = 4 → 32×32 RGB images)
 --------------------------------------------------------------------------------------------------
 * An image is a ``grid × grid`` array of ``cell × cell`` cells. The whole image starts as background:
-  i.i.d. uniform pixel noise in ``[40, 140]`` per channel (low-contrast, greyish).
+  i.i.d. uniform pixel noise in ``[80, 100]`` per channel (low-contrast grey). Low on purpose: the
+  proof below needs the noise to be i.i.d., not strong, while strong noise swamps the small
+  position embeddings of a freshly initialised ViT (std 0.02) and slows learning of the relative
+  bit several-fold (a ViT-Ti-sized model: 67% vs 100% validation accuracy after 320 steps with noise
+  in [40, 140] vs [80, 100]).
 * Exactly two cells carry a glyph: a shape (plus, square ring, diagonal cross, disc) painted in a
   saturated colour (red, green, blue, yellow) with a per-instance colour jitter of ±20 and per-pixel
   noise of ±12 over the cell's background noise. Glyph pixels have a channel ≥ 178; background
-  pixels never exceed 140, so glyphs are trivially told apart from noise and from each other.
+  pixels never exceed 100, so glyphs are trivially told apart from noise and from each other.
 * Class = (content, relation, half), ``label = (content * 2 + relation) * 2 + half``, 8 classes:
 
   - content (2): the glyph pair, ``(plus, ring)`` or ``(cross, disc)`` — what is in the image;
@@ -114,7 +118,7 @@ CLASS_NAMES: List[str] = [
 
 # Pixel statistics (uint8). Background pixels stay in [BG_LOW, BG_HIGH]; a glyph pixel's brightest
 # channel is ≥ min(max(colour)) - COLOUR_JITTER - PIXEL_NOISE = 210 - 32 = 178 > BG_HIGH.
-BG_LOW, BG_HIGH = 40, 140
+BG_LOW, BG_HIGH = 80, 100
 COLOUR_JITTER = 20
 PIXEL_NOISE = 12
 

@@ -80,6 +80,7 @@ MACROS = (
     "args_override_hydra",
 )
 _ENVVAR_MACRO = re.compile(r"^\$\{envvar:[A-Z0-9_]*\}$")
+_ENVVAR_ANYWHERE = re.compile(r"\$\{envvar:[A-Z0-9_]*\}")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 # More combinations than this are validated one parameter at a time (the others at their first value).
@@ -305,23 +306,24 @@ def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[L
                 f"e.g. `{name}.<key>:`"
             )
 
-    # 2. The command: a list, macros the agent knows, and ${args_no_hyphens} (what `vit-ablate train` parses).
+    # 2. The command: a list of strings whose macros the agent knows.
     command = config.get("command")
     if command is not None and not isinstance(command, list):
         problems.append("sweep file: `command` must be a list, e.g. [vit-ablate, train, FILE.yaml, \"${args_no_hyphens}\"]")
-        command = None
-    template = list(template) if template is not None else spec.command
+        template = []
+    else:
+        template = list(template) if template is not None else spec.command
     for chunk in template:
         text = str(chunk)
         if text.startswith("${") and text.endswith("}"):
             if text[2:-1] not in MACROS and not _ENVVAR_MACRO.match(text):
                 problems.append(f"command: unknown macro {text!r} (the W&B agent would drop it); known: "
                                 + ", ".join("${" + m + "}" for m in MACROS))
-        elif "${" in text and not _ENVVAR_MACRO.search(text):
+        elif "${" in _ENVVAR_ANYWHERE.sub("", text):
             problems.append(f"command: {text!r}: a macro must be a list item of its own (the agent only "
-                            "replaces items that are exactly ${...})")
+                            "replaces items that are exactly ${...}, and ${envvar:NAME} anywhere)")
     if "${program}" in [str(c) for c in template] and not config.get("program"):
-        problems.append("command uses ${program} but the sweep file has no `program`")
+        problems.append("command: it uses ${program} but the sweep file has no `program`")
 
     # 3. The CLI overrides: key=value, not a swept key.
     for item in spec.overrides:
@@ -356,6 +358,13 @@ def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[L
     train_args = train_arguments(expand_command(template, first, config.get("program"), "args.json")) if template else None
     if template and train_args is None:
         notes.append("the command does not run `vit-ablate train`: parameter names and values are not checked")
+    if train_args is not None:
+        flags = [a for a in train_args[1] if a.startswith("-")]
+        if flags:
+            problems.append(
+                f"command: `vit-ablate train` takes key=value, not {flags[0]!r}: use \"${{args_no_hyphens}}\" "
+                "(the agent's ${args} writes --key=value)"
+            )
     if train_args is not None and not problems_block_config(problems):
         problems += _validate_parameters(spec, template, representative)
 

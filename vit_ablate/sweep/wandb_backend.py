@@ -14,8 +14,8 @@ Online (``WANDB_MODE`` unset or ``online``; needs ``wandb login`` or ``WANDB_API
    of ``--count`` and its ``CUDA_VISIBLE_DEVICES`` (dealt as in the local backend). The agent expands
    the command's macros and starts the runs; its log is ``<sweep dir>/agent-<k>.log``.
 3. When the agents return, ``<output-dir>/sweep-<id>/sweep.json`` lists the run directories found there
-   (params read back from each run's ``config.yaml``), so ``vit-ablate report`` reads a W&B sweep like
-   a local one.
+   (params from the agent's ``$WANDB_DIR/wandb/sweep-<id>/config-<run>.yaml``, else the run's
+   ``config.yaml``), so ``vit-ablate report`` reads a W&B sweep like a local one.
 
 Offline (``WANDB_MODE=offline`` or ``disabled``): there is no server to create a sweep, propose runs or
 run an agent against, and ``wandb.sweep`` needs one even in offline mode. The backend then emulates the
@@ -28,12 +28,15 @@ through Lightning's ``WandbLogger`` into an offline run directory
 (``<run dir>/wandb/offline-run-*``, ``wandb sync`` uploads it later). Sweep id: ``--sweep-id`` or one
 derived from the sweep's name; run ids derived from it and the proposal index (W&B's are random).
 
-What was exercised without a server (tests/sweep/test_sweep_wandb.py): the uploaded command, the
-agent's argv (compared with ``Agent._command_run``'s own), the offline emulation end to end
-(``offline-run-*`` directory written by a real training run). Not exercised: ``wandb.sweep`` /
-``wandb.agent`` against a server, the server's proposals and hyperband, joining with ``--sweep-id``,
-the agents' signal forwarding and preemption requeue (which needs the training process to call
-``wandb.mark_preempting()``; see the report of issue 3).
+What was exercised without a server (tests/sweep/test_sweep_wandb.py): the uploaded command; the
+agent's argv (compared with wandb's own ``Agent._command_run``); the offline emulation end to end (a real
+training run writing ``offline-run-*``, a real runtime failure recorded as ``failed``); and the online
+path with ``wandb.sweep`` and the ``wandb agent`` processes replaced by stand-ins (upload, one agent
+process per worker with its share of ``--count``, the manifest read back, the join check). Not
+exercised: a real W&B server — ``wandb.sweep``'s upload, the server's proposals and hyperband stops,
+``wandb agent`` itself, joining a real sweep with ``--sweep-id``, signal forwarding to agents, and the requeue of a
+preempted run (training calls ``wandb.mark_preempting()`` when interrupted; W&B requeues a run that
+marked itself preempting and exited non-zero).
 """
 
 from __future__ import annotations
@@ -146,27 +149,48 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def collect_runs(sweep_dir: Path, parameters: Mapping[str, Any], metric: str) -> List[Dict[str, Any]]:
-    """Manifest entries for the run directories an agent left in ``sweep_dir``."""
+def collect_runs(sweep_dir: Path, sweep_id: str, parameters: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """Manifest entries for the run directories the agents left in ``sweep_dir``. A run's params come
+    from the file the agent wrote for it (``$WANDB_DIR/wandb/sweep-<id>/config-<run id>.yaml``), else
+    from the run's ``config.yaml``."""
     import yaml
 
+    agent_files = Path(os.environ.get("WANDB_DIR") or os.getcwd()) / "wandb" / f"sweep-{sweep_id}"
     entries = []
-    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "config.yaml").is_file()):
+    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != "wandb"):
+        if not any((run_dir / f).exists() for f in ("config.yaml", "result.json", "metrics.csv")):
+            continue
+        params: Dict[str, Any] = {}
         try:
-            config = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+            given = yaml.safe_load((agent_files / f"config-{run_dir.name}.yaml").read_text()) or {}
+            params = {k: v.get("value") for k, v in given.items() if k in parameters and isinstance(v, Mapping)}
         except (OSError, yaml.YAMLError):
-            config = {}
+            pass
+        if not params:
+            try:
+                config = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+            except (OSError, yaml.YAMLError):
+                config = {}
+            params = {k: config.get(k) for k in parameters if k in config}
         result = engine.read_result(run_dir) or {}
         metrics = {}
         for section in ("final", "test"):
             metrics.update({k: v for k, v in (result.get(section) or {}).items() if isinstance(v, (int, float))})
         entries.append({
-            "name": run_dir.name, "dir": run_dir.name, "run_id": run_dir.name,
-            "params": {k: config.get(k) for k in parameters},
-            "status": result.get("status", "interrupted" if (run_dir / "metrics.csv").exists() else "failed"),
+            "name": run_dir.name, "dir": run_dir.name, "run_id": run_dir.name, "params": params,
+            # no result.json: its process died, or another machine's agent is still running it
+            "status": result.get("status", "interrupted"),
             "metrics": metrics, "wall_time_s": result.get("wall_time_s"),
         })
     return entries
+
+
+def agent_argv(sweep_id: str, project: str, entity: Optional[str], count: Optional[int]) -> List[str]:
+    """``wandb agent`` as a subprocess of this interpreter (its own process: one per worker/GPU)."""
+    argv = [sys.executable, "-m", "wandb", "agent", "--forward-signals", "-p", project]
+    argv += ["-e", entity] if entity else []
+    argv += ["--count", str(count)] if count is not None else []
+    return argv + [sweep_id]
 
 
 def _run_online(spec: SweepSpec, template: List[str], workers: int, count: Optional[int], sweep_id: Optional[str],
@@ -203,10 +227,7 @@ def _run_online(spec: SweepSpec, template: List[str], workers: int, count: Optio
     for k, (gpu, n) in enumerate(zip(gpu_slots(workers, gpus), _agent_counts(count, workers))):
         if n == 0:
             continue
-        argv = [sys.executable, "-m", "wandb", "agent", "--forward-signals", "-p", project]
-        argv += ["-e", entity] if entity else []
-        argv += ["--count", str(n)] if n is not None else []
-        argv += [sweep_id]
+        argv = agent_argv(sweep_id, project, entity, n)
         agent_env = dict(env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
         log = open(sweep_dir / f"agent-{k}.log", "ab")
         procs.append((subprocess.Popen(argv, env=agent_env, stdout=log, stderr=subprocess.STDOUT), log))
@@ -233,7 +254,7 @@ def _run_online(spec: SweepSpec, template: List[str], workers: int, count: Optio
             signal.signal(signum, handler)
         for _, log in procs:
             log.close()
-    manifest["runs"] = collect_runs(sweep_dir, spec.parameters, spec.metric["name"])
+    manifest["runs"] = collect_runs(sweep_dir, sweep_id, spec.parameters)
     manifest["updated_at"] = now()
     atomic_write_json(sweep_dir / "sweep.json", manifest)
     return summarize(manifest, sweep_dir, time.time() - started, interrupted=interrupted, notes=notes,

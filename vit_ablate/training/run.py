@@ -22,6 +22,7 @@ import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 import vit_ablate
@@ -260,10 +261,9 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         plugins=[AtomicCheckpointIO()],
     )
 
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.exists() else None
+    resume = resume_checkpoint(run_dir)
     if resume:
-        log(f"resuming from {last}")
+        log(f"resuming from {resume}")
     status, error, test_metrics = "completed", None, {}
     started = time.time()
     try:
@@ -276,8 +276,10 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         elif cfg.evaluate.test:
             outputs = trainer.test(module, datamodule=datamodule, verbose=False)
             test_metrics = {k: float(v) for k, v in (outputs[0] if outputs else {}).items()}
-    except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt"
+    except (KeyboardInterrupt, SystemExit, SIGTERMException) as exc:
+        # Ctrl-C (Lightning turns it into SystemExit), SIGTERM from a scheduler: record and resume later
+        status, error = "interrupted", type(exc).__name__
+        _mark_preempting(cfg)
     except Exception as exc:  # recorded, then re-raised for the exit code
         status, error = "failed", "".join(traceback.format_exception(exc))[-4000:]
         if isinstance(exc, ConfigError):
@@ -293,6 +295,23 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         atomic_write_json(result_path, result)
         log(f"{status}: " + ", ".join(f"{k}={v:.4f}" for k, v in {**result.get("final", {}), **test_metrics}.items()))
     return result
+
+
+def resume_checkpoint(run_dir: Path) -> Optional[str]:
+    """The newest checkpoint to resume from: ``last.ckpt`` (every epoch end) or a SLURM requeue's
+    ``hpc_ckpt_N.ckpt`` (Lightning writes one on SIGUSR1 before the job is requeued)."""
+    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.exists()]
+    return str(max(existing, key=lambda path: path.stat().st_mtime_ns)) if existing else None
+
+
+def _mark_preempting(cfg: DictConfig) -> None:
+    """Tell a W&B sweep agent to requeue this run instead of counting it as crashed."""
+    if cfg.logging.wandb:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.mark_preempting()
 
 
 def _fewshot(cfg: DictConfig, module: ViTModule, datamodule, trainer) -> Dict[str, float]:
