@@ -177,11 +177,13 @@ def test_device_peaks():
 
 
 def test_sdpa_kernel_detection_on_cpu():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     images = torch.randn(2, 3, 32, 32)
-    fused = build_model(TINY_MODEL)
-    relative = build_model({**TINY_MODEL, "pos_embed": "relative"})  # a float mask: the math path on a CPU
-    assert sdpa_kernels_used(lambda: fused(images), torch.device("cpu")) == ["cpu_fused"]
-    assert sdpa_kernels_used(lambda: relative(images), torch.device("cpu")) == ["math"]
+    model = build_model(TINY_MODEL)
+    assert sdpa_kernels_used(lambda: model(images), torch.device("cpu")) == ["cpu_fused"]
+    with sdpa_kernel([SDPBackend.MATH]):
+        assert sdpa_kernels_used(lambda: model(images), torch.device("cpu")) == ["math"]
 
 
 def test_verdicts_and_component_lists():

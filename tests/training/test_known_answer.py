@@ -10,12 +10,6 @@ KNOWN_ANSWER = [
     "experiments/quickstart.yaml",
     "trainer.progress_bar=false",
     "logging.csv=false",
-    "data.synthetic.num_train=4096",
-    "data.synthetic.num_val=1024",
-    "data.synthetic.num_test=2048",
-    "data.batch_size=64",
-    "optim.lr=3e-3",
-    "trainer.max_epochs=8",
     "seed=0",
 ]
 

@@ -14,8 +14,8 @@ Construction (all sizes from ``data.synthetic``; defaults cell = 8, grid = 4 →
   i.i.d. uniform pixel noise in ``[80, 100]`` per channel (low-contrast grey). Low on purpose: the
   proof below needs the noise to be i.i.d., not strong, while strong noise swamps the small
   position embeddings of a freshly initialised ViT (std 0.02) and slows learning of the relative
-  bit several-fold (a ViT-Ti-sized model: 67% vs 100% validation accuracy after 320 steps with noise
-  in [40, 140] vs [80, 100]).
+  bit (the quickstart ViT — dim 64, depth 3, patch 8, AdamW 3e-3, batch 64 — reaches 67% vs 100%
+  validation accuracy after 320 steps with noise in [40, 140] vs [80, 100]).
 * Exactly two cells carry a glyph: a shape (plus, square ring, diagonal cross, disc) painted in a
   saturated colour (red, green, blue, yellow) with a per-instance colour jitter of ±20 and per-pixel
   noise of ±12 over the cell's background noise. Glyph pixels have a channel ≥ 178; background

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from vit_ablate.report._io import write_text_atomic
+from vit_ablate.io import atomic_write_text as write_text_atomic
 from vit_ablate.report.groups import Analysis, analyse
 from vit_ablate.report.plots import plot_all
 from vit_ablate.report.references import parse_reference_comments

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vit_ablate.report._io import write_bytes_atomic
+from vit_ablate.io import atomic_write_bytes as write_bytes_atomic
 from vit_ablate.report.groups import Analysis, Group
 from vit_ablate.report.tables import Units
 
