@@ -197,3 +197,21 @@ def test_verdicts_and_component_lists():
     assert parse_components("model.pos_embed=rope2d,stem=conv", cpu) == [("pos_embed", "rope2d"), ("stem", "conv")]
     with pytest.raises(ConfigError):
         parse_components("colour=red", cpu)
+
+
+def test_interleaving_alternates_step_by_step():
+    from vit_ablate.bench.timing import interleaved
+
+    calls = []
+
+    def fn(name):
+        def step():
+            calls.append(name)
+            return torch.tensor(1.0)
+
+        return step
+
+    result = interleaved({"a": fn("a"), "b": fn("b")}, images_per_step=4, steps=3, rounds=2, warmup=2, device=torch.device("cpu"))
+    assert calls[:4] == ["a", "a", "b", "b"]  # warmup: the first (seeded, loss-recording) step and one more each
+    assert calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]  # turns alternate A B, B A
+    assert all(len(m.img_s) == 2 and m.loss_step0 == 1.0 for m in result.values())

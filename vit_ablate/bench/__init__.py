@@ -17,7 +17,7 @@ the CPU default; "all": also rope2d, sincos2d, map, conv stem, the GPU default; 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from vit_ablate.bench.core import SECTIONS, TARGETS
 from vit_ablate.bench.flops import count_flops, count_model_flops, device_peak_flops, vit_flops, vit_flops_breakdown

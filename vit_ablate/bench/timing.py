@@ -1,10 +1,11 @@
 """Timing primitives: device synchronisation, precision policies, one training step, interleaved A/B.
 
-Every comparison of the benchmark is *interleaved*: the candidates are warmed up, then timed in rounds
-where each candidate runs ``steps`` steps in turn; the order alternates between rounds (A B, B A, …,
-which cancels a linear drift of the machine's load). A candidate's img/s is the median over rounds; a
-ratio is the median of the per-round paired ratios, so a load spike that hits one round hits both
-sides of that round's ratio.
+Every comparison of the benchmark is *interleaved*: the candidates are warmed up, then timed in rounds;
+within a round the candidates take turns of one step each, in alternating order (A B C, C B A, …,
+which cancels a linear drift of the machine's load), until each has run ``steps`` steps. A candidate's
+img/s is the median over rounds; a ratio is the median of the per-round paired ratios. Candidates
+compared with each other thus run seconds apart, and a load change on a shared machine hits both sides
+of a ratio alike.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "make_train_step",
     "Measured",
     "interleaved",
+    "Clock",
     "paired_ratio",
 ]
 
@@ -187,6 +189,26 @@ class Measured:
         }
 
 
+class Clock:
+    """Marks on the device timeline: CUDA events (recorded in the stream, no host sync) on a GPU,
+    ``perf_counter`` on a CPU. Intervals between consecutive marks partition the timeline, so
+    alternating candidates step by step costs no synchronisation on a GPU either."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        """Call after ``synchronize`` on a GPU."""
+        return start.elapsed_time(end) / 1e3 if self.cuda else end - start
+
+
 def interleaved(
     steps_fns: Mapping[str, Callable[[], Tensor]],
     *,
@@ -196,15 +218,21 @@ def interleaved(
     warmup: int,
     device: torch.device,
     seed: int = 0,
+    turn: int = 1,
     progress: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Measured]:
-    """Time every candidate's step function in alternating-order rounds (module docstring).
+    """Time every candidate's step function, interleaved (module docstring).
+
+    A round gives each candidate ``steps`` steps, taken in turns of ``turn`` step(s): A B C, C B A,
+    A B C, … so that candidates compared with each other run seconds apart, not minutes, and a load
+    change on a shared machine hits both sides of a ratio alike. A candidate's round time is the sum
+    of its turns.
 
     The very first step of each candidate runs after ``torch.manual_seed(seed)`` and its loss is kept
     (``loss_step0``): candidates with identical weights and inputs give identical step-0 losses.
     """
-    if steps < 1 or rounds < 1:
-        raise ValueError(f"steps ({steps}) and rounds ({rounds}) must be positive")
+    if steps < 1 or rounds < 1 or turn < 1:
+        raise ValueError(f"steps ({steps}), rounds ({rounds}) and turn ({turn}) must be positive")
     names = list(steps_fns)
     results = {name: Measured(name) for name in names}
     for name in names:
@@ -214,17 +242,30 @@ def interleaved(
         for _ in range(max(0, warmup - 1)):
             fn()
         synchronize(device)
+    clock = Clock(device)
+    turns = 0
     for r in range(rounds):
-        order: Sequence[str] = names if r % 2 == 0 else list(reversed(names))
-        for name in order:
-            fn = steps_fns[name]
-            with StepTimer(device) as timer:
-                for _ in range(steps):
+        marks: Dict[str, list] = {name: [] for name in names}
+        done = 0
+        synchronize(device)
+        while done < steps:
+            n = min(turn, steps - done)
+            order: Sequence[str] = names if turns % 2 == 0 else list(reversed(names))
+            for name in order:
+                fn = steps_fns[name]
+                start = clock.mark()
+                for _ in range(n):
                     fn()
-            results[name].seconds.append(timer.seconds)
-            results[name].img_s.append(steps * images_per_step / timer.seconds)
+                marks[name].append((start, clock.mark()))
+            done += n
+            turns += 1
+        synchronize(device)
+        for name in names:
+            seconds = sum(clock.seconds(a, b) for a, b in marks[name])
+            results[name].seconds.append(seconds)
+            results[name].img_s.append(steps * images_per_step / seconds)
         if progress is not None:
-            progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {results[n].img_s[-1]:.1f}" for n in names))
+            progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {results[n].img_s[-1]:.1f}" for n in names) + " img/s")
     return results
 
 

@@ -1,0 +1,140 @@
+"""The ``data`` section: the configured data module's training loader alone, vs what the model consumes.
+
+When the dataset cannot be loaded (CIFAR not on disk, a missing ImageFolder) a stand-in data module of
+the same shape is measured instead — random uint8 images through the same loader path, resizing,
+normalisation and augmentation — and labelled as such.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Dict
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vit_ablate.bench.settings import STANDIN_BYTES, TARGETS
+from vit_ablate.bench.table import Row
+from vit_ablate.bench.timing import Measured, StepTimer
+from vit_ablate.config import to_container
+
+__all__ = ["DataSection"]
+
+
+class DataSection:
+    """Mixed into ``Bench`` (which provides cfg, device, batch, steps, rounds, spec, rows, notes, ...)."""
+
+    # ------------------------------------------------------------------------------------ data
+    def _attach(self, datamodule) -> None:
+        """What a data module reads from its trainer (world size, rank, device), without a Trainer."""
+        datamodule.trainer = SimpleNamespace(
+            world_size=1, global_rank=0, strategy=SimpleNamespace(root_device=self.device)
+        )
+        datamodule.per_device_batch_size = self.batch
+
+    def _loader(self, cfg: DictConfig):
+        """(label, loader, stand-in reason or None) for ``cfg.data``: the real training loader, or a
+        stand-in of the same shape when the dataset cannot be loaded (e.g. CIFAR not on disk)."""
+        from vit_ablate.data import build_datamodule
+
+        datamodule = None
+        try:
+            datamodule = build_datamodule(cfg)
+            self._attach(datamodule)
+            return cfg.data.name, datamodule.train_dataloader(), None
+        except (FileNotFoundError, OSError, RuntimeError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        standin = _standin(cfg, datamodule, self.spec, self.batch, self.steps)
+        self._attach(standin)
+        return f"{cfg.data.name} (stand-in)", standin.train_dataloader(), reason
+
+    def _time_loader(self, loader) -> Measured:
+        batches = max(self.steps, 20)
+        available = len(loader) - 1
+        if available < 1:
+            raise RuntimeError(f"the training loader yields only {len(loader)} batch(es) of {self.batch}")
+        batches = min(batches, available)
+        measured = Measured("data")
+        for _ in range(self.rounds):
+            iterator = iter(loader)
+            next(iterator)  # first batch: worker start-up, device copies
+            count = images_seen = 0
+            with StepTimer(self.device) as timer:
+                for images, labels in iterator:
+                    images = images.to(self.device, non_blocking=True)
+                    labels = labels.to(self.device, non_blocking=True)
+                    images_seen += images.shape[0]
+                    count += 1
+                    if count >= batches:
+                        break
+            del iterator
+            measured.seconds.append(timer.seconds)
+            measured.img_s.append(images_seen / timer.seconds)
+        return measured
+
+    def section_data(self) -> None:
+        consumption = self.model_img_s
+        cfgs = [self.cfg]
+        img = self.spec.img_size
+        if self.cfg.data.name != "synthetic" and img % 4 == 0 and img // 4 >= 2:
+            bytes_per_image = 3 * img * img
+            synthetic = OmegaConf.merge(
+                self.cfg,
+                {"data": {"name": "synthetic", "img_size": None, "synthetic": {
+                    "cell": img // 4, "grid": 4,
+                    "num_train": int(min(self.cfg.data.synthetic.num_train, max(4 * self.batch, STANDIN_BYTES // bytes_per_image))),
+                    "num_val": 8, "num_test": 8}}},
+            )
+            cfgs.append(synthetic)
+        out: Dict[str, Any] = {"model_img_s": consumption, "pipelines": {}}
+        for cfg in cfgs:
+            label, loader, reason = self._loader(cfg)
+            if reason:
+                self.notes.append(
+                    f"data: {cfg.data.name} could not be loaded ({reason}); measured a STAND-IN: random uint8 images "
+                    f"of the same shape through the same {type(loader).__name__} path and augmentation"
+                )
+            self.log(f"data: timing {label} ({type(loader).__name__})")
+            measured = self._time_loader(loader)
+            ratio = measured.median / consumption if consumption else None
+            out["pipelines"][label] = {
+                "img_s": measured.median, "img_s_rounds": measured.img_s, "loader": type(loader).__name__,
+                "stand_in": reason is not None, "stand_in_reason": reason, "ratio_to_model": ratio,
+                "augment": {k: v for k, v in to_container(cfg)["augment"].items()},
+            }
+            what = f"{label} train loader (incl. augmentation) vs model"
+            self.rows.append(Row("data", what, measured.median, consumption, ratio, TARGETS["data"]))
+        self.results["data"] = out
+
+
+def _standin(cfg: DictConfig, datamodule, spec, batch: int, steps: int):
+    """A data module of the same shape as ``cfg.data`` (classes, stored image size, output size,
+    normalisation, augmentation, loader path) whose splits are random uint8 images."""
+    from vit_ablate.data.base import ImageDataModule, Split
+    from vit_ablate.data.device_loader import derive_seed
+
+    like = datamodule
+    num_classes = getattr(like, "num_classes", None) or spec.num_classes
+    img_size = getattr(like, "img_size", None) or spec.img_size
+    native = getattr(like, "native_size", None) or img_size
+    in_chans = getattr(like, "in_chans", None) or spec.in_chans
+    mean = tuple(getattr(like, "mean", None) or (0.5,) * in_chans)
+    std = tuple(getattr(like, "std", None) or (0.5,) * in_chans)
+    per_image = in_chans * native * native
+    num_train = int(min(50_000, max(batch * (max(steps, 20) + 2), STANDIN_BYTES // per_image)))
+    if cfg.data.train_subset:
+        num_train = max(min(num_train, int(cfg.data.train_subset)), 2 * batch)
+    seed = int(cfg.seed)
+
+    class StandInData(ImageDataModule):
+        def _load_split(self, name: str) -> Split:
+            generator = torch.Generator().manual_seed(derive_seed("bench-stand-in", seed, name))
+            n = num_train if name == "train" else min(num_train, 1024)
+            images = torch.randint(0, 256, (n, in_chans, native, native), dtype=torch.uint8, generator=generator)
+            labels = torch.randint(0, num_classes, (n,), generator=generator)
+            return Split(labels, images=images)
+
+    module = StandInData(cfg)
+    module.num_classes, module.img_size, module.native_size, module.in_chans = num_classes, img_size, native, in_chans
+    module.mean, module.std = mean, std
+    return module
