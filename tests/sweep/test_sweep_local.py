@@ -165,6 +165,36 @@ def test_a_changed_sweep_or_a_second_engine_is_refused(tmp_path):
     assert run_sweep(path, output_dir=out, **FAST).ok
 
 
+def test_an_experiment_file_changed_during_a_sweep_stops_it(tmp_path, monkeypatch):
+    from vit_ablate.sweep import engine
+
+    digests = iter(["a", "a", "b", "b", "b"])  # at start, before run-000, before run-001, ...
+    monkeypatch.setattr(engine, "base_config_digest", lambda spec, template=None: next(digests))
+    path = write_sweep(tmp_path / "chg.yaml", {"acc": {"values": [0.1, 0.2, 0.3]}}, command=fake_command("epochs=1"))
+    summary = run_sweep(path, output_dir=tmp_path / "runs", **FAST)
+    assert statuses(tmp_path / "runs" / "chg") == {"run-000": "completed", "run-001": "pending"}
+    assert not summary.ok and "changed during the sweep: no further run was started" in summary.text
+
+
+def test_an_experiment_file_changed_since_the_sweep_started_is_refused(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text((REPO / "experiments" / "quickstart.yaml").read_text())
+    command = ["vit-ablate", "train", str(experiment), "${args_no_hyphens}"]
+    path = write_sweep(tmp_path / "exp_sweep.yaml", {"seed": {"values": [0, 1]}}, command=command)
+    sweep_dir = tmp_path / "runs" / "exp_sweep"
+    sweep_dir.mkdir(parents=True)
+    import yaml
+
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "sweep": "exp_sweep", "backend": "local", "config": yaml.safe_load(path.read_text()), "command": command,
+        "base_config_digest": "digest-of-an-older-exp.yaml",
+        "runs": [{"name": "run-000", "dir": "run-000", "params": {"seed": 0}, "status": "completed", "attempts": 1}],
+    }))
+    with pytest.raises(ConfigError, match=r"exp.yaml \+ its overrides\) changed since 1 of its runs started"):
+        run_sweep(path, output_dir=tmp_path / "runs", **FAST)
+    assert not (sweep_dir / "run-000").exists() and not (sweep_dir / "run-001").exists()
+
+
 # -------------------------------------------------------------------------- real training (slow)
 @pytest.mark.slow
 def test_four_run_sweep_on_synthetic_data_completes(tmp_path):

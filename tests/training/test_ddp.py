@@ -182,23 +182,3 @@ def test_a_killed_ddp_run_resumes_on_one_device(tmp_path):
     assert result["status"] == "completed" and result["epochs"] == 3
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
-
-
-def test_sync_batchnorm_is_chosen_for_multi_gpu_ddp_only():
-    from vit_ablate.config import load_config
-    from vit_ablate.training.run import Placement, use_sync_batchnorm
-
-    cfg = load_config(overrides=["model.stem=conv"])
-    assert use_sync_batchnorm(cfg, Placement(devices=2, cuda=True))
-    assert not use_sync_batchnorm(cfg, Placement(devices=1, cuda=True))
-    assert not use_sync_batchnorm(cfg, Placement(devices=2, cuda=False))
-    assert not use_sync_batchnorm(load_config(overrides=["trainer.sync_batchnorm=false"]), Placement(devices=2, cuda=True))
-
-
-@pytest.mark.slow
-def test_a_ddp_checkpoint_resumes_on_one_device(tmp_path):
-    _train(tmp_path, "moving", 2, "trainer.max_epochs=1")
-    done = _train(tmp_path, "moving", 1, "trainer.max_epochs=2")
-    assert "resuming from" in done.stderr
-    result = json.loads((tmp_path / "moving" / "result.json").read_text())
-    assert result["status"] == "completed" and result["epochs"] == 2

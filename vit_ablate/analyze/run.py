@@ -315,8 +315,8 @@ def run_analysis(
                 if model.num_prefix_tokens
                 else "attention distance: patch queries over patch keys (no prefix tokens)"
             )
-            if spec.pool == "map":
-                notes.append("rollout: map pooling's own attention is not part of the rollout (mean over patch queries)")
+            if getattr(model.pool, "rollout_note", None):
+                notes.append(model.pool.rollout_note)
 
     # Few-shot linear evaluation.
     if fewshot:

@@ -72,6 +72,8 @@ class AttentionPooling(Pooling):
 
     timm_names = {"norm.": "norm.", "attn_pool.": "attn_pool."}
     timm_kwargs = {"class_token": False, "global_pool": "map"}
+    # attention rollout (analyze) follows the encoder only; the pooling's own attention is not in it
+    rollout_note = "rollout: map pooling's own attention is not part of the rollout (mean over patch queries)"
     no_weight_decay_names = ("attn_pool.latent",)
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):

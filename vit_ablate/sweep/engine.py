@@ -54,6 +54,7 @@ __all__ = [
     "expand_command",
     "train_arguments",
     "check_run_params",
+    "base_config_digest",
     "propose",
     "proposal_seed",
     "grid_size",
@@ -462,6 +463,22 @@ def check_run_params(spec: SweepSpec, params: Mapping[str, Any], template: Optio
     if parsed is None:
         return None
     return _load(parsed[0], parsed[1], validate=True)
+
+
+def base_config_digest(spec: SweepSpec, template: Optional[List[str]] = None) -> Optional[str]:
+    """A digest of the configuration the command resolves to before the sweep's parameters (experiment
+    files + fixed overrides), or ``None`` for a custom program. Runs of one sweep must share it: an
+    experiment file edited halfway through a sweep would make its runs incomparable."""
+    from vit_ablate.config import config_digest, load_config
+
+    template = template if template is not None else spec.command
+    parsed = train_arguments(expand_command(template, {}, spec.config.get("program"), "args.json"))
+    if parsed is None:
+        return None
+    try:
+        return config_digest(load_config(parsed[0], parsed[1], validate=False))
+    except ConfigError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------- proposals

@@ -27,6 +27,11 @@ Children get ``PR_SET_PDEATHSIG=SIGTERM`` (Linux), so they are told to stop when
 their own session, so a terminal's Ctrl-C reaches only the engine, which then stops them with SIGTERM,
 waits ``grace_s`` seconds, kills what is left and marks those runs ``interrupted``.
 
+Comparability. The manifest records a digest of the configuration the command resolves to before the
+sweep's parameters (experiment files + fixed overrides). If it changes (an experiment file edited while
+the sweep runs or between invocations), no further run is started: runs of one comparison must share
+their recipe. Code changes are not caught here; each run's ``result.json`` records ``git_rev``.
+
 Within one invocation a failed run is recorded (status ``failed``, with the tail of its log in the
 manifest) and the sweep goes on; a process that exits without writing ``result.json`` is ``failed``.
 
@@ -288,6 +293,8 @@ class SweepRunner:
         self.launched = 0
         self.exhausted = False
         self._signals: List[int] = []
+        self.halt: Optional[str] = None  # why no further run may start (the experiment changed)
+        self.base_digest: Optional[str] = None
         self._lock_handle: Optional[TextIO] = None
         self._started = time.time()
         self._last_save = self._started
@@ -315,12 +322,21 @@ class SweepRunner:
             "baseline": spec.baseline,
             **self.launcher.manifest_extra(spec),
         }
+        self.base_digest = engine.base_config_digest(spec, self.template)
+        fresh["base_config_digest"] = self.base_digest
         if path.exists():
             try:
                 manifest = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path}: cannot read the sweep manifest ({exc}); move it away to start over") from None
             self._check_same_sweep(manifest, fresh, path)
+            started = [r["name"] for r in manifest.get("runs") or [] if r.get("attempts") or r.get("status") in FINAL]
+            old = manifest.get("base_config_digest")
+            if started and old and old != self.base_digest:
+                raise ConfigError(
+                    f"{path}: {self._base_changed_message()} since {len(started)} of its runs started; they would "
+                    "not be comparable with new ones. Restore it, or start a new sweep (another `name:` or --output-dir)"
+                )
             manifest.update({k: v for k, v in fresh.items() if k not in ("backend",)})
         else:
             manifest = {**fresh, "created_at": now(), "runs": [], "invocations": []}
@@ -333,6 +349,10 @@ class SweepRunner:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.sweep_dir / spec.path.name, spec.text)
         self.save()
+
+    def _base_changed_message(self) -> str:
+        files = [c for c in self.template if str(c).endswith((".yaml", ".yml"))]
+        return f"the configuration the command resolves to ({', '.join(files) or 'its experiment files'} + its overrides) changed"
 
     def _check_same_sweep(self, manifest: Mapping[str, Any], fresh: Mapping[str, Any], path: Path) -> None:
         old_config = {k: v for k, v in (manifest.get("config") or {}).items() if k not in _MUTABLE_KEYS}
@@ -438,6 +458,10 @@ class SweepRunner:
         return next(k for k in range(self.workers) if k not in used)
 
     def _launch(self, entry: Dict[str, Any]) -> None:
+        if self.base_digest is not None and engine.base_config_digest(self.spec, self.template) != self.base_digest:
+            self.halt = f"{self._base_changed_message()} during the sweep: no further run was started"
+            _log(self.halt)
+            return
         self.handled.add(entry["name"])
         self.launched += 1
         error = engine.check_run_params(self.spec, entry["params"], self.template)
@@ -599,7 +623,7 @@ class SweepRunner:
 
     # ------------------------------------------------------------------------------ main loop
     def _may_launch(self) -> bool:
-        return not self._signals and (self.count is None or self.launched < self.count)
+        return not self._signals and not self.halt and (self.count is None or self.launched < self.count)
 
     def _loop(self) -> None:
         while True:
@@ -666,4 +690,4 @@ class SweepRunner:
                 self.save()
             self._unlock()
         return summarize(self.manifest, self.sweep_dir, time.time() - self._started, interrupted=interrupted,
-                         notes=self.notes, metric=self.metric)
+                         notes=self.notes, metric=self.metric, error=self.halt)

@@ -69,6 +69,7 @@ def summarize(
     interrupted: bool = False,
     notes: Sequence[str] = (),
     metric: str = "val/acc1",
+    error: Optional[str] = None,
 ) -> SweepSummary:
     runs: List[Mapping[str, Any]] = list(manifest.get("runs") or [])
     params: List[str] = []
@@ -107,11 +108,14 @@ def summarize(
     for note in notes:
         lines.append(f"note: {note}")
     failed = counts.get("failed", 0)
+    if error:
+        lines.append(f"error: {error}")
     if interrupted:
         lines.append("interrupted: rerun the same command to resume (finished runs are kept)")
         exit_code = 130
-    elif failed:
-        lines.append(f"{failed} run(s) failed: see their train.log; rerunning the same command retries them")
+    elif failed or error:
+        if failed:
+            lines.append(f"{failed} run(s) failed: see their train.log; rerunning the same command retries them")
         exit_code = 1
     else:
         exit_code = 0
