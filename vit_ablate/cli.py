@@ -63,7 +63,7 @@ def cmd_sweep(args) -> int:
         sweep_id=args.sweep_id, output_dir=args.output_dir, gpus=args.gpus,
     )
     print(summary.text)
-    return 0 if summary.ok else 1
+    return summary.exit_code
 
 
 def cmd_report(args) -> int:
@@ -123,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
     sweep.add_argument("--backend", choices=["local", "wandb"], default="local")
     sweep.add_argument("--workers", type=int, default=1, help="runs in parallel (local backend)")
-    sweep.add_argument("--count", type=int, default=None, help="at most this many new runs")
+    sweep.add_argument("--count", type=int, default=None, help="start at most this many runs in this invocation (resumed ones included)")
     sweep.add_argument("--sweep-id", default=None, help="join an existing W&B sweep (wandb backend)")
     sweep.add_argument("--output-dir", default="runs", help="where runs/<sweep>/ is written")
-    sweep.add_argument("--gpus", default=None, help="GPU ids to spread workers over, e.g. 0,1 (default: all visible)")
+    sweep.add_argument("--gpus", default=None, help="GPU ids dealt round-robin to workers, e.g. 0,1; several workers may share one (--workers 4 --gpus 0); 'none' for CPU (default: all visible)")
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="tables, statistics and plots over run directories")

@@ -47,7 +47,7 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
 
     # Verdicts: n=3 cannot reach 0.05, and the report says so rather than "no difference".
     v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
-    assert "not distinguishable at n=3" in v_none
+    assert "too few seeds to test at n=3" in v_none
     assert "lower in all 3 pairs" in v_none and "cannot go below p=0.25" in v_none
     assert "≥7 paired seeds" in v_none
     assert "paper Table 8, imagenet_5shot: none 61.38 vs 1d 64.21 (-2.82 points)" in v_none

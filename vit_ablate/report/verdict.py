@@ -3,7 +3,8 @@
 The rules:
 
 * "X is worse than Y by D points" only when the Holm-adjusted p is below alpha;
-* otherwise "not distinguishable at n=…", with the difference and its CI so the reader sees the size;
+* otherwise "not distinguishable at n=…", with the difference and its CI so the reader sees the size,
+  or "too few seeds to test at n=…" when no outcome could have reached alpha at that n;
 * when the exact test *cannot* reach alpha at this n (2/2^n ≥ alpha, i.e. n ≤ 5 pairs; more after Holm),
   the verdict says so and how many seeds would be needed — a "not significant" that no data could have
   changed is not evidence of "no difference";
@@ -82,14 +83,17 @@ def comparison_verdict(c: Comparison, analysis: Analysis, n_comparisons: int, al
         )
     else:
         p_both = f"p={fmt_p(c.p)}" + (f", Holm-adjusted {fmt_p(c.p_holm)}" if n_comparisons > 1 else "")
-        line = (
-            f"{subject} vs {base}: not distinguishable at n={n} "
-            f"(difference {units.delta(c.diff)}{units.unit}{ci_text}, {p_both})"
-        )
         min_p = c.test.min_p
         floor = min(1.0, n_comparisons * min_p) if not math.isnan(min_p) else math.nan
-        if not math.isnan(floor) and floor >= alpha:
-            # The honesty clause: no data could have reached alpha at this n.
+        untestable = not math.isnan(floor) and floor >= alpha
+        # When no data could have reached alpha at this n, "not distinguishable" would misread a large,
+        # consistent difference as a null result: say that the test had no power instead.
+        verdict = f"too few seeds to test at n={n}" if untestable else f"not distinguishable at n={n}"
+        line = (
+            f"{subject} vs {base}: {verdict} "
+            f"(difference {units.delta(c.diff)}{units.unit}{ci_text}, {p_both})"
+        )
+        if untestable:
             line += _too_few_clause(c, n_comparisons, min_p, floor, alpha, analysis)
     return line + _paper_clause(c, units, established, analysis)
 

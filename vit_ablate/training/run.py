@@ -305,9 +305,17 @@ def resume_checkpoint(run_dir: Path) -> Optional[str]:
     return str(max(existing, key=lambda path: path.stat().st_mtime_ns)) if existing else None
 
 
+PREEMPTION_ENV = "VIT_ABLATE_SIGTERM_IS_PREEMPTION"
+
+
 def _mark_preempting(cfg: DictConfig) -> None:
-    """Tell a W&B sweep agent to requeue this run instead of counting it as crashed."""
-    if cfg.logging.wandb:
+    """Tell a W&B sweep agent to requeue this run instead of counting it as crashed.
+
+    Only where the cluster says SIGTERM means preemption (``VIT_ABLATE_SIGTERM_IS_PREEMPTION=1``, set
+    in a SLURM or Kubernetes job script): the W&B agent itself stops hyperband-terminated runs with
+    SIGTERM, and those must not be requeued.
+    """
+    if cfg.logging.wandb and os.environ.get(PREEMPTION_ENV) == "1":
         import wandb
 
         if wandb.run is not None:
