@@ -17,7 +17,6 @@ whose matmuls are counted anyway.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -44,75 +43,34 @@ def _as_spec(spec: Any) -> ViTSpec:
     return spec if isinstance(spec, ViTSpec) else resolve_spec(spec)
 
 
-def _stem_flops(spec: ViTSpec) -> int:
-    """Forward FLOPs of one image's stem (bias additions not counted, as FlopCounterMode)."""
-    side = spec.img_size // spec.patch_size
-    patches = side * side
-    if spec.stem == "patch":
-        return 2 * patches * spec.in_chans * spec.patch_size**2 * spec.dim
-    if spec.stem == "conv":  # mirrors stems.ConvStem: log2(P) stride-2 3×3 convs, then a 1×1 to D
-        steps = int(math.log2(spec.patch_size))
-        widths = [max(16, spec.dim >> (steps - i)) for i in range(steps)]
-        flops, channels, size = 0, spec.in_chans, spec.img_size
-        for width in widths:
-            size = (size + 2 - 3) // 2 + 1
-            flops += 2 * size * size * 9 * channels * width
-            channels = width
-        return flops + 2 * patches * channels * spec.dim
-    if spec.stem == "hybrid":
-        return _hybrid_stem_flops(spec)
-    raise ValueError(f"vit_flops: no FLOP formula for model.stem={spec.stem!r}")
-
-
-def _hybrid_stem_flops(spec: ViTSpec) -> int:
-    """The ResNetV2 backbone and its 1×1 projection, counted on the meta device (no memory, no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from vit_ablate.model.stems import STEMS
-
-    with torch.device("meta"):
-        stem = STEMS.get("hybrid")(spec)
-        images = torch.empty(1, spec.in_chans, spec.img_size, spec.img_size)
-    with FlopCounterMode(display=False) as counter:
-        stem(images)
-    return int(counter.get_total_flops())
-
-
 def vit_flops_breakdown(spec: Any) -> Dict[str, int]:
-    """Forward FLOPs of ONE image by part: stem, qkv, attention, proj, mlp, relative, pool, head."""
+    """Forward FLOPs of ONE image by part: stem, qkv, attention, proj, mlp, relative, pool, head.
+
+    The transformer's own matmuls are counted here; each component states the cost of what it adds
+    (``flops``/``attention_flops`` on the stem, position-embedding, pooling and head classes).
+    """
     spec = _as_spec(spec)
+    from vit_ablate.model.heads import HEADS
     from vit_ablate.model.pooling import POOLINGS
+    from vit_ablate.model.pos_embed import POSITION_EMBEDDINGS
+    from vit_ablate.model.stems import STEMS
+    from vit_ablate.model.vit import _position_context
 
     d, m, depth = spec.dim, spec.mlp_dim, spec.depth
-    side = spec.img_size // spec.patch_size
-    patches = side * side
-    prefix = POOLINGS.get(spec.pool).num_prefix_tokens
-    t = patches + prefix
-    parts = {
-        "stem": _stem_flops(spec),
+    pool = POOLINGS.get(spec.pool)
+    ctx = _position_context(spec, pool.num_prefix_tokens, (spec.grid_side, spec.grid_side))
+    t = ctx.num_patches + ctx.num_prefix_tokens
+    return {
+        "stem": STEMS.get(spec.stem).flops(spec),
         "qkv": depth * 2 * t * d * 3 * d,
         # scores q·kᵀ and the weighted sum softmax·v: each 2·T²·(heads·head_dim) = 2·T²·D
         "attention": depth * 2 * (2 * t * t * d),
         "proj": depth * 2 * t * d * d,
         "mlp": depth * 2 * (2 * t * d * m),
-        "relative": 0,
-        "pool": 0,
-        "head": 0,
+        "relative": depth * POSITION_EMBEDDINGS.get(spec.pos_embed).attention_flops(ctx),
+        "pool": pool.flops(d, m, t),
+        "head": HEADS.get(spec.head).flops(d, spec.num_classes, spec.head_hidden_dim),
     }
-    if spec.pos_embed == "relative":
-        # q (T × head_dim per head) against the table of 2N-1 offsets (+1 prefix slot): 2·T·D·R per layer
-        offsets = 2 * patches - 1 + (1 if prefix else 0)
-        parts["relative"] = depth * 2 * t * d * offsets
-    if spec.pool == "map":
-        # timm AttentionPoolLatent, one latent query: q on the latent, kv on T tokens, 1×T attention,
-        # output projection, then the MLP on the one pooled token
-        hidden = int(d * (m / d))
-        parts["pool"] = 2 * d * d + 2 * t * d * 2 * d + 2 * (2 * t * d) + 2 * d * d + 2 * (2 * d * hidden)
-    if spec.head == "mlp":
-        parts["head"] = 2 * d * spec.head_hidden_dim + 2 * spec.head_hidden_dim * spec.num_classes
-    else:
-        parts["head"] = 2 * d * spec.num_classes
-    return parts
 
 
 def vit_flops(spec: Any, batch: int = 1, training: bool = False) -> int:

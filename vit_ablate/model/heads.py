@@ -26,6 +26,11 @@ class Head(nn.Module):
     def _in_features(self, dim: int, hidden_dim: int) -> int:
         return dim
 
+    @classmethod
+    def flops(cls, dim: int, num_classes: int, hidden_dim: int) -> int:
+        """Matmul FLOPs of the head for one image."""
+        return 2 * dim * num_classes
+
 
 @HEADS.register("linear")
 class LinearHead(Head):
@@ -49,6 +54,10 @@ class MLPHead(Head):
 
     def _in_features(self, dim: int, hidden_dim: int) -> int:
         return hidden_dim
+
+    @classmethod
+    def flops(cls, dim: int, num_classes: int, hidden_dim: int) -> int:
+        return 2 * dim * hidden_dim + 2 * hidden_dim * num_classes
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(torch.tanh(self.pre_logits(pooled))))

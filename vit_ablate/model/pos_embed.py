@@ -83,6 +83,11 @@ class PositionEmbedding(nn.Module):
         """The (num_patches, D) table added to patch tokens, for the similarity plot (Figure 7)."""
         return None
 
+    @classmethod
+    def attention_flops(cls, ctx: PositionContext) -> int:
+        """Matmul FLOPs this kind adds to one layer's attention for one image (adding tables is free)."""
+        return 0
+
 
 @POSITION_EMBEDDINGS.register("none")
 class NoPositionEmbedding(PositionEmbedding):
@@ -312,6 +317,13 @@ class Relative1d(PositionEmbedding):
     """1-D relative attention in every layer (Table 8, "relative" row); its own table per layer."""
 
     timm_names = None
+
+    @classmethod
+    def attention_flops(cls, ctx: PositionContext) -> int:
+        # every query (T × head_dim per head) against the table of 2N−1 offsets (+ the prefix slot)
+        tokens = ctx.num_prefix_tokens + ctx.num_patches
+        offsets = 2 * ctx.num_patches - 1 + (1 if ctx.num_prefix_tokens else 0)
+        return 2 * tokens * ctx.dim * offsets
 
     def make_attention_position(self, index: int) -> nn.Module:
         return RelativeLogits(self.ctx.grid_size, self.ctx.num_prefix_tokens, self.ctx.head_dim)

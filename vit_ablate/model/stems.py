@@ -49,6 +49,11 @@ class Stem(nn.Module):
     def check(cls, spec: "ViTSpec") -> None:
         _check_divisible(spec, spec.patch_size, f"patch size model.patch_size={spec.patch_size}")
 
+    @classmethod
+    def flops(cls, spec: "ViTSpec") -> int:
+        """Forward matmul FLOPs (2·MACs) for one image, biases not counted (as torch's FlopCounterMode)."""
+        raise NotImplementedError(f"{cls.__name__} has no FLOP formula")  # abstract
+
 
 @STEMS.register("patch")
 class PatchStem(Stem):
@@ -59,6 +64,10 @@ class PatchStem(Stem):
         embed = PatchEmbed(spec.img_size, spec.patch_size, spec.in_chans, spec.dim)
         self.proj = embed.proj  # timm's name, so `patch_embed.proj.*` converts by prefix
         self.grid_size = tuple(embed.grid_size)
+
+    @classmethod
+    def flops(cls, spec: "ViTSpec") -> int:
+        return 2 * spec.grid_side**2 * spec.in_chans * spec.patch_size**2 * spec.dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(images).flatten(2).transpose(1, 2)
@@ -111,6 +120,18 @@ class HybridStem(Stem):
         self.proj = embed.proj
         self.grid_size = tuple(embed.grid_size)
 
+    @classmethod
+    def flops(cls, spec: "ViTSpec") -> int:
+        # the ResNet's layout lives in timm: count it on the meta device (no memory, no compute)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.device("meta"):
+            stem = cls(spec)
+            images = torch.empty(1, spec.in_chans, spec.img_size, spec.img_size)
+        with FlopCounterMode(display=False) as counter:
+            stem(images)
+        return int(counter.get_total_flops())
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone(images)
         return self.proj(features).flatten(2).transpose(1, 2)
@@ -128,10 +149,23 @@ class ConvStem(Stem):
         if spec.patch_size < 2 or spec.patch_size & (spec.patch_size - 1):
             raise ValueError(f"model.stem='conv' needs a power-of-two model.patch_size ≥ 2 (got {spec.patch_size})")
 
+    @staticmethod
+    def widths(spec: "ViTSpec") -> List[int]:
+        steps = int(math.log2(spec.patch_size))
+        return [max(16, spec.dim >> (steps - i)) for i in range(steps)]
+
+    @classmethod
+    def flops(cls, spec: "ViTSpec") -> int:
+        flops, channels, size = 0, spec.in_chans, spec.img_size
+        for width in cls.widths(spec):
+            size = (size + 2 - 3) // 2 + 1
+            flops += 2 * size * size * 9 * channels * width
+            channels = width
+        return flops + 2 * spec.grid_side**2 * channels * spec.dim
+
     def __init__(self, spec: "ViTSpec"):
         super().__init__()
-        steps = int(math.log2(spec.patch_size))
-        widths = [max(16, spec.dim >> (steps - i)) for i in range(steps)]
+        widths = self.widths(spec)
         layers: List[nn.Module] = []
         channels = spec.in_chans
         for width in widths:
