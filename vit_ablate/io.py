@@ -13,10 +13,24 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode() -> int:
+    # mkstemp creates files readable by their owner only; results are meant to be shared like any file
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def temporary_sibling(path: Path) -> tuple[int, str]:
+    """An open temporary file next to ``path`` with the permissions a plain ``open`` would give."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _default_mode())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_sibling(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

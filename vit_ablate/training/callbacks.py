@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import os
-import tempfile
 import random
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
-from vit_ablate.io import atomic_write_json, atomic_write_text
+from vit_ablate.io import atomic_write_json, atomic_write_text, temporary_sibling
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -210,7 +209,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temporary_sibling(path)
         os.close(fd)
         try:
             torch.save(checkpoint, tmp)
