@@ -18,15 +18,15 @@ def test_atomic_write_replaces_and_keeps_normal_permissions(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     target = tmp_path / "metrics.csv"
     atomic_write_text(target, "old\n")
 
-    class Boom:
-        def encode(self, _):
-            raise RuntimeError("disk full")
+    def crash(src, dst):
+        raise OSError("killed between write and rename")
 
-    with pytest.raises(RuntimeError):
-        atomic_write_text(target, Boom())
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["metrics.csv"]
