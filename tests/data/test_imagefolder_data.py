@@ -206,35 +206,6 @@ def test_streamed_training_uses_transforms_and_shards(make_cfg, tmp_path, traine
 
 
 # --------------------------------------------------------------------------------------------- real data
-ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
-EXTRACT_TO = Path(__file__).resolve().parents[2] / ".data" / "cifar10-jpeg"  # git-ignored
-
-
-@pytest.fixture(scope="session")
-def cifar10_jpeg() -> Path:
-    """CIFAR-10 as JPEGs (cifar10/{train,test}/<class>/NNNN.jpg), extracted once per checkout."""
-    if not ARCHIVE.is_file():
-        pytest.skip(f"the CIFAR-10 JPEG archive {ARCHIVE} does not exist on this machine")
-    if not (EXTRACT_TO / ".extracted").is_file():
-        # Extract beside the target and rename into place, so that a concurrent test session never
-        # reads a half-extracted tree (the rename is atomic; the loser of a race discards its copy).
-        EXTRACT_TO.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".cifar10-jpeg-", dir=EXTRACT_TO.parent))
-        try:
-            with tarfile.open(ARCHIVE) as tar:
-                tar.extractall(staging, filter="data")
-            (staging / ".extracted").write_text(ARCHIVE.name)
-            if EXTRACT_TO.exists() and not (EXTRACT_TO / ".extracted").is_file():
-                shutil.rmtree(EXTRACT_TO)  # left over from an interrupted extraction
-            try:
-                os.rename(staging, EXTRACT_TO)
-            except OSError:  # another session finished first
-                pass
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return EXTRACT_TO / "cifar10"
-
-
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
