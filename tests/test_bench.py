@@ -43,7 +43,7 @@ def full_run(tmp_path_factory):
     cfg = load_config([], TINY)
     bench = benchmark(
         cfg, steps=2, json_path=str(path), ddp=2, sections=["model", "components", "framework", "data", "gpu"],
-        gpu_on_cpu=True, gpu_compile=False, mfu_reference=TINY_MODEL, mfu_batch=4, peak_tflops=1.0, **FAST,
+        gpu_on_cpu=True, gpu_compile=False, mfu_reference=TINY_MODEL, mfu_batch=4, peak_tflops=1.0, feed=True, **FAST,
     )
     return bench, json.loads(path.read_text())
 
@@ -95,6 +95,7 @@ def test_json_has_every_field(full_run):
     for key in ("environment", "config", "settings", "flops", "model", "components", "framework", "data", "gpu", "ddp", "rows", "notes"):
         assert key in data, key
     assert "errors" not in data, data.get("errors")
+    assert data["complete"] is True
     env = data["environment"]
     for key in ("torch", "timm", "lightning", "device_name", "cpu_count", "torch_threads", "command_line", "config_digest"):
         assert env[key] not in (None, ""), key
@@ -107,6 +108,7 @@ def test_json_has_every_field(full_run):
     assert framework["lightning_img_s"] > 0 and framework["plain_img_s"] > 0 and framework["ratio"] > 0
     pipeline = data["data"]["pipelines"]["synthetic"]
     assert pipeline["img_s"] > 0 and not pipeline["stand_in"] and pipeline["ratio_to_model"] > 0
+    assert data["data"]["feed"]["ratio"] > 0  # training fed by the loader vs a resident batch
     gpu = data["gpu"]
     assert {"fp32 eager", "bf16-mixed eager"} <= set(gpu["configs"])
     assert gpu["sdpa"]["default_uses"] and gpu["mfu_reference"]["mfu"] > 0
@@ -215,3 +217,16 @@ def test_interleaving_alternates_step_by_step():
     assert calls[:4] == ["a", "a", "b", "b"]  # warmup: the first (seeded, loss-recording) step and one more each
     assert calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]  # turns alternate A B, B A
     assert all(len(m.img_s) == 2 and m.loss_step0 == 1.0 for m in result.values())
+
+
+def test_paired_ratio_is_robust_to_a_burst():
+    from vit_ablate.bench.timing import Measured, paired_ratio
+
+    # b is half as fast as a, except for one step of a that a burst of load slowed tenfold
+    a = Measured("a", img_s=[1.0], turns=[1.0, 1.0, 1.0, 10.0])
+    b = Measured("b", img_s=[1.0], turns=[2.0, 2.0, 2.0, 2.0])
+    pair = paired_ratio(a, b)
+    assert pair["ratio"] == 2.0 and pair["pairs"] == 4
+    # without paired steps: the per-round ratio and its range
+    pair = paired_ratio(Measured("a", img_s=[2.0, 4.0, 3.0]), Measured("b", img_s=[1.0, 1.0, 1.0]))
+    assert pair["ratio"] == 3.0 and (pair["low"], pair["high"]) == (2.0, 4.0)

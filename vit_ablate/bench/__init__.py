@@ -51,15 +51,13 @@ def benchmark(
     """Run the benchmark; returns the ``Bench`` (``.results`` is the JSON content, ``.table()`` the text).
 
     ``options`` go to ``Bench``: rounds, warmup, components, peak_tflops, device, progress,
-    mfu_reference, mfu_batch, gpu_compile, gpu_on_cpu.
+    mfu_reference, mfu_batch, gpu_compile, gpu_on_cpu, feed (the data section's
+    loader-fed training row; default on a GPU only).
     """
     from vit_ablate.bench.core import Bench
-    from vit_ablate.io import atomic_write_json
 
     bench = Bench(cfg, steps=steps, **options)
-    bench.run(sections, ddp=ddp)
-    if json_path:
-        atomic_write_json(json_path, bench.results)
+    bench.run(sections, ddp=ddp, json_path=json_path)  # written after every section, atomically
     return bench
 
 

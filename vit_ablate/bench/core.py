@@ -162,6 +162,7 @@ class Bench(DataSection, GpuSections):
         mfu_batch: Optional[int] = None,
         gpu_compile: bool = True,
         gpu_on_cpu: bool = False,
+        feed: Optional[bool] = None,
     ):
         if int(steps) < 1:
             raise ConfigError(f"--steps={steps} must be at least 1")
@@ -181,6 +182,7 @@ class Bench(DataSection, GpuSections):
         self.mfu_batch = mfu_batch
         self.gpu_compile = gpu_compile
         self.gpu_on_cpu = gpu_on_cpu
+        self.feed = (self.device.type == "cuda") if feed is None else bool(feed)
         self.model_cfg: Dict[str, Any] = to_container(cfg)["model"]
 
         from vit_ablate.model import resolve_spec
@@ -239,7 +241,10 @@ class Bench(DataSection, GpuSections):
             self.log(f"{section} failed: {message}")
 
     # ------------------------------------------------------------------------------------ run
-    def run(self, sections: Optional[Sequence[str]] = None, ddp: int = 0) -> Dict[str, Any]:
+    def run(self, sections: Optional[Sequence[str]] = None, ddp: int = 0, json_path: Optional[str] = None) -> Dict[str, Any]:
+        """Measure the chosen sections (None: all that apply). With ``json_path`` the results are
+        written after every section (``"complete": false``) and once more at the end, so a run that is
+        killed half-way still leaves the sections it finished."""
         if sections is None:
             chosen = [s for s in SECTIONS if s != "gpu" or self.device.type == "cuda"]
         else:
@@ -264,8 +269,9 @@ class Bench(DataSection, GpuSections):
             "components": [f"model.{k}={v}" for k, v in self.components],
             "targets": dict(TARGETS),
             "method": "after warmup, rounds in which the candidates alternate step by step (A B C, C B A, ...); "
-            "framework: a plain loop steps in lockstep inside one Trainer.fit; img/s = median over rounds; "
-            "ratio = median of the per-round paired ratios",
+            "framework: a plain loop steps in lockstep inside one Trainer.fit; img/s = median over rounds of "
+            "the round throughput; ratio = median of the paired per-step ratios, spread = their quartiles "
+            "(data, gpu: per-round)",
         }
         self.results["flops"] = self._flops()
         env = self.results["environment"]
@@ -275,27 +281,45 @@ class Bench(DataSection, GpuSections):
             f"{self.precision.name}, {self.rounds} rounds × {self.steps} steps after {self.warmup} warmup step(s)"
             + (f"; load average {load[0]:.1f} on {env['cpu_affinity']} CPU(s)" if load else "")
         )
+        self.notes.append(
+            "ratio: median of the paired per-step ratios (candidates alternate step by step); spread: their "
+            "quartiles (data, gpu: the per-round range); a miss whose spread reaches the target is 'within noise'"
+        )
         if load and self.device.type == "cpu" and load[0] > 0.5 * (env.get("cpu_affinity") or 1) + 0.5:
             self.notes.append("the machine was busy while measuring: absolute img/s are low and noisy; ratios are paired per round")
 
-        pool_needed = any(s in chosen for s in ("model", "components", "data"))
-        if pool_needed:
-            self._guard("model", "model and component pool", lambda: self.section_pool(
+        plan: List[Tuple[str, str, Callable[[], None]]] = []
+        if any(s in chosen for s in ("model", "components", "data")):
+            plan.append(("model", "model and component pool", lambda: self.section_pool(
                 timm_compare="model" in chosen, components=self.components if "components" in chosen else []
-            ))
+            )))
         if "framework" in chosen:
-            self._guard("framework", "Lightning vs plain loop", self.section_framework)
+            plan.append(("framework", "Lightning vs plain loop", self.section_framework))
         if "data" in chosen:
-            self._guard("data", "data pipeline", self.section_data)
+            plan.append(("data", "data pipeline", self.section_data))
         if "gpu" in chosen:
-            self._guard("gpu", "bf16 / compile / SDPA / MFU", self.section_gpu)
+            plan.append(("gpu", "bf16 / compile / SDPA / MFU", self.section_gpu))
         if ddp:
-            self._guard("ddp", f"DDP on {ddp} devices", lambda: self.section_ddp(int(ddp)))
+            plan.append(("ddp", f"DDP on {ddp} devices", lambda: self.section_ddp(int(ddp))))
+        for section, what, fn in plan:
+            before = len(self.rows)
+            self._guard(section, what, fn)
+            for row in self.rows[before:]:
+                self.log(f"{row.section}: {row.what}: {row.img_s or 0:.1f} vs {row.ref_img_s or 0:.1f} img/s, "
+                         f"ratio {row.ratio if row.ratio is not None else float('nan'):.3f}, {row.verdict}")
+            self._finish(started, complete=False, json_path=json_path)
+        return self._finish(started, complete=True, json_path=json_path)
+
+    def _finish(self, started: float, complete: bool, json_path: Optional[str]) -> Dict[str, Any]:
+        from vit_ablate.io import atomic_write_json
 
         self.results["environment"]["load_average_end"] = load_average()
         self.results["elapsed_s"] = round(time.perf_counter() - started, 1)
         self.results["rows"] = [row.as_dict() for row in self.rows]
         self.results["notes"] = list(self.notes)
+        self.results["complete"] = complete
+        if json_path:
+            atomic_write_json(json_path, self.results)
         return self.results
 
     def table(self) -> str:
@@ -407,6 +431,8 @@ class Bench(DataSection, GpuSections):
                 "reference_img_s": ref_m.median,
                 "ratio": pair["ratio"],
                 "ratio_rounds": pair["rounds"],
+                "ratio_spread": [pair["low"], pair["high"]],
+                "spread": pair["spread"],
                 "ours_img_s_rounds": ours_m.img_s,
                 "reference_img_s_rounds": ref_m.img_s,
                 "loss_step0": {"ours": ours_m.loss_step0, reference: ref_m.loss_step0},
@@ -443,6 +469,7 @@ class Bench(DataSection, GpuSections):
                 core = (key, value) in CORE_COMPONENTS
                 comp["variants"][name] = {
                     "img_s": m.median, "img_s_rounds": m.img_s, "ratio": pair["ratio"], "ratio_rounds": pair["rounds"],
+                    "ratio_spread": [pair["low"], pair["high"]], "spread": pair["spread"],
                     "cost": 1 / pair["ratio"] - 1 if pair["ratio"] else None,
                     "target": TARGETS["components"] if core else None,
                 }
@@ -611,8 +638,9 @@ class Bench(DataSection, GpuSections):
             raise RuntimeError(f"Lightning ran {trainer.global_step} of {total} steps; expected {measured_steps} timed steps")
         runs = {"lightning": Measured("lightning"), "plain": Measured("plain")}
         for name, marks in (("lightning", lockstep.lightning), ("plain", lockstep.plain)):
+            runs[name].turns = [clock.seconds(a, b) for a, b in marks]
             for r in range(self.rounds):
-                seconds = sum(clock.seconds(a, b) for a, b in marks[r * self.steps : (r + 1) * self.steps])
+                seconds = sum(runs[name].turns[r * self.steps : (r + 1) * self.steps])
                 runs[name].seconds.append(seconds)
                 runs[name].img_s.append(self.steps * self.batch / seconds)
         self.log(
@@ -623,9 +651,11 @@ class Bench(DataSection, GpuSections):
         lm, pm = runs["lightning"], runs["plain"]
         self.results["framework"] = {
             "lightning_img_s": lm.median, "plain_img_s": pm.median, "ratio": pair["ratio"], "ratio_rounds": pair["rounds"],
+            "ratio_spread": [pair["low"], pair["high"]], "spread": pair["spread"],
             "tax": 1 / pair["ratio"] - 1 if pair["ratio"] else None,
             "lightning_img_s_rounds": lm.img_s, "plain_img_s_rounds": pm.img_s,
             "lightning_seconds_rounds": lm.seconds, "plain_seconds_rounds": pm.seconds,
+            "lightning_step_seconds": lm.turns, "plain_step_seconds": pm.turns,
             "method": "one Trainer.fit; a plain loop steps in lockstep from a callback after every Lightning step",
             "warmup_steps": warmup, "grad_clip": clip, "log_every_n_steps": int(cfg.trainer.log_every_n_steps),
             "loggers": [n for n, on in (("csv", cfg.logging.csv), ("tensorboard", cfg.logging.tensorboard)) if on],

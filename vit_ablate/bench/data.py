@@ -3,6 +3,10 @@
 When the dataset cannot be loaded (CIFAR not on disk, a missing ImageFolder) a stand-in data module of
 the same shape is measured instead — random uint8 images through the same loader path, resizing,
 normalisation and augmentation — and labelled as such.
+
+On a GPU (or with ``feed=True``) a second row measures training fed by that loader against training on
+one resident batch, step by step on one model: the loader's cost *inside* training, including any
+host-device synchronisation it forces (a CPU→GPU copy of pageable memory synchronises the stream).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_ablate.bench.settings import STANDIN_BYTES, TARGETS
 from vit_ablate.bench.table import Row
-from vit_ablate.bench.timing import Measured, StepTimer
+from vit_ablate.bench.timing import Measured, StepTimer, interleaved, make_optimizer, make_train_step, paired_ratio
 from vit_ablate.config import to_container
 
 __all__ = ["DataSection"]
@@ -104,7 +108,45 @@ class DataSection:
             }
             what = f"{label} train loader (incl. augmentation) vs model"
             self.rows.append(Row("data", what, measured.median, consumption, ratio, TARGETS["data"]))
+            if cfg is self.cfg and self.feed:
+                out["feed"] = self._feed(label, loader)
+        if not self.feed:
+            out["feed"] = {"skipped": "on a CPU the loader's cost simply adds to the step (see the ratio above); "
+                                      "set feed=True to measure it inside training anyway"}
         self.results["data"] = out
+
+    def _feed(self, label: str, loader) -> Dict[str, Any]:
+        """Training fed by the loader (a fresh batch every step) vs the same training on one resident
+        batch, alternating step by step on one model. This is the loader's whole cost inside training,
+        including any host-device synchronisation it forces (on a GPU a sync drains the queue, and the
+        GPU then idles while the host launches the next step)."""
+        device, precision = self.device, self.precision
+
+        def cycle():
+            while True:
+                for images, labels in loader:
+                    yield images.to(device, precision.param_dtype, non_blocking=True), labels.to(device, non_blocking=True)
+
+        stream = cycle()
+        resident = next(stream)
+        model = self._build(self.model_cfg).to(device, precision.param_dtype).train()
+        optimizer = make_optimizer(model, self.cfg)
+        forward = torch.compile(model) if self.cfg.trainer.compile else model
+        fed = make_train_step(forward, optimizer, None, None, precision, device, batches=lambda: next(stream))
+        fixed = make_train_step(forward, optimizer, *resident, precision, device)
+        self.log(f"data: training fed by {label} vs a resident batch, step by step")
+        measured = interleaved(
+            {"fed": fed, "resident": fixed}, images_per_step=self.batch, steps=self.steps, rounds=self.rounds,
+            warmup=self.warmup, device=device, seed=self.seed, progress=self.log,
+        )
+        pair = paired_ratio(measured["fed"], measured["resident"])
+        self.rows.append(
+            Row("data", f"training fed by {label} vs a resident batch", measured["fed"].median,
+                measured["resident"].median, pair["ratio"], None, pair["low"], pair["high"])
+        )
+        del fed, fixed, model, optimizer, stream
+        return {"fed": measured["fed"].as_dict(), "resident": measured["resident"].as_dict(), "ratio": pair["ratio"],
+                "ratio_spread": [pair["low"], pair["high"]], "ratio_rounds": pair["rounds"]}
 
 
 def _standin(cfg: DictConfig, datamodule, spec, batch: int, steps: int):

@@ -171,16 +171,22 @@ class GpuSections:
         model_cfg = dict(self.mfu_reference)  # the paper-default model, nothing of the configured run
         spec = resolve_spec(model_cfg)
         compiled_ok = self.gpu_compile and "error" not in out["configs"].get("bf16-mixed + torch.compile", {"error": 1})
-        label = f"ViT-{spec.variant}@{spec.img_size} bf16-mixed{' + compile' if compiled_ok else ''}"
         batch = self.mfu_batch or 256
         result = None
         while batch >= 1:
+            label = f"ViT-{spec.variant}@{spec.img_size} bf16-mixed{' + compile' if compiled_ok else ''}"
             self.log(f"gpu: {label} at batch {batch}")
             try:
                 result = self._gpu_measure(model_cfg, batch, "bf16-mixed", compiled_ok)
                 break
             except torch.cuda.OutOfMemoryError:
                 pass
+            except Exception as exc:  # a compiler failure: measure eager instead, and say so
+                if not compiled_ok:
+                    raise
+                compiled_ok = False
+                self.notes.append(f"gpu: torch.compile failed for the MFU model ({type(exc).__name__}: {exc}); measured eager")
+                continue
             # outside the except block, so that the failed attempt's tensors can be released
             gc.collect()
             torch.cuda.empty_cache()

@@ -11,9 +11,10 @@ __all__ = ["Row", "format_table"]
 
 @dataclass
 class Row:
-    """One line of the table: ``ratio = img_s / ref_img_s`` (or another achieved/reference ratio),
-    compared with ``target`` (met when ``ratio >= target``). ``low``/``high``: the range of the
-    per-round ratios; a miss whose range reaches the target is labelled as within noise."""
+    """One line of the table: ``ratio`` = achieved / reference (img/s ratio, MFU, ...), compared with
+    ``target`` (met when ``ratio >= target``). ``low``/``high``: the spread of the paired ratios
+    (quartiles of the per-step ratios, or the per-round range); a miss whose spread reaches the target
+    is labelled as within noise."""
 
     section: str
     what: str
@@ -76,7 +77,7 @@ def _spread(row: Row) -> str:
 
 def format_table(rows: Iterable[Row], notes: Iterable[str] = ()) -> str:
     rows = list(rows)
-    header = ["section", "what", "img/s", "ref img/s", "ratio", "per round", "target", "met?"]
+    header = ["section", "what", "img/s", "ref img/s", "ratio", "spread", "target", "met?"]
     lines: List[List[str]] = []
     for row in rows:
         if row.error or row.skipped:

@@ -3,9 +3,9 @@
 Every comparison of the benchmark is *interleaved*: the candidates are warmed up, then timed in rounds;
 within a round the candidates take turns of one step each, in alternating order (A B C, C B A, …,
 which cancels a linear drift of the machine's load), until each has run ``steps`` steps. A candidate's
-img/s is the median over rounds; a ratio is the median of the per-round paired ratios. Candidates
-compared with each other thus run seconds apart, and a load change on a shared machine hits both sides
-of a ratio alike.
+img/s is the median over rounds of its round throughput; a ratio is the median of the paired per-step
+ratios (``paired_ratio``). Candidates compared with each other thus run seconds apart, and a burst of
+load on a shared machine spoils a few pairs rather than the estimate.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -136,16 +136,19 @@ def make_train_step(
     *,
     grad_clip: Optional[float] = None,
     label_smoothing: float = 0.0,
+    batches: Optional[Callable[[], Tuple[Tensor, Tensor]]] = None,
 ) -> Callable[[], Tensor]:
     """A closure doing one forward, cross-entropy, backward, (clip,) optimizer step, zero_grad on a
-    fixed batch. It returns the detached loss and never synchronises with the host."""
+    fixed batch (or on ``batches()`` each step, when given). It returns the detached loss and never
+    synchronises with the host itself."""
     scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def step() -> Tensor:
+        x, y = batches() if batches is not None else (images, labels)
         with precision.autocast(device):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         if scaler is not None:
             scaler.scale(loss).backward()
             if grad_clip:
@@ -175,6 +178,7 @@ class Measured:
     img_s: List[float] = field(default_factory=list)
     loss_step0: Optional[float] = None
     seconds: List[float] = field(default_factory=list)
+    turns: List[float] = field(default_factory=list)  # seconds of every turn, all rounds, in order
 
     @property
     def median(self) -> float:
@@ -185,6 +189,7 @@ class Measured:
             "img_s": self.median,
             "img_s_rounds": list(self.img_s),
             "seconds_rounds": list(self.seconds),
+            "turn_seconds": list(self.turns),
             "loss_step0": self.loss_step0,
         }
 
@@ -261,7 +266,9 @@ def interleaved(
             turns += 1
         synchronize(device)
         for name in names:
-            seconds = sum(clock.seconds(a, b) for a, b in marks[name])
+            turn_seconds = [clock.seconds(a, b) for a, b in marks[name]]
+            seconds = sum(turn_seconds)
+            results[name].turns.extend(turn_seconds)
             results[name].seconds.append(seconds)
             results[name].img_s.append(steps * images_per_step / seconds)
         if progress is not None:
@@ -269,9 +276,28 @@ def interleaved(
     return results
 
 
-def paired_ratio(a: Measured, b: Measured) -> Dict[str, float]:
-    """a / b: the median of the per-round ratios, with their range (the round-to-round noise)."""
-    ratios = [x / y for x, y in zip(a.img_s, b.img_s)]
-    if not ratios:
-        return {"ratio": float("nan"), "low": float("nan"), "high": float("nan"), "rounds": []}
-    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios), "rounds": ratios}
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def paired_ratio(a: Measured, b: Measured) -> Dict[str, object]:
+    """Throughput of a ÷ throughput of b.
+
+    When both were timed in the same turns (``interleaved``, the framework lockstep), the ratio is the
+    median over turns of the paired per-turn ratio ``b_time / a_time`` — each pair ran seconds apart,
+    so a burst of load on a shared machine spoils one pair, not the estimate — and ``low``/``high``
+    are the quartiles of those per-turn ratios. Otherwise it is the median of the per-round ratios
+    with their range. ``rounds`` always holds the per-round throughput ratios."""
+    rounds = [x / y for x, y in zip(a.img_s, b.img_s)]
+    if a.turns and len(a.turns) == len(b.turns):
+        turns = [tb / ta for ta, tb in zip(a.turns, b.turns) if ta > 0]
+        return {"ratio": statistics.median(turns), "low": _quantile(turns, 0.25), "high": _quantile(turns, 0.75),
+                "rounds": rounds, "spread": "interquartile range of the paired per-step ratios", "pairs": len(turns)}
+    if not rounds:
+        return {"ratio": float("nan"), "low": float("nan"), "high": float("nan"), "rounds": [], "spread": None, "pairs": 0}
+    return {"ratio": statistics.median(rounds), "low": min(rounds), "high": max(rounds), "rounds": rounds,
+            "spread": "range of the per-round ratios", "pairs": len(rounds)}
