@@ -107,16 +107,9 @@ def precision_of(name: str) -> Precision:
 # --------------------------------------------------------------------------------------------
 def optimizer_kwargs(cfg) -> Dict[str, object]:
     """The keyword arguments ``ViTModule.configure_optimizers`` gives timm's ``create_optimizer_v2``."""
-    from vit_ablate.training.module import scaled_lr
+    from vit_ablate.training.module import optimizer_kwargs as training_optimizer_kwargs
 
-    optim = cfg.optim
-    extra: Dict[str, object] = {"eps": optim.eps}
-    name = optim.name.lower()
-    if "sgd" in name or "momentum" in name:
-        extra = {"momentum": optim.momentum}
-    elif "adam" in name or "lamb" in name:
-        extra["betas"] = tuple(optim.betas)
-    return dict(opt=optim.name, lr=scaled_lr(cfg), weight_decay=optim.weight_decay, **extra)
+    return training_optimizer_kwargs(cfg)
 
 
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:

@@ -66,6 +66,18 @@ def scaled_lr(cfg: DictConfig) -> float:
     return float(cfg.optim.lr) * (cfg.data.batch_size / cfg.optim.lr_base_batch) ** exponent
 
 
+def optimizer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
+    """The arguments for timm's ``create_optimizer_v2`` (also used by ``vit-ablate bench``)."""
+    optim = cfg.optim
+    extra: Dict[str, Any] = {"eps": optim.eps}
+    name = optim.name.lower()
+    if "sgd" in name or "momentum" in name:
+        extra = {"momentum": optim.momentum}
+    elif "adam" in name or "lamb" in name:
+        extra["betas"] = tuple(optim.betas)
+    return dict(opt=optim.name, lr=scaled_lr(cfg), weight_decay=optim.weight_decay, **extra)
+
+
 class ViTModule(L.LightningModule):
     def __init__(self, config: Mapping[str, Any]):
         super().__init__()
@@ -154,16 +166,9 @@ class ViTModule(L.LightningModule):
     # ------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         optim = self.cfg.optim
-        lr = scaled_lr(self.cfg)
-        extra: Dict[str, Any] = {"eps": optim.eps}
-        name = optim.name.lower()
-        if "sgd" in name or "momentum" in name:
-            extra = {"momentum": optim.momentum}
-        elif "adam" in name or "lamb" in name:
-            extra["betas"] = tuple(optim.betas)
         # timm excludes model.no_weight_decay() (position tables, class token) and every bias and
         # norm parameter from weight decay.
-        optimizer = create_optimizer_v2(self.model, opt=optim.name, lr=lr, weight_decay=optim.weight_decay, **extra)
+        optimizer = create_optimizer_v2(self.model, **optimizer_kwargs(self.cfg))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1) if self.trainer.max_steps in (-1, None) else None
         warmup = optim.warmup_steps
