@@ -3,8 +3,9 @@
     vit-ablate bench [EXPERIMENT.yaml ...] [key=value ...] [--steps N] [--json FILE] [--only SECTION ...] [--ddp N]
 
 ``run_bench(cfg, ...)`` measures the configured model and batch and returns a printable table
-(section, what, img/s, reference img/s, ratio, per-round ratio range, target, met?); ``--json`` writes
-every number plus the environment. Sections (``core.py`` describes each): model, components,
+(section, what, img/s, reference img/s, ratio, spread, target, met?); ``--json`` writes
+every number plus the environment (rewritten after each section, so a killed run keeps
+what it finished). Sections (``core.py`` describes each): model, components,
 framework, data, gpu (CUDA only), and ``ddp=N``. Misses are printed as misses.
 
 Knobs without a CLI flag (environment variables): ``VIT_ABLATE_BENCH_ROUNDS`` (default 3),
