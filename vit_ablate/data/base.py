@@ -177,7 +177,7 @@ class ImageDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------------------------- splits
     def _load_split(self, name: str) -> Split:
         """Read split ``name`` from its source; every subclass implements this (called once per split)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement _load_split")
+        raise NotImplementedError(f"{type(self).__name__} does not implement _load_split")  # abstract: each data module loads its splits
 
     def split(self, name: str) -> Split:
         """The split ``name`` (``train``/``val``/``test``), loaded once and kept on the CPU."""
