@@ -59,3 +59,9 @@ def test_match_reference_is_canonical_and_most_specific():
     assert hit["value"] == 0.5
     assert match_reference(refs, {"model.pool": "gap", "optim.lr": "0.0008"})["value"] == 0.4
     assert match_reference(refs, {"model.pool": "cls"}) is None
+
+
+def test_commas_inside_quotes_stay_and_commas_outside_separate():
+    (ref,) = parse_reference_comments('# reference: model.pool=gap,optim.lr=1e-3 value=0.765 source="Beyer et al., Table 1 (S/16, GAP)"\n')
+    assert ref["params"] == {"model.pool": "gap", "optim.lr": "1e-3"}
+    assert ref["source"] == "Beyer et al., Table 1 (S/16, GAP)"

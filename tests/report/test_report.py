@@ -10,6 +10,10 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
+import yaml
+
+from vit_ablate.report.references import parse_reference_comments
+
 from .fabricate import make_sweep, run_config, write_run
 from vit_ablate.report import run_report
 
@@ -180,3 +184,52 @@ def test_sweep_declared_baseline_is_the_default(sweep_dir: Path):
     assert "| model.pos_embed=none (baseline) | 3 of 4 | 74.00 |" in report.markdown
     # An explicit baseline wins over the declared one.
     assert run_report([str(sweep_dir)], baseline="model.pos_embed=2d").analysis.baseline.label == "model.pos_embed=2d"
+
+
+POOL_LR_SWEEP = """\
+# reference: model.pool=gap value=0.765 metric=imagenet_top1 source="Beyer et al. 2022, Table 1 (GAP)"
+# reference: model.pool=cls value=0.750 metric=imagenet_top1 source="Beyer et al. 2022, Table 1 (cls)"
+# reference: model.pool=map value=0.640 metric=imagenet_5shot source="another table"
+method: grid
+parameters:
+  model.pool:
+    values: [cls, gap, map]
+  optim.lr:
+    values: [8.0e-4, 3.0e-4]
+  seed:
+    values: [0, 1, 2]
+"""
+
+
+def test_paper_clause_only_where_the_references_differ_in_what_the_groups_differ_in(tmp_path: Path):
+    """A reference per head says nothing about lr 3e-4 vs 8e-4, nor does a number of another metric."""
+    sweep_dir = tmp_path / "pool-lr"
+    entries = []
+    for i, (pool, lr, seed) in enumerate((p, l, s) for p in ("cls", "gap", "map") for l in (8e-4, 3e-4) for s in range(3)):
+        name = f"run-{i:03d}"
+        config = run_config("1d", seed, name)
+        config["model"]["pool"], config["optim"]["lr"] = pool, lr
+        write_run(sweep_dir / name, config, final=0.6 + 0.01 * seed + (0.02 if lr == 8e-4 else 0.0))
+        entries.append({"name": name, "params": {"model.pool": pool, "optim.lr": lr, "seed": seed},
+                        "status": "completed", "dir": name})
+    (tmp_path / "pool_lr.yaml").write_text(POOL_LR_SWEEP)
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "sweep": "pool-lr", "file": str(tmp_path / "pool_lr.yaml"), "config": yaml.safe_load(POOL_LR_SWEEP),
+        "reference": parse_reference_comments(POOL_LR_SWEEP), "runs": entries,
+    }))
+    report = run_report([str(sweep_dir)], baseline="model.pool=cls,optim.lr=8e-4", out=str(tmp_path / "out"))
+    verdicts = {v.split(" vs ")[0].split(" is ")[0].split(":")[0]: v for v in report.verdicts}
+
+    def verdict(label: str) -> str:
+        return next(v for v in report.verdicts if v.startswith(label))
+
+    # Same head, other lr: both groups map to the cls reference → no paper difference claimed.
+    assert "Beyer" not in verdict("model.pool=cls, optim.lr=0.0003")
+    # Other head and other lr: the references do not constrain lr → none either.
+    assert "Beyer" not in verdict("model.pool=gap, optim.lr=0.0003")
+    # Other head, same lr: the paper's 76.50 vs 75.00 is quoted, its comma-bearing source intact.
+    assert "Beyer et al. 2022, Table 1 (GAP) / Beyer et al. 2022, Table 1 (cls)" in verdict("model.pool=gap, optim.lr=0.0008")
+    assert "76.50" in verdict("model.pool=gap, optim.lr=0.0008")
+    # A reference of another metric is never subtracted from ours.
+    assert "another table" not in verdict("model.pool=map, optim.lr=0.0008")
+    assert len(verdicts) == 5

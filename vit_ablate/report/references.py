@@ -32,8 +32,13 @@ _BASELINE_RE = re.compile(r"^\s*#\s*baseline\s*:(?P<body>.*)$", re.IGNORECASE)
 
 def parse_assignments(text: str, where: str = "") -> Dict[str, str]:
     """``'a.b=1 c="x y"'`` (or comma-separated) → ``{"a.b": "1", "c": "x y"}``; quotes as in a shell."""
+    # Commas separate assignments only outside quotes: a source="Table 1 (ViT-S/16, GAP)" keeps its own.
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace += ","
+    lexer.whitespace_split = True
+    lexer.commenters = ""
     try:
-        tokens = shlex.split(text.replace(",", " "), comments=False, posix=True)
+        tokens = list(lexer)
     except ValueError as exc:  # an unbalanced quote
         raise ValueError(f"{where}cannot parse {text.strip()!r}: {exc}") from None
     out: Dict[str, str] = {}
