@@ -230,3 +230,23 @@ def test_paired_ratio_is_robust_to_a_burst():
     # without paired steps: the per-round ratio and its range
     pair = paired_ratio(Measured("a", img_s=[2.0, 4.0, 3.0]), Measured("b", img_s=[1.0, 1.0, 1.0]))
     assert pair["ratio"] == 3.0 and (pair["low"], pair["high"]) == (2.0, 4.0)
+
+
+def test_cli_only_gives_overrides_back_and_passes_options(monkeypatch):
+    """`--only model key=value`: argparse hands the override to --only; the CLI must not lose it."""
+    import vit_ablate.bench as bench_pkg
+    from vit_ablate.cli import main
+
+    seen = {}
+
+    def fake_run_bench(cfg, **kwargs):
+        seen.update(kwargs, precision=cfg.trainer.precision, dim=cfg.model.dim)
+        return "table"
+
+    monkeypatch.setattr(bench_pkg, "run_bench", fake_run_bench)
+    argv = ["bench", *TINY, "--only", "model", "components", "trainer.precision=32-true", "model.dim=48",
+            "--rounds", "5", "--peak-tflops", "123", "--no-compile"]
+    assert main(argv) == 0
+    assert seen["sections"] == ["model", "components"]
+    assert seen["precision"] == "32-true" and seen["dim"] == 48
+    assert seen["rounds"] == 5 and seen["peak_tflops"] == 123.0 and seen["gpu_compile"] is False

@@ -92,9 +92,17 @@ def cmd_bench(args) -> int:
     from vit_ablate.bench import run_bench
     from vit_ablate.config import load_config
 
-    files, overrides = _split_args(args.items)
+    items, sections = list(args.items), None
+    if args.only is not None:
+        # `--only model key=value` : argparse hands the override to --only; give it back
+        sections = [s for s in args.only if "=" not in s and not s.endswith((".yaml", ".yml"))]
+        items += [s for s in args.only if s not in sections]
+    files, overrides = _split_args(items)
     cfg = load_config(files, overrides)
-    table = run_bench(cfg, steps=args.steps, json_path=args.json, ddp=args.ddp, sections=args.only)
+    table = run_bench(
+        cfg, steps=args.steps, json_path=args.json, ddp=args.ddp, sections=sections,
+        rounds=args.rounds, peak_tflops=args.peak_tflops, gpu_compile=not args.no_compile,
+    )
     print(table)
     return 0
 
@@ -152,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None)
     bench.add_argument("--ddp", type=int, default=0, help="also measure DDP scaling on N devices")
     bench.add_argument("--only", nargs="+", default=None, help="sections to run: model components framework data gpu")
+    bench.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (default 3)")
+    bench.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: a table of known GPUs)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (gpu section)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -103,8 +104,11 @@ class ViTModule(L.LightningModule):
         for stage in ("val", "test"):
             setattr(self, f"{stage}_acc1", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1, average="micro"))
             setattr(self, f"{stage}_acc5", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
-            setattr(self, f"{stage}_loss", torchmetrics.MeanMetric())
-        self.train_loss = torchmetrics.MeanMetric()
+            # nan_strategy="disable": the default inspects every update on the host (a device sync per
+            # step); a non-finite evaluation loss stays visible as nan, and training losses are
+            # screened on the device below.
+            setattr(self, f"{stage}_loss", torchmetrics.MeanMetric(nan_strategy="disable"))
+        self.train_loss = torchmetrics.MeanMetric(nan_strategy="disable")
         # non-finite losses are counted on the device and inspected by DivergenceCallback without a
         # host sync every step
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
@@ -175,6 +179,11 @@ class ViTModule(L.LightningModule):
         if warmup == 0 and optim.warmup_epochs > 0:
             per_epoch = steps_per_epoch or total / max(1, self.trainer.max_epochs or 1)
             warmup = int(math.ceil(optim.warmup_epochs * per_epoch))
+        if warmup >= total:
+            rank_zero_warn(
+                f"the warmup ({warmup} steps) is at least as long as the run ({total} steps): the learning "
+                f"rate never reaches optim.lr={optim.lr:g} and no decay follows; shorten optim.warmup_epochs"
+            )
         warmup = min(warmup, total)
         scheduler = SCHEDULES.get(optim.schedule)(optimizer, max(1, total - warmup), warmup, optim.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
