@@ -26,6 +26,7 @@ BAD_COMMAND_LINES = [
     (["model.pos_embed"], "not of the form key=value", "model.pos_embed"),
     (["model.hybrid_layers=[1, 2"], "cannot parse", "hybrid_layers"),
     (["does_not_exist.yaml"], "config file 'does_not_exist.yaml' does not exist", ""),
+    (["optim.name=sgd", "optim.momentum=0"], "is Nesterov SGD in timm", "optim.name=momentum"),
 ]
 
 

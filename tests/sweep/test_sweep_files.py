@@ -24,6 +24,7 @@ EXPECTED_RUNS = {
     "quickstart": 12,
     "cpu_pos_embed": 15,
     "cpu_pooling_lr": 12,
+    "gpu_short_pooling_lr": 12,
 }
 
 
