@@ -27,6 +27,7 @@ BAD_COMMAND_LINES = [
     (["model.hybrid_layers=[1, 2"], "cannot parse", "hybrid_layers"),
     (["does_not_exist.yaml"], "config file 'does_not_exist.yaml' does not exist", ""),
     (["optim.name=sgd", "optim.momentum=0"], "is Nesterov SGD in timm", "optim.name=momentum"),
+    (["trainer.compile=reduce-overhed"], "trainer.compile='reduce-overhed' is not valid", "did you mean 'reduce-overhead'"),
 ]
 
 
@@ -83,3 +84,12 @@ def test_config_error_is_a_value_error():
     with pytest.raises(ValueError):
         load_config(overrides=["model.norm=sandwich"])
     assert issubclass(ConfigError, ValueError)
+
+
+def test_compile_takes_a_bool_or_a_torch_compile_mode():
+    from vit_ablate.config import compile_mode
+
+    assert compile_mode(load_config([], ["trainer.compile=true"]).trainer.compile) == "default"
+    assert compile_mode(load_config([], ["trainer.compile=false"]).trainer.compile) is None
+    assert compile_mode(load_config([], ["trainer.compile=reduce-overhead"]).trainer.compile) == "reduce-overhead"
+    assert compile_mode(load_config().trainer.compile) is None

@@ -145,7 +145,9 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"  # "bf16-mixed", "16-mixed", "32-true"
-    compile: bool = False
+    # false, true (torch.compile's default mode) or a mode: "reduce-overhead" replays the step's kernels
+    # as CUDA graphs, which is what a small ViT on a GPU needs (its step is bound by kernel launches)
+    compile: Any = False
     sync_batchnorm: bool = True  # SyncBatchNorm for the conv stem under DDP
     deterministic: bool = False
     limit_train_batches: Optional[float] = None
@@ -196,6 +198,17 @@ _CHOICES: Dict[str, Sequence[str]] = {
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
 }
+
+
+# torch.compile's modes, for trainer.compile
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: Any) -> Optional[str]:
+    """trainer.compile → the ``mode`` for ``torch.compile``: None when off, "default" for true."""
+    if value is False or value is None:
+        return None
+    return "default" if value is True else str(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +361,12 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"optim.name={cfg.optim.name!r} is Nesterov SGD in timm and needs optim.momentum > 0 "
             f"(got {cfg.optim.momentum!r}); for plain SGD use optim.name=momentum with optim.momentum=0"
+        )
+
+    if not isinstance(cfg.trainer.compile, bool) and cfg.trainer.compile not in COMPILE_MODES:
+        raise ConfigError(
+            f"trainer.compile={cfg.trainer.compile!r} is not valid; choose true, false or one of "
+            f"{', '.join(COMPILE_MODES)}{_nearest(str(cfg.trainer.compile), COMPILE_MODES)}"
         )
 
     positive = {

@@ -117,3 +117,29 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path):
     assert max((ours[k].float() - theirs[k].float()).abs().max().item() for k in ours) <= 1e-6
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # no epoch twice
+
+
+def test_compile_wraps_the_training_forward_only(fast_args):
+    cfg = _cfg(fast_args, "trainer.compile=reduce-overhead")
+    compiled = module_lib.ViTModule(cfg)
+    assert isinstance(compiled._train_forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled._train_forward._orig_mod is compiled.model  # the same parameters, trained in place
+    eager = module_lib.ViTModule(_cfg(fast_args))
+    assert eager._train_forward is eager.model
+    # not registered as a submodule: checkpoints hold the model's own names, once
+    assert set(compiled.state_dict()) == set(eager.state_dict())
+    assert not any("_orig_mod" in k or "_train_forward" in k for k in compiled.state_dict())
+
+
+@pytest.mark.slow
+def test_a_compiled_run_matches_an_eager_one(fast_args, tmp_path):
+    """torch.compile (CPU inductor here) trains the same model: same checkpoint keys, metrics within
+    compile's rounding after one epoch, and val = test on the same data as in eager runs."""
+    eager = train(_cfg(fast_args, "name=eager", "trainer.max_epochs=1"))
+    compiled = train(_cfg(fast_args, "name=compiled", "trainer.max_epochs=1", "trainer.compile=true"))
+    assert compiled["status"] == "completed"
+    assert compiled["final"]["val/loss"] == pytest.approx(eager["final"]["val/loss"], rel=1e-3)
+    assert compiled["final"]["val/acc1"] == pytest.approx(eager["final"]["val/acc1"], abs=0.01)
+    keys = {name: set(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+            for name in ("eager", "compiled")}
+    assert keys["eager"] == keys["compiled"]

@@ -61,7 +61,7 @@ from vit_ablate.bench.timing import (
     precision_of,
     synchronize,
 )
-from vit_ablate.config import ConfigError, to_container
+from vit_ablate.config import ConfigError, compile_mode, to_container
 
 __all__ = [
     "SECTIONS",
@@ -221,10 +221,12 @@ class Bench(DataSection, GpuSections):
         torch.manual_seed(self.seed)
         return build_model(model_cfg)
 
-    def _prepare(self, model: nn.Module, images, labels, precision=None, compile_model: Optional[bool] = None):
+    def _prepare(self, model: nn.Module, images, labels, precision=None, compile_model: Any = None):
+        """``compile_model``: None → the config's trainer.compile; else false, true or a torch.compile mode."""
         precision = precision or self.precision
         model = model.to(self.device, precision.param_dtype).train()
-        forward = torch.compile(model) if (self.cfg.trainer.compile if compile_model is None else compile_model) else model
+        mode = compile_mode(self.cfg.trainer.compile if compile_model is None else compile_model)
+        forward = torch.compile(model, mode=mode) if mode is not None else model
         optimizer = make_optimizer(model, self.cfg)
         return make_train_step(forward, optimizer, images, labels, precision, self.device)
 
@@ -264,7 +266,7 @@ class Bench(DataSection, GpuSections):
             "batch": self.batch,
             "global_batch": int(self.cfg.data.batch_size),
             "precision": self.precision.name,
-            "compile": bool(self.cfg.trainer.compile),
+            "compile": compile_mode(self.cfg.trainer.compile),
             "device": str(self.device),
             "components": [f"model.{k}={v}" for k, v in self.components],
             "targets": dict(TARGETS),

@@ -38,7 +38,7 @@ class GpuSections:
     """Mixed into ``Bench`` (which provides cfg, device, batch, steps, rounds, warmup, rows, notes, ...)."""
 
     # ------------------------------------------------------------------------------------ gpu
-    def _gpu_measure(self, model_cfg: Dict[str, Any], batch: int, precision_name: str, compile_model: bool) -> Dict[str, Any]:
+    def _gpu_measure(self, model_cfg: Dict[str, Any], batch: int, precision_name: str, compile_model: Any) -> Dict[str, Any]:
         """img/s, peak memory and MFU of one configuration, measured on its own (sequentially: a GPU
         is not shared, and peak memory must be the configuration's own)."""
         from vit_ablate.model import resolve_spec
@@ -96,6 +96,8 @@ class GpuSections:
         configs = [("fp32 eager", "32-true", False), ("bf16-mixed eager", "bf16-mixed", False)]
         if self.gpu_compile:
             configs.append(("bf16-mixed + torch.compile", "bf16-mixed", True))
+            # CUDA graphs: the remedy when the step is bound by kernel launches (a small ViT)
+            configs.append(("bf16-mixed + torch.compile reduce-overhead", "bf16-mixed", "reduce-overhead"))
         fp32 = None
         for label, precision_name, compile_model in configs:
             self.log(f"gpu: {label}")
