@@ -93,3 +93,10 @@ def test_compile_takes_a_bool_or_a_torch_compile_mode():
     assert compile_mode(load_config([], ["trainer.compile=false"]).trainer.compile) is None
     assert compile_mode(load_config([], ["trainer.compile=reduce-overhead"]).trainer.compile) == "reduce-overhead"
     assert compile_mode(load_config().trainer.compile) is None
+
+
+def test_every_nesterov_optimizer_of_timm_needs_momentum():
+    for name in ("sgd", "sgdw", "nesterov"):
+        with pytest.raises(ConfigError, match="Nesterov"):
+            load_config([], [f"optim.name={name}", "optim.momentum=0"])
+    assert load_config([], ["optim.name=momentum", "optim.momentum=0"]).optim.name == "momentum"

@@ -97,6 +97,7 @@ def cmd_bench(args) -> int:
         # `--only model key=value` : argparse hands the override to --only; give it back
         sections = [s for s in args.only if "=" not in s and not s.endswith((".yaml", ".yml"))]
         items += [s for s in args.only if s not in sections]
+        sections = sections or None  # `--only key=value` alone: every section, with the override
     files, overrides = _split_args(items)
     cfg = load_config(files, overrides)
     table = run_bench(

@@ -355,9 +355,9 @@ def validate_config(cfg: DictConfig) -> None:
             f"optim.name={cfg.optim.name!r} is not a timm optimizer{_nearest(cfg.optim.name, optimizers)}"
         )
 
-    # timm's "sgd" (and "nesterov") is Nesterov SGD, which torch refuses without momentum, only when
+    # timm's "sgd" (and sgdw, nesterov, ...) is Nesterov SGD, which torch refuses without momentum, only when
     # the optimizer is built, after data loading; say so now.
-    if cfg.optim.name.lower() in ("sgd", "nesterov") and cfg.optim.momentum <= 0:
+    if (timm.optim.get_optimizer_info(cfg.optim.name.lower()).defaults or {}).get("nesterov") and cfg.optim.momentum <= 0:
         raise ConfigError(
             f"optim.name={cfg.optim.name!r} is Nesterov SGD in timm and needs optim.momentum > 0 "
             f"(got {cfg.optim.momentum!r}); for plain SGD use optim.name=momentum with optim.momentum=0"

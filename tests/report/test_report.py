@@ -233,3 +233,12 @@ def test_paper_clause_only_where_the_references_differ_in_what_the_groups_differ
     # A reference of another metric is never subtracted from ours.
     assert "another table" not in verdict("model.pool=map, optim.lr=0.0008")
     assert len(verdicts) == 5
+
+
+def test_single_run_groups_still_quote_the_paper(tmp_path: Path):
+    """Run names and directories differ between any two runs; only the grouping keys decide whether the
+    paper's difference applies."""
+    sweep = make_sweep(tmp_path, final={"1d": [0.80], "none": [0.72]})
+    report = run_report([str(sweep)], baseline="model.pos_embed=1d", out=str(tmp_path / "out"))
+    v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
+    assert "paper Table 8" in v_none and "61.38" in v_none, v_none

@@ -168,7 +168,7 @@ class Bench(DataSection, GpuSections):
             raise ConfigError(f"--steps={steps} must be at least 1")
         self.cfg = cfg
         self.steps = int(steps)
-        self.rounds = int(rounds or _env_int(ENV_ROUNDS) or 3)
+        self.rounds = int(rounds if rounds is not None else (_env_int(ENV_ROUNDS) or 3))
         self.warmup = int(warmup if warmup is not None else (_env_int(ENV_WARMUP) or 2))
         if self.rounds < 1 or self.warmup < 1:
             raise ConfigError(f"rounds ({self.rounds}) and warmup ({self.warmup}) must be at least 1")

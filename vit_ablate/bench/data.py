@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_ablate.bench.settings import STANDIN_BYTES, TARGETS
 from vit_ablate.bench.table import Row
 from vit_ablate.bench.timing import Measured, StepTimer, interleaved, make_optimizer, make_train_step, paired_ratio
-from vit_ablate.config import to_container
+from vit_ablate.config import compile_mode, to_container
 
 __all__ = ["DataSection"]
 
@@ -131,7 +131,8 @@ class DataSection:
         resident = next(stream)
         model = self._build(self.model_cfg).to(device, precision.param_dtype).train()
         optimizer = make_optimizer(model, self.cfg)
-        forward = torch.compile(model) if self.cfg.trainer.compile else model
+        mode = compile_mode(self.cfg.trainer.compile)
+        forward = torch.compile(model, mode=mode) if mode is not None else model
         fed = make_train_step(forward, optimizer, None, None, precision, device, batches=lambda: next(stream))
         fixed = make_train_step(forward, optimizer, *resident, precision, device)
         self.log(f"data: training fed by {label} vs a resident batch, step by step")

@@ -41,7 +41,7 @@ def _paper_clause(c: Comparison, units: Units, established: bool, analysis: Anal
     # The paper's difference says something about ours only when its two numbers differ in everything
     # our two groups differ in (a reference for model.pool=gap says nothing about lr 3e-4 vs 8e-4) and
     # measure the same thing (Table 8's 5-shot accuracy minus Beyer et al.'s top-1 is no difference).
-    differing = {k for k in set(c.group.common) | set(c.baseline.common) if c.group.common.get(k) != c.baseline.common.get(k)}
+    differing = {k for k in analysis.by if c.group.common.get(k) != c.baseline.common.get(k)}
     constrained = set(ref_g.get("params") or {}) & set(ref_b.get("params") or {})
     if not differing <= constrained or ref_g.get("metric") != ref_b.get("metric"):
         return ""
