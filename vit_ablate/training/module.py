@@ -146,7 +146,8 @@ class ViTModule(L.LightningModule):
             return False
         if trainer.progress_bar_callback is not None:
             return True
-        return bool(getattr(trainer._logger_connector, "should_update_logs", True))
+        # Lightning's own "is this a logging step" (private; should it move, log every step as before)
+        return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
