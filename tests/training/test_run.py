@@ -143,3 +143,13 @@ def test_a_compiled_run_matches_an_eager_one(fast_args, tmp_path):
     keys = {name: set(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
             for name in ("eager", "compiled")}
     assert keys["eager"] == keys["compiled"]
+
+
+def test_step_loss_reaches_the_logger_on_its_logging_steps(fast_args, tmp_path):
+    """The step loss is logged only on the steps Lightning writes to its loggers: all of those, no others."""
+    result = train(_cfg(fast_args, "name=steplog", "trainer.max_epochs=1", "logging.csv=true", "trainer.log_every_n_steps=4"))
+    assert result["status"] == "completed"
+    rows = list(csv.DictReader((tmp_path / "steplog" / "logs" / "metrics.csv").open()))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == [3, 7, 11, 15]  # 16 steps an epoch (1024 / 64), every 4th
+    assert all(float(r["train/loss"]) > 0 for r in rows if r.get("train/loss"))

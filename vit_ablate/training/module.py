@@ -201,7 +201,7 @@ class ViTModule(L.LightningModule):
         if warmup >= total:
             rank_zero_warn(
                 f"the warmup ({warmup} steps) is at least as long as the run ({total} steps): the learning "
-                f"rate never reaches optim.lr={optim.lr:g} and no decay follows; shorten optim.warmup_epochs"
+                f"rate never reaches optim.lr={optim.lr:g} and no decay follows; shorten optim.warmup_steps or optim.warmup_epochs"
             )
         warmup = min(warmup, total)
         scheduler = SCHEDULES.get(optim.schedule)(optimizer, max(1, total - warmup), warmup, optim.min_lr)
