@@ -70,6 +70,15 @@ class ModelConfig:
 
 
 @dataclass
+class InitConfig:
+    """Start a run from trained weights (paper §3.2: pre-train, then fine-tune, often at a new resolution)."""
+
+    path: Optional[str] = None  # a vit-ablate .ckpt, a timm state dict (.pth/.bin/.safetensors) or a Hugging Face ViT folder
+    format: str = "auto"  # auto | vit_ablate | timm | hf; auto decides from the file
+    exclude: List[str] = field(default_factory=list)  # parameter-name prefixes left at their fresh init, e.g. ["head"]
+
+
+@dataclass
 class SyntheticConfig:
     """The embedded procedural dataset (data/synthetic.py documents its accuracy ceiling)."""
 
@@ -182,6 +191,7 @@ class RunConfig:
     output_dir: str = "runs"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
