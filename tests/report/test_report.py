@@ -11,6 +11,7 @@ import matplotlib.image as mpimg
 import pytest
 
 import yaml
+from scipy import stats as scipy_stats
 
 from vit_ablate.report.references import parse_reference_comments
 
@@ -33,35 +34,38 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
     assert report.out == out
     md = report.markdown
     assert (out / "report.md").read_text() == md
+    assert f"- Written to {out}/: report.md, report.csv, runs.csv, curves.png, final.png." in md
 
     rows = _table_lines(md)
-    # Columns: group, n, mean, std, 95% CI, Δ, Δ CI, p, p (Holm), paper. Means and stds by hand:
+    # Columns: group, n, mean, std, 95% CI (t), Δ, Δ CI, p (t), p (sign-flip), p (Holm), paper.
+    # 1d: 0.80 0.82 0.81 → 81.00 ± 1.00; t interval 81 ± t(0.975, 2)·1/√3 = 81 ± 4.303·0.5774 = ± 2.48.
     base = rows["model.pos_embed=1d (baseline)"]
-    assert base[1:4] == ["3", "81.00", "1.00"] and base[5:9] == ["—"] * 4
-    assert base[9] == "64.21 (paper Table 8, imagenet_5shot)"
+    assert base[1:5] == ["3", "81.00", "1.00", "[78.52, 83.48]"] and base[5:10] == ["—"] * 5
+    assert base[10] == "64.21 (paper Table 8, imagenet_5shot)"
     two_d = rows["model.pos_embed=2d"]
-    # 2d − 1d per seed: +1, 0, +1 points → +0.67; sign-flip: 4 of 8 patterns as extreme → p = 0.5.
+    # 2d − 1d per seed: +1, 0, +1 points → +0.67, sd 0.577: t = 2, df 2 → p = 0.184; sign-flip 4/8 = 0.5.
     assert two_d[1:4] == ["3 of 4", "81.67", "0.58"]
-    assert two_d[5] == "+0.67" and two_d[7:9] == ["0.5", "0.5"]
+    assert two_d[5] == "+0.67" and two_d[7:9] == ["0.184", "0.5"]
     none = rows["model.pos_embed=none"]
-    # none − 1d per seed: −6, −7, −8 → −7.00; p = 2/8 = 0.25; Holm over 2: max(0.25×2, 0.5×1) = 0.5.
+    # none − 1d per seed: −6, −7, −8 → −7.00 ± 4.303·1/√3; t = −12.12 → p = 0.00673; sign-flip 2/8.
+    # Holm over the 2 secondary comparisons (no primary declared): 2 × 0.00673 = 0.0135.
     assert none[1:4] == ["3 of 4", "74.00", "1.00"]
-    assert none[5:9] == ["-7.00", "[-8.00, -6.00]", "0.25", "0.5"]
-    assert none[9] == "61.38 (paper Table 8, imagenet_5shot)"
+    assert none[5:10] == ["-7.00", "[-9.48, -4.52]", "0.00673", "0.25", "0.0135"]
+    assert none[10] == "61.38 (paper Table 8, imagenet_5shot)"
 
-    # Verdicts: n=3 cannot reach 0.05, and the report says so rather than "no difference".
+    # No primary declared: no verdict, and the report says so.
+    assert "None declared: the sweep file has no `# primary:` line" in md and report.primary == ""
     v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
-    assert "too few seeds to test at n=3" in v_none
-    assert "lower in all 3 pairs" in v_none and "cannot go below p=0.25" in v_none
-    assert "≥7 paired seeds" in v_none
-    assert "paper Table 8, imagenet_5shot: none 61.38 vs 1d 64.21 (-2.82 points)" in v_none
+    assert v_none.startswith("model.pos_embed=none is worse than 1d by 7.00 points [95% CI 4.52, 9.48]")
+    assert "paired t p=0.0135 (Holm over 2), exact sign-flip p=0.25, n=3 paired seeds" in v_none
+    v_2d = next(v for v in report.verdicts if v.startswith("model.pos_embed=2d"))
+    assert "not distinguishable after Holm at n=3" in v_2d and "cannot go below 0.25" in v_2d
 
     # Not included: the diverged run and the pending (never started) one, with their statuses.
     excluded = md.split("## Not included", 1)[1]
     assert "| run-009 | model.pos_embed=none | 3 | diverged | result.json: diverged (loss is NaN at step 120) |" in excluded
     assert "| run-010 | model.pos_embed=2d | 3 | pending | not started (manifest: pending) |" in excluded
     assert {r.name for r in report.excluded} == {"run-009", "run-010"}
-    assert "with 3 runs per group the bootstrap CIs are optimistic" in md
 
     # CSV: raw fractions.
     with open(out / "report.csv") as handle:
@@ -69,18 +73,29 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
     assert float(table["model.pos_embed=none"]["mean"]) == pytest.approx(0.74)
     assert float(table["model.pos_embed=none"]["delta"]) == pytest.approx(-0.07)
     assert table["model.pos_embed=none"]["n_pairs"] == "3" and table["model.pos_embed=1d"]["baseline"] == "True"
+    assert table["model.pos_embed=1d"]["ci_method"] == "t"
+
+    # runs.csv: one row per run, enough to regenerate the report.
+    with open(out / "runs.csv") as handle:
+        runs = list(csv.DictReader(handle))
+    assert [r["run"] for r in runs][:2] == ["run-000", "run-001"] and len(runs) == 11
+    assert runs[6] == {"run": "run-006", "model.pos_embed": "none", "seed": "0", "status": "completed",
+                       "val/acc1": "0.74", "reason": ""}
+    assert runs[9]["status"] == "diverged" and runs[9]["val/acc1"] == ""
 
     # Figures: readable PNGs of the expected size, small; no temp files left behind.
     shapes = {p.name: mpimg.imread(p).shape for p in report.written if p.suffix == ".png"}
-    assert shapes == {"curves.png": (400, 640, 4), "final.png": (400, 450, 4)}
+    assert shapes["curves.png"] == (400, 640, 4) and shapes["final.png"][0] == 400
     assert all(p.stat().st_size < 200_000 for p in report.written)
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final.png", "report.csv", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final.png", "report.csv", "report.md", "runs.csv"]
+    assert "*final.png*: val/acc1 per group at the last epoch's validation" in md
 
 
 def test_report_is_deterministic(sweep_dir: Path, tmp_path: Path):
     first = run_report([str(sweep_dir)], out=str(tmp_path / "a"))
     second = run_report([str(sweep_dir)], out=str(tmp_path / "b"))
-    assert first.markdown == second.markdown and first.rows == second.rows
+    assert first.markdown.replace("/a/", "/b/") == second.markdown and first.rows == second.rows
+    assert (tmp_path / "a" / "report.csv").read_bytes() == (tmp_path / "b" / "report.csv").read_bytes()
 
 
 def test_eight_seeds_reach_significance_and_compare_with_paper(tmp_path: Path):
@@ -96,15 +111,13 @@ def test_eight_seeds_reach_significance_and_compare_with_paper(tmp_path: Path):
     )
     report = run_report([str(sweep)], baseline="model.pos_embed=1d")
     v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
-    # p = 2/256 raw (only all-minus and all-plus); Holm over 2 comparisons: 2 × 2/256 = 0.015625.
-    match = re.match(r"model\.pos_embed=none is worse than 1d by 7\.00 points \[95% CI (\S+), (\S+)\]", v_none)
+    # sd of the differences 0.756 points: t interval −7 ± 2.365·0.756/√8 = ± 0.63; sign-flip 2/256.
+    match = re.match(r"model\.pos_embed=none is worse than 1d by 7\.00 points \[95% CI 6\.37, 7\.63\]", v_none)
     assert match, v_none
-    low, high = float(match.group(1)), float(match.group(2))
-    assert 6.0 <= low < 7.0 < high <= 8.0  # the CI of the size, in the same unsigned terms
-    assert "p=0.0156 (Holm), n=8 paired seeds" in v_none
+    assert "exact sign-flip p=0.00781, n=8 paired seeds" in v_none
     assert v_none.endswith("agrees in direction with paper Table 8, imagenet_5shot (none 61.38 < 1d 64.21)")
     v_2d = next(v for v in report.verdicts if v.startswith("model.pos_embed=2d"))
-    assert "not distinguishable at n=8" in v_2d and "cannot go below" not in v_2d
+    assert "not distinguishable after Holm at n=8" in v_2d and "cannot go below" not in v_2d
 
 
 def test_lr_grouping_draws_figure9_curves_and_checks_baseline(tmp_path: Path):
@@ -144,14 +157,17 @@ def test_unpaired_fallback_and_n1(tmp_path: Path):
     none = rows["model.pos_embed=none"]
     # Unpaired: Δ = 70.5 − 81.0; exact permutation over C(4,2) = 6 splits, 2 as extreme → p = 1/3.
     assert none["paired"] is False and none["n_pairs"] == 0
-    assert none["delta"] == pytest.approx(-0.105) and none["p"] == pytest.approx(1 / 3)
-    assert "| model.pos_embed=none | 2 | 70.50 | 0.71 |" in report.markdown and "0.333 †" in report.markdown
-    assert "model.pos_embed=none vs baseline: no seed in common with the baseline: unpaired permutation test" in report.markdown
+    assert none["delta"] == pytest.approx(-0.105) and none["p_signflip"] == pytest.approx(1 / 3)
+    # Welch: means 70.5 vs 81.0, variances 0.5e-4 and 2e-4 over n=2 each → t = −0.105/0.01118 = −9.39.
+    assert none["p_t"] == pytest.approx(scipy_stats.ttest_ind([0.70, 0.71], [0.80, 0.82], equal_var=False).pvalue)
+    assert "| model.pos_embed=none | 2 | 70.50 | 0.71 |" in report.markdown
+    assert "model.pos_embed=none vs baseline: no seed in common with the baseline: Welch's unpaired t-test" in report.markdown
     v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
-    assert "cannot go below p=0.333" in v_none
+    # Welch's t at n=2 vs 2 reaches p=0.0274; the exact permutation test could not go below 1/3.
+    assert "Welch t p=0.0274" in v_none and "permutation p=0.333" in v_none
     two_d = rows["model.pos_embed=2d"]
-    assert two_d["paired"] is True and two_d["n_pairs"] == 1 and two_d["p"] == 1.0
-    assert "model.pos_embed=2d: n=1, so no standard deviation and no CI" in report.markdown
+    assert two_d["paired"] is True and two_d["n_pairs"] == 1 and two_d["p_signflip"] == 1.0
+    assert "model.pos_embed=2d: n=1, so no standard deviation and no interval" in report.markdown
 
 
 def test_no_runs_is_a_value_error(tmp_path: Path):
@@ -160,16 +176,18 @@ def test_no_runs_is_a_value_error(tmp_path: Path):
 
 
 def test_report_from_wandb_with_fake_api(monkeypatch, tmp_path: Path):
-    import wandb
+    import sys
+    import types
 
     from .test_runs import FAKE_RUNS, FakeApi
 
-    monkeypatch.setattr(wandb, "Api", lambda *a, **k: FakeApi(FAKE_RUNS))
+    # A stand-in module: the report imports wandb only for this path, and wandb is an optional extra.
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=lambda *a, **k: FakeApi(FAKE_RUNS)))
     report = run_report([], wandb_path="ent/proj/abc123", out=str(tmp_path / "w"))
     rows = _table_lines(report.markdown)
     assert rows["model.pos_embed=1d (baseline)"][1:3] == ["2 of 3", "81.00"]
     assert rows["model.pos_embed=none"][1:3] == ["2 of 4", "71.00"]
-    assert rows["model.pos_embed=none"][9] == "61.38 (paper Table 8)"
+    assert rows["model.pos_embed=none"][10] == "61.38 (paper Table 8)"
     excluded = report.markdown.split("## Not included", 1)[1]
     for name, status in (("e", "failed"), ("f", "diverged"), ("g", "running")):
         assert f"| {name} |" in excluded and f"| {status} |" in excluded

@@ -1,9 +1,13 @@
-"""Group runs by the swept parameters, summarise each group, compare each group with the baseline.
+"""Group runs by the swept parameters, summarise each group, compare each group with the baseline,
+and test the contrasts the sweep file declares.
 
 A group is one setting of the ``by`` keys; its replicates are the runs that differ only in ``seed``.
 Comparisons pair runs by seed (the same seed means the same data order and initialisation stream in
 both groups, so pairing removes that shared noise) and fall back to an unpaired test, saying so, only
 when no seed is common to both groups.
+
+The declared primary contrast is tested at α = 0.05 on its own; every other comparison (each group
+against the baseline, the declared secondaries) is one family, Holm-corrected.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from vit_ablate.report import stats
+from vit_ablate.report.contrasts import ContrastResult, decide, evaluate_contrast, validate_contrasts
 from vit_ablate.report.references import match_reference, parse_assignments
-from vit_ablate.report.runs import COMPLETED, RunCollection, RunRecord, lookup_metric
+from vit_ablate.report.runs import COMPLETED, RunCollection, RunRecord, lookup_metric, metric_names
 from vit_ablate.report.values import canon, sort_key
 
 __all__ = ["Group", "Comparison", "Analysis", "analyse", "default_by", "BOOKKEEPING_KEYS"]
@@ -81,17 +86,20 @@ class Comparison:
     paired: bool
     n_pairs: int  # seeds present in both groups (0 when unpaired)
     diff: float  # mean paired difference group − baseline (unpaired: difference of means)
-    ci_low: float
+    ci_low: float  # 95% Student's t interval of diff (Welch's when unpaired)
     ci_high: float
     ci_note: str
-    test: stats.PermutationResult
+    test: stats.PermutationResult  # exact sign-flip (paired) or permutation (unpaired) p, shown beside p_t
+    p_t: float = math.nan  # paired t-test p (Welch's when unpaired): the p that decides
+    sd: float = math.nan  # sd of the per-seed differences
     differences: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per-seed, paired only
     p_holm: float = math.nan
+    is_primary: bool = False  # the same two groups as the declared primary paired contrast
     note: str = ""
 
     @property
     def p(self) -> float:
-        return self.test.p
+        return self.p_t
 
 
 @dataclass
@@ -108,6 +116,10 @@ class Analysis:
     higher_is_better: bool
     notes: List[str] = field(default_factory=list)
     seed: int = 0
+    primary: Optional[ContrastResult] = None
+    secondary: List[ContrastResult] = field(default_factory=list)  # declared "# secondary:" contrasts
+    baseline_reason: str = ""  # where the baseline came from
+    family_size: int = 0  # secondary comparisons Holm corrects over
 
 
 def _is_bookkeeping(key: str) -> bool:
@@ -170,11 +182,24 @@ def _format_assignments(assignments: Mapping[str, str]) -> str:
 
 
 def _choose_baseline(
-    groups: List[Group], requested: Optional[str], declared: Optional[Mapping[str, str]], notes: List[str]
-) -> Optional[Group]:
+    groups: List[Group],
+    requested: Optional[str],
+    declared: Optional[Mapping[str, str]],
+    notes: List[str],
+    primary_side: Optional[Mapping[str, str]] = None,
+) -> Tuple[Optional[Group], str]:
+    group, reason = _choose_baseline_group(groups, requested, declared, notes, primary_side)
+    return group, reason
+
+
+def _choose_baseline_group(
+    groups: List[Group],
+    requested: Optional[str],
+    declared: Optional[Mapping[str, str]],
+    notes: List[str],
+    primary_side: Optional[Mapping[str, str]],
+) -> Tuple[Optional[Group], str]:
     candidates = [g for g in groups if g.summary.n > 0]
-    if not candidates:
-        return None
     if requested is not None:
         wanted = {k: canon(v) for k, v in parse_assignments(requested, "baseline: ").items()}
         if not wanted:
@@ -182,7 +207,7 @@ def _choose_baseline(
         hits = [g for g in groups if _matches(g, wanted)]
         usable = [g for g in hits if g.summary.n > 0]
         if len(usable) == 1:
-            return usable[0]
+            return usable[0], "given by --baseline"
         if len(usable) > 1:
             raise ValueError(
                 f"baseline {requested!r} is ambiguous: it matches {len(usable)} groups "
@@ -193,43 +218,69 @@ def _choose_baseline(
                 f"baseline {requested} has no completed runs ({hits[0].n_total} listed under Not "
                 "included); no comparisons"
             )
-            return None
+            return None, "given by --baseline, but without completed runs"
         raise ValueError(
             f"baseline {requested!r} matches no group; the groups are: "
             + "; ".join(g.label for g in groups)
         )
+    if not candidates:
+        return None, "no group has completed runs"
     if declared:
         hits = [g for g in candidates if _matches(g, declared)]
         if len(hits) == 1:
-            return hits[0]
+            return hits[0], "the paper's choice, declared in the sweep file (# baseline:)"
         notes.append(
             f"the sweep declares baseline {_format_assignments(declared)}, which "
             + ("matches no group with completed runs" if not hits else "matches several groups")
-            + f"; using the first group, {candidates[0].label}"
         )
-    return candidates[0]
+    if primary_side:
+        hits = [g for g in candidates if _matches(g, primary_side)]
+        if len(hits) == 1:
+            return hits[0], "the reference side of the declared primary contrast"
+    return candidates[0], "the first group: the sweep file declares no baseline"
 
 
 def _compare(group: Group, baseline: Group, rng_seed: Sequence[int]) -> Comparison:
     g_seeds, b_seeds = group.by_seed(), baseline.by_seed()
     common = sorted(set(g_seeds) & set(b_seeds), key=sort_key)
     if common:
-        d = np.array([g_seeds[s] - b_seeds[s] for s in common])
-        low, high, ci_note = stats.bootstrap_ci(d, rng_seed)
-        if len(common) == 1:
-            ci_note = "1 pair: no CI"
-        test = stats.signflip_test(d, rng_seed)
+        test = stats.paired_test([g_seeds[s] for s in common], [b_seeds[s] for s in common], rng_seed)
         note = ""
         if len(common) < max(group.summary.n, baseline.summary.n):
             note = f"paired on the {len(common)} seeds present in both groups"
-        return Comparison(group, baseline, True, len(common), float(d.mean()), low, high, ci_note, test, d, note=note)
-    low, high, ci_note = stats.bootstrap_ci_diff_unpaired(group.values, baseline.values, rng_seed)
-    test = stats.permutation_test_unpaired(group.values, baseline.values, rng_seed)
-    diff = float(group.values.mean() - baseline.values.mean())
+        return Comparison(group, baseline, True, len(common), test.estimate, test.ci_low, test.ci_high,
+                          test.ci_note or ("1 pair: no interval" if len(common) == 1 else ""), test.perm,
+                          p_t=test.p_t, sd=test.sd, differences=test.values, note=note)
+    test = stats.welch_test(group.values, baseline.values, rng_seed)
     return Comparison(
-        group, baseline, False, 0, diff, low, high, ci_note, test,
-        note="no seed in common with the baseline: unpaired permutation test",
+        group, baseline, False, 0, test.estimate, test.ci_low, test.ci_high, test.ci_note, test.perm,
+        p_t=test.p_t, sd=test.sd,
+        note="no seed in common with the baseline: Welch's unpaired t-test (and the unpaired permutation test)",
     )
+
+
+def _metric_error(metric: str, runs: Sequence[RunRecord]) -> ValueError:
+    import difflib
+
+    recorded = metric_names(runs)
+    hint = difflib.get_close_matches(metric, recorded, n=1, cutoff=0.3)
+    return ValueError(
+        f"--metric {metric}: no run recorded it"
+        + (f" (did you mean {hint[0]}?)" if hint else "")
+        + (f"; the runs recorded: {', '.join(recorded[:12])}" if recorded else "; no run recorded any metric")
+    )
+
+
+def _param_values(collection: RunCollection) -> Dict[str, List[str]]:
+    """Every key → the canonical values the runs (or the sweep's values lists) give it."""
+    values: Dict[str, Dict[str, None]] = {}
+    for run in collection.runs:
+        for key, value in run.params.items():
+            values.setdefault(key, {})[canon(value)] = None
+    for key, listed in collection.swept.items():
+        for value in listed or []:
+            values.setdefault(key, {})[canon(value)] = None
+    return {k: list(v) for k, v in values.items()}
 
 
 def analyse(
@@ -239,7 +290,8 @@ def analyse(
     baseline: Optional[str] = None,
     seed: int = 0,
 ) -> Analysis:
-    """Group, summarise and compare. Raises ValueError for an unusable baseline or grouping key."""
+    """Group, summarise, compare, and test the declared contrasts. Raises ValueError for an unusable
+    baseline, grouping key, metric or contrast (before the caller writes anything)."""
     notes: List[str] = list(collection.notes)
     by = list(default_by(collection) if by is None else by)
     known = {k for r in collection.runs for k in r.params}
@@ -257,11 +309,13 @@ def analyse(
     sections: Counter = Counter()
     value_of: Dict[int, float] = {}
     reasons: Dict[int, str] = {}
+    recorded = 0
     for i, run in enumerate(collection.runs):
+        value, section = lookup_metric(run.result, metric)
+        recorded += value is not None
         if run.status != COMPLETED:
             reasons[i] = run.reason or run.status
             continue
-        value, section = lookup_metric(run.result, metric)
         if value is None:
             reasons[i] = f"completed, but result.json has no {metric!r}"
         elif not math.isfinite(value):
@@ -269,6 +323,11 @@ def analyse(
         else:
             value_of[i] = value
             sections[section] += 1
+    if not recorded and any(run.status == COMPLETED for run in collection.runs):
+        raise _metric_error(metric, collection.runs)
+
+    param_values = _param_values(collection)
+    validate_contrasts(collection.contrasts, param_values)
 
     buckets: Dict[Tuple[str, ...], List[int]] = {}
     for i, run in enumerate(collection.runs):
@@ -306,34 +365,65 @@ def analyse(
     for group in groups:
         group.reference = match_reference(collection.references, group.common)
         if group.summary.n == 1:
-            notes.append(f"{group.label}: n=1, so no standard deviation and no CI")
-    small = [g.summary.n for g in groups if 2 <= g.summary.n < 6]
-    if small:
-        # A resampled mean never leaves [min, max] of the sample, so at n=2..5 the percentile interval
-        # is narrower than the uncertainty it stands for. Say so where the numbers are read.
+            notes.append(f"{group.label}: n=1, so no standard deviation and no interval")
+    if any(run.params.get("data.val_split") in (0, "0") for run in collection.runs) and metric.startswith("val/"):
         notes.append(
-            f"with {min(small)}–{max(small)} runs per group the bootstrap CIs are optimistic (a resampled "
-            "mean cannot leave the range of the observed values): read them as the spread of the seeds, "
-            "and the permutation p-values for evidence"
-            if min(small) != max(small)
-            else f"with {small[0]} runs per group the bootstrap CIs are optimistic (a resampled mean cannot "
-            "leave the range of the observed values): read them as the spread of the seeds, and the "
-            "permutation p-values for evidence"
+            f"runs with data.val_split=0 validate on the test split: their {metric} is a test-split number"
         )
 
-    base = _choose_baseline(groups, baseline, collection.baseline, notes)
+    # Declared contrasts, on every run (Fisher counts diverged runs too).
+    rows = [
+        (run.params, run.seed, run.status, value_of.get(i))
+        for i, run in enumerate(collection.runs)
+    ]
+
+    def reference_of(assignments: Mapping[str, str]) -> Optional[Mapping[str, Any]]:
+        return match_reference(collection.references, dict(assignments))
+
+    primary: Optional[ContrastResult] = None
+    secondary: List[ContrastResult] = []
+    for k, spec in enumerate(collection.contrasts):
+        result = evaluate_contrast(spec, rows, by, reference_of, seed=[seed, 4, k])
+        if spec.role == "primary":
+            primary = result
+        else:
+            secondary.append(result)
+    if primary is not None:
+        decide(primary)
+        notes.extend(f"primary contrast: {n}" for n in primary.notes)
+        if primary.kind in ("paired", "interaction", "fisher") and primary.expect is None:
+            notes.append(
+                "the primary contrast states no expected direction (expect=greater|less, or paper "
+                "reference values for both sides): a significant result cannot be called reproduced"
+            )
+
+    primary_side = primary.spec.b if primary is not None and primary.kind in ("paired", "equivalence") else None
+    base, baseline_reason = _choose_baseline(groups, baseline, collection.baseline, notes, primary_side)
     comparisons: List[Comparison] = []
     if base is not None:
         base.is_baseline = True
         for group in groups:
             if group is base or group.summary.n == 0:
                 continue
-            comparisons.append(_compare(group, base, [seed, 1, len(comparisons)]))
-        adjusted = stats.holm([c.p for c in comparisons])
-        for comparison, p_holm in zip(comparisons, adjusted):
-            comparison.p_holm = float(p_holm)
+            comparison = _compare(group, base, [seed, 1, len(comparisons)])
+            if primary is not None and primary.kind == "paired" and not primary.spec.where:
+                sides = (primary.spec.a, primary.spec.b)
+                comparison.is_primary = _matches(group, sides[0]) and _matches(base, sides[1])
+            comparisons.append(comparison)
             if comparison.note:
-                notes.append(f"{comparison.group.label} vs baseline: {comparison.note}")
+                notes.append(f"{group.label} vs baseline: {comparison.note}")
+
+    # The secondary family: every comparison but the primary, and the declared secondaries.
+    family = [c for c in comparisons if not c.is_primary]
+    adjusted = stats.holm([c.p for c in family] + [r.p for r in secondary])
+    for comparison, p_holm in zip(family, adjusted[: len(family)]):
+        comparison.p_holm = float(p_holm)
+    m = int(np.count_nonzero(~np.isnan(adjusted)))
+    for result, p_holm in zip(secondary, adjusted[len(family):]):
+        result.p_holm = float(p_holm)
+        if not math.isnan(result.p_t):
+            result.p_t_adjusted = min(1.0, result.p_t * max(m, 1))
+        decide(result)
 
     excluded = [
         (collection.runs[i], g.label, reasons[i])
@@ -358,4 +448,8 @@ def analyse(
         higher_is_better=_higher_is_better(metric),
         notes=notes,
         seed=seed,
+        primary=primary,
+        secondary=secondary,
+        baseline_reason=baseline_reason,
+        family_size=m,
     )

@@ -1,27 +1,28 @@
-"""The statistics of a report: bootstrap CIs, permutation tests, Holm's correction.
+"""The statistics of a report: intervals with their stated coverage, the tests of a declared contrast,
+Holm's correction, and the power a design had.
 
-Ablation sweeps have few seeds (often 3), so every function here is exact where it can be and says so
-where it cannot:
+Ablation sweeps have few seeds (often 3), which decides every choice here:
 
-* a CI of the mean is a percentile bootstrap (scipy.stats.bootstrap) with a fixed seed, so a report is
-  reproducible byte for byte; with n=1 there is no CI (NaN, with the reason), with zero spread the CI
-  is the point itself (the bootstrap distribution is degenerate);
-* a paired comparison is an exact two-sided sign-flip permutation test on the per-seed differences
-  (all 2^n sign patterns for n ≤ 16, Monte Carlo beyond);
-* :func:`min_attainable_p` is the smallest p such a test can return at all — 2/2^n, i.e. 0.25 at n=3 —
-  which a verdict must state before it calls anything "not significant".
-
-Percentile rather than BCa: BCa's jackknife acceleration is undefined or wild at n=2–3, exactly the
-sizes an ablation sweep has. Note the percentile bootstrap is too narrow at tiny n (it cannot see
-beyond the observed values), one more reason a verdict leans on the permutation p-value.
+* the 95% interval of a mean, or of a mean paired difference, is Student's t (``mean ± t·s/√n``): its
+  coverage is 95% at any n when the seeds' values are roughly normal. A percentile bootstrap of n=3
+  values cannot leave [min, max] of the sample and covers the true mean only about 70% of the time, so
+  the bootstrap is used only from :data:`BOOTSTRAP_MIN_N` values on, and labelled; n=1 has no interval;
+* a paired comparison is decided by the paired t-test (``scipy.stats.ttest_rel``); the exact
+  sign-flip permutation p (``scipy.stats.permutation_test``, every sign pattern) is reported beside it,
+  free of the normality assumption but unable to go below 2/2^n (0.25 at n=3);
+* an interaction of a 2×2 design is the one-sample t-test of the per-seed interaction contrasts;
+* counts (a run diverged or not) use Fisher's exact test (``scipy.stats.fisher_exact``);
+* an equivalence is two one-sided t-tests (TOST) against a margin declared beforehand: "no
+  significant difference" is never read as "equal";
+* :func:`t_power` is the power a paired t-test at this n had to detect a given effect, given the
+  observed spread: what "inconclusive" means in numbers.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -29,20 +30,32 @@ from scipy import stats as _scipy_stats
 __all__ = [
     "Summary",
     "PermutationResult",
+    "MeanTest",
+    "t_interval",
+    "mean_interval",
     "bootstrap_ci",
     "summarize",
     "signflip_test",
     "permutation_test_unpaired",
+    "paired_test",
+    "welch_test",
+    "tost",
+    "fisher_test",
+    "t_power",
+    "tost_power",
+    "detectable_effect",
     "min_attainable_p",
     "min_attainable_p_unpaired",
-    "seeds_needed",
     "holm",
+    "BOOTSTRAP_MIN_N",
 ]
 
 EXACT_SIGNFLIP_MAX_N = 16  # 2^16 = 65 536 patterns: exact enumeration is still instant
 EXACT_UNPAIRED_MAX = 100_000  # partitions enumerated exactly up to this many
 MONTE_CARLO_RESAMPLES = 100_000
 BOOTSTRAP_RESAMPLES = 9_999
+BOOTSTRAP_MIN_N = 30  # below this the interval is Student's t; from here a labelled BCa bootstrap
+CONFIDENCE = 0.95
 
 
 def _rng(seed: int | Sequence[int] | np.random.Generator) -> np.random.Generator:
@@ -56,63 +69,52 @@ class Summary:
     std: float  # sample standard deviation (ddof=1); NaN for n < 2
     ci_low: float
     ci_high: float
-    ci_note: str = ""  # why there is no CI, or why it is a point
+    ci_note: str = ""  # why there is no interval, or which kind it is when not Student's t
+    ci_method: str = ""  # "t" or "bootstrap"; "" when there is none
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, str]:
+    """Student's t interval of the mean: ``(low, high, note)``; n < 2 → ``(nan, nan, reason)``."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, "no values"
+    if x.size == 1:
+        return math.nan, math.nan, "n=1: no spread, no interval"
+    mean, sem = float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * sem
+    return mean - half, mean + half, ""
 
 
 def bootstrap_ci(
     values: Sequence[float],
     seed: int | Sequence[int] | np.random.Generator = 0,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> tuple[float, float, str]:
-    """Percentile bootstrap CI of the mean: ``(low, high, note)``.
-
-    n=0 or n=1 → ``(nan, nan, reason)``; all values equal → ``(x, x, note)`` (scipy would warn about a
-    degenerate distribution and return NaN; the honest interval of a resampled constant is the point).
-    """
+    """BCa bootstrap interval of the mean (scipy.stats.bootstrap), for large n only (see mean_interval)."""
     x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan, "no values"
-    if x.size == 1:
-        return math.nan, math.nan, "n=1: no spread to resample, no CI"
+    if x.size < 2:
+        return t_interval(x, confidence)
     if np.all(x == x[0]):
-        return float(x[0]), float(x[0]), f"all {x.size} values equal: the CI is the point"
+        return float(x[0]), float(x[0]), f"all {x.size} values equal: the interval is the point"
     res = _scipy_stats.bootstrap(
-        (x,),
-        np.mean,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        rng=_rng(seed),
+        (x,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="BCa",
+        vectorized=True, rng=_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high), ""
 
 
-def bootstrap_ci_diff_unpaired(
-    a: Sequence[float],
-    b: Sequence[float],
-    seed: int | Sequence[int] | np.random.Generator = 0,
-    confidence: float = 0.95,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-) -> tuple[float, float, str]:
-    """Percentile bootstrap CI of mean(a) − mean(b), resampling each group on its own."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.size < 2 or y.size < 2:
-        return math.nan, math.nan, "a group has n<2"
-    if np.all(x == x[0]) and np.all(y == y[0]):
-        d = float(x[0] - y[0])
-        return d, d, "no spread in either group: the CI is the point"
-    res = _scipy_stats.bootstrap(
-        (x, y),
-        lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        rng=_rng(seed),
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high), ""
+def mean_interval(
+    values: Sequence[float], seed: int | Sequence[int] | np.random.Generator = 0, confidence: float = CONFIDENCE
+) -> tuple[float, float, str, str]:
+    """The report's interval of a mean: ``(low, high, note, method)``; Student's t below
+    :data:`BOOTSTRAP_MIN_N` values, a BCa bootstrap from there on (method ``"bootstrap"``)."""
+    x = np.asarray(values, dtype=float)
+    if x.size >= BOOTSTRAP_MIN_N:
+        low, high, note = bootstrap_ci(x, seed, confidence)
+        return low, high, note, "bootstrap"
+    low, high, note = t_interval(x, confidence)
+    return low, high, note, ("" if note else "t")
 
 
 def summarize(values: Sequence[float], seed: int | Sequence[int] = 0) -> Summary:
@@ -120,8 +122,8 @@ def summarize(values: Sequence[float], seed: int | Sequence[int] = 0) -> Summary
     n = int(x.size)
     mean = float(x.mean()) if n else math.nan
     std = float(x.std(ddof=1)) if n >= 2 else math.nan
-    low, high, note = bootstrap_ci(x, seed)
-    return Summary(n=n, mean=mean, std=std, ci_low=low, ci_high=high, ci_note=note)
+    low, high, note, method = mean_interval(x, seed)
+    return Summary(n=n, mean=mean, std=std, ci_low=low, ci_high=high, ci_note=note, ci_method=method)
 
 
 @dataclass
@@ -131,78 +133,184 @@ class PermutationResult:
     min_p: float  # the smallest p this test could return at this n (exact tests); 0 for Monte Carlo
 
 
-def _tolerance(observed: float, scale: np.ndarray) -> float:
-    # Floating-point sums of the same numbers in another order differ in the last bits; a pattern
-    # that ties the observed statistic must count as "at least as extreme".
-    return 1e-12 * max(1.0, float(np.max(np.abs(scale))) if scale.size else 1.0) + 1e-12 * abs(observed)
+def _mean_statistic(x, axis=-1):
+    return np.mean(x, axis=axis)
 
 
 def signflip_test(
     differences: Sequence[float], seed: int | Sequence[int] | np.random.Generator = 0
 ) -> PermutationResult:
-    """Two-sided sign-flip permutation test of mean(differences) = 0 (paired by seed).
-
-    Under the null each paired difference is symmetric about 0, so flipping its sign is as likely as
-    not. p = fraction of sign patterns whose |mean| ≥ the observed |mean| (the observed pattern
-    included). Exact for n ≤ 16; Monte Carlo with the given seed above, p = (k+1)/(B+1).
-    """
+    """Two-sided sign-flip permutation test of mean(differences) = 0 (paired by seed), with
+    ``scipy.stats.permutation_test``: exact (all 2^n sign patterns) for n ≤ 16, Monte Carlo above."""
     d = np.asarray(differences, dtype=float)
     n = d.size
     if n == 0:
         return PermutationResult(math.nan, "no pairs", math.nan)
-    observed = abs(d.mean())
-    tol = _tolerance(observed, d)
-    if n <= EXACT_SIGNFLIP_MAX_N:
-        patterns = np.arange(2**n, dtype=np.int64)[:, None] >> np.arange(n, dtype=np.int64)
-        signs = 1.0 - 2.0 * (patterns & 1)  # every ±1 pattern, one per row
-        means = np.abs(signs @ d) / n
-        p = float(np.count_nonzero(means >= observed - tol)) / 2**n
-        return PermutationResult(p, "exact sign-flip", min_attainable_p(n))
-    rng = _rng(seed)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(MONTE_CARLO_RESAMPLES, n))
-    means = np.abs(signs @ d) / n
-    count = int(np.count_nonzero(means >= observed - tol))
-    p = (count + 1) / (MONTE_CARLO_RESAMPLES + 1)
-    return PermutationResult(p, f"Monte Carlo sign-flip ({MONTE_CARLO_RESAMPLES} draws)", 0.0)
+    if n == 1 or np.all(d == 0):  # one pair: +d and −d are both as extreme as the data
+        return PermutationResult(1.0, "exact sign-flip", min_attainable_p(n))
+    exact = n <= EXACT_SIGNFLIP_MAX_N
+    res = _scipy_stats.permutation_test(
+        (d,), _mean_statistic, permutation_type="samples", vectorized=True,
+        n_resamples=np.inf if exact else MONTE_CARLO_RESAMPLES, rng=_rng(seed),
+    )
+    if exact:
+        return PermutationResult(float(min(1.0, res.pvalue)), "exact sign-flip", min_attainable_p(n))
+    return PermutationResult(
+        float(min(1.0, res.pvalue)), f"Monte Carlo sign-flip ({MONTE_CARLO_RESAMPLES} draws)", 0.0
+    )
 
 
 def permutation_test_unpaired(
     a: Sequence[float], b: Sequence[float], seed: int | Sequence[int] | np.random.Generator = 0
 ) -> PermutationResult:
-    """Two-sided permutation test of mean(a) = mean(b) for unpaired groups (relabel the pooled runs)."""
+    """Two-sided permutation test of mean(a) = mean(b) for unpaired groups (scipy, relabelling runs)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size == 0 or y.size == 0:
         return PermutationResult(math.nan, "an empty group", math.nan)
-    pooled = np.concatenate([x, y])
-    n, k = pooled.size, x.size
-    observed = abs(x.mean() - y.mean())
-    tol = _tolerance(observed, pooled)
-    total = pooled.sum()
-    count_partitions = math.comb(n, k)
-    if count_partitions <= EXACT_UNPAIRED_MAX:
-        index = np.array(list(itertools.combinations(range(n), k)), dtype=np.int64)
-        sum_a = pooled[index].sum(axis=1)
-        diffs = np.abs(sum_a / k - (total - sum_a) / (n - k))
-        p = float(np.count_nonzero(diffs >= observed - tol)) / count_partitions
-        return PermutationResult(p, "exact permutation (unpaired)", min_attainable_p_unpaired(k, n - k))
-    rng = _rng(seed)
-    draws = np.argsort(rng.random((MONTE_CARLO_RESAMPLES, n)), axis=1)[:, :k]
-    sum_a = pooled[draws].sum(axis=1)
-    diffs = np.abs(sum_a / k - (total - sum_a) / (n - k))
-    count = int(np.count_nonzero(diffs >= observed - tol))
+    exact = math.comb(x.size + y.size, x.size) <= EXACT_UNPAIRED_MAX
+    res = _scipy_stats.permutation_test(
+        (x, y), lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
+        permutation_type="independent", vectorized=True,
+        n_resamples=np.inf if exact else MONTE_CARLO_RESAMPLES, rng=_rng(seed),
+    )
+    if exact:
+        return PermutationResult(
+            float(min(1.0, res.pvalue)), "exact permutation (unpaired)", min_attainable_p_unpaired(x.size, y.size)
+        )
     return PermutationResult(
-        (count + 1) / (MONTE_CARLO_RESAMPLES + 1),
-        f"Monte Carlo permutation (unpaired, {MONTE_CARLO_RESAMPLES} draws)",
-        0.0,
+        float(min(1.0, res.pvalue)), f"Monte Carlo permutation (unpaired, {MONTE_CARLO_RESAMPLES} draws)", 0.0
     )
 
 
-def min_attainable_p(n_pairs: int) -> float:
-    """Smallest two-sided p an exact sign-flip test can give with n pairs: 2 / 2^n (0.25 at n=3).
+@dataclass
+class MeanTest:
+    """A test of a mean difference (paired, interaction, or Welch): estimate, t interval, p-values."""
 
-    Only the observed pattern and its mirror image can be as extreme as the data, so no data at all
-    can push p below this: with n ≤ 5 pairs the test can never reach 0.05.
-    """
+    estimate: float
+    ci_low: float
+    ci_high: float
+    ci_note: str
+    p_t: float  # two-sided t-test p
+    t_method: str  # "paired t", "one-sample t", "Welch t"
+    perm: PermutationResult  # the distribution-free p beside it
+    n: int  # pairs (paired, interaction) or the smaller group (Welch)
+    sd: float  # sd of the per-seed values (paired) or pooled-ish sd (Welch); NaN for n < 2
+    values: np.ndarray  # per-seed differences (empty for Welch)
+
+
+def _t_p(d: np.ndarray) -> float:
+    if d.size < 2:
+        return math.nan
+    if np.all(d == d[0]):
+        # No spread: t is ±inf (p 0) unless the difference is exactly 0 (p 1); scipy warns and gives NaN.
+        return 1.0 if d[0] == 0 else 0.0
+    return float(_scipy_stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def paired_test(
+    a: Sequence[float], b: Sequence[float], seed: int | Sequence[int] | np.random.Generator = 0,
+    method: str = "paired t",
+) -> MeanTest:
+    """mean(a − b) with its t interval, ``ttest_rel(a, b)`` and the exact sign-flip p."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = x - y
+    low, high, note = t_interval(d)
+    if d.size >= 2 and not np.all(d == d[0]):
+        p_t = float(_scipy_stats.ttest_rel(x, y).pvalue)
+    else:
+        p_t = _t_p(d)
+    sd = float(d.std(ddof=1)) if d.size >= 2 else math.nan
+    return MeanTest(float(d.mean()) if d.size else math.nan, low, high, note, p_t, method,
+                    signflip_test(d, seed), int(d.size), sd, d)
+
+
+def welch_test(a: Sequence[float], b: Sequence[float], seed: int | Sequence[int] | np.random.Generator = 0) -> MeanTest:
+    """Unpaired groups: mean(a) − mean(b), Welch's t interval and p, and the exact permutation p."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean()) if x.size and y.size else math.nan
+    perm = permutation_test_unpaired(x, y, seed)
+    if x.size < 2 or y.size < 2:
+        return MeanTest(diff, math.nan, math.nan, "a group has n<2: no interval", math.nan, "Welch t", perm,
+                        int(min(x.size, y.size)), math.nan, np.zeros(0))
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return MeanTest(diff, diff, diff, "no spread in either group", 1.0 if diff == 0 else 0.0, "Welch t", perm,
+                        int(min(x.size, y.size)), 0.0, np.zeros(0))
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    half = float(_scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+    p = float(_scipy_stats.ttest_ind(x, y, equal_var=False).pvalue)
+    return MeanTest(diff, diff - half, diff + half, "", p, "Welch t", perm, int(min(x.size, y.size)),
+                    math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2), np.zeros(0))
+
+
+def tost(differences: Sequence[float], margin: float) -> tuple[float, float, float]:
+    """Two one-sided t-tests of |mean(d)| < margin: ``(p, low, high)`` with p = the larger one-sided p
+    (``ttest_1samp`` against −margin, alternative "greater", and +margin, "less") and the 90% t interval
+    whose inclusion in (−margin, +margin) is the same decision at α = 0.05."""
+    d = np.asarray(differences, dtype=float)
+    if d.size < 2:
+        return math.nan, math.nan, math.nan
+    low, high, _ = t_interval(d, confidence=1 - 2 * (1 - CONFIDENCE))
+    if np.all(d == d[0]):
+        return (0.0 if abs(d[0]) < margin else 1.0), low, high
+    p_low = float(_scipy_stats.ttest_1samp(d, -margin, alternative="greater").pvalue)
+    p_high = float(_scipy_stats.ttest_1samp(d, margin, alternative="less").pvalue)
+    return max(p_low, p_high), low, high
+
+
+def fisher_test(events_a: int, total_a: int, events_b: int, total_b: int) -> float:
+    """Two-sided Fisher's exact p for events in a vs b (e.g. diverged runs out of all runs)."""
+    table = [[events_a, total_a - events_a], [events_b, total_b - events_b]]
+    return float(_scipy_stats.fisher_exact(table).pvalue)
+
+
+def t_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of a two-sided one-sample (paired) t-test at n to detect a true mean ``effect`` when the
+    per-seed values have standard deviation ``sd`` (noncentral t). NaN when it cannot be computed."""
+    if n < 2 or not math.isfinite(sd) or not math.isfinite(effect):
+        return math.nan
+    if sd == 0:
+        return 1.0 if effect != 0 else alpha
+    df = n - 1
+    crit = float(_scipy_stats.t.ppf(1 - alpha / 2, df))
+    nc = effect / (sd / math.sqrt(n))
+    return float(_scipy_stats.nct.sf(crit, df, nc) + _scipy_stats.nct.cdf(-crit, df, nc))
+
+
+def tost_power(true_diff: float, margin: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Approximate power of TOST at n (Owen's bound with noncentral t): the chance of showing
+    equivalence within ±margin when the true difference is ``true_diff``."""
+    if n < 2 or not math.isfinite(sd) or sd <= 0 or not math.isfinite(true_diff):
+        return math.nan
+    df = n - 1
+    crit = float(_scipy_stats.t.ppf(1 - alpha, df))
+    se = sd / math.sqrt(n)
+    power = _scipy_stats.nct.sf(crit, df, (true_diff + margin) / se) + _scipy_stats.nct.cdf(
+        -crit, df, (true_diff - margin) / se
+    ) - 1.0
+    return float(min(1.0, max(0.0, power)))
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test at n detects with ``power``."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    low, high = 0.0, 1.0
+    while t_power(high * sd, sd, n, alpha) < power:
+        high *= 2
+        if high > 1e6:
+            return math.inf
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if t_power(mid * sd, sd, n, alpha) < power else (low, mid)
+    return high * sd
+
+
+def min_attainable_p(n_pairs: int) -> float:
+    """Smallest two-sided p an exact sign-flip test can give with n pairs: 2 / 2^n (0.25 at n=3)."""
     if n_pairs <= 0:
         return math.nan
     return min(1.0, 2.0 / 2**n_pairs)
@@ -215,15 +323,6 @@ def min_attainable_p_unpaired(n_a: int, n_b: int) -> float:
         return math.nan
     partitions = math.comb(n_a + n_b, n_a)
     return min(1.0, (2.0 if n_a == n_b else 1.0) / partitions)
-
-
-def seeds_needed(alpha: float = 0.05, comparisons: int = 1) -> int:
-    """Fewest paired seeds for which the exact sign-flip test can reach p < alpha after Holm over
-    ``comparisons`` tests (Holm multiplies the smallest p by the number of comparisons)."""
-    n = 1
-    while comparisons * min_attainable_p(n) >= alpha:
-        n += 1
-    return n
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

@@ -34,6 +34,8 @@ def canon(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return str(value)  # exact digits: float() of a 400-digit integer overflows
     if isinstance(value, (int, float)):
         return _number(float(value))
     if isinstance(value, str):

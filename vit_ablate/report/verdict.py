@@ -1,15 +1,14 @@
-"""One sentence per comparison, in the paper's words, and no stronger than the data allow.
+"""Verdicts in fixed words, each from one test and no stronger than it.
 
-The rules:
-
-* "X is worse than Y by D points" only when the Holm-adjusted p is below alpha;
-* otherwise "not distinguishable at n=…", with the difference and its CI so the reader sees the size,
-  or "too few seeds to test at n=…" when no outcome could have reached alpha at that n;
-* when the exact test *cannot* reach alpha at this n (2/2^n ≥ alpha, i.e. n ≤ 5 pairs; more after Holm),
-  the verdict says so and how many seeds would be needed — a "not significant" that no data could have
-  changed is not evidence of "no difference";
-* the paper's reference values, when both groups have one, are quoted; "agrees/disagrees" is said only
-  about the direction of a difference we could establish.
+* The primary contrast (declared in the sweep file) gets the report's verdict, from its own test at
+  α = 0.05 without correction: **reproduced** (significant, in the paper's direction), **contradicted**
+  (significant, the other way; for an equivalence: a significant difference), **equivalent within
+  ±margin** (TOST), or **inconclusive at n = k**, with the power n had to detect the paper's effect given
+  the observed spread.
+* Every other comparison is secondary and judged on its Holm-adjusted p: a group "is better/worse than"
+  the baseline only below α after Holm, otherwise it is "not distinguishable after Holm at n=k".
+* The paper's reference values are quoted where both groups have one; "agrees/disagrees in direction"
+  only about a difference the test established.
 """
 
 from __future__ import annotations
@@ -18,15 +17,18 @@ import math
 from collections import Counter
 from typing import List
 
-import numpy as np
-
-from vit_ablate.report import stats
+from vit_ablate.report.contrasts import ALPHA, ContrastResult
 from vit_ablate.report.groups import Analysis, Comparison, Group
 from vit_ablate.report.tables import Units, fmt_p
 
-__all__ = ["verdict_lines", "comparison_verdict", "ALPHA"]
+__all__ = ["verdict_lines", "comparison_verdict", "contrast_sentence", "primary_verdict", "ALPHA"]
 
-ALPHA = 0.05
+_KIND_TEST = {
+    "paired": "paired t-test",
+    "interaction": "one-sample t-test of the per-seed interaction",
+    "fisher": "Fisher's exact test",
+    "equivalence": "two one-sided t-tests (TOST)",
+}
 
 
 def _name(group: Group, analysis: Analysis) -> str:
@@ -64,7 +66,8 @@ def _paper_clause(c: Comparison, units: Units, established: bool, analysis: Anal
     return f" — {where}: {g_name} {g_text} vs {b_name} {b_text} ({units.reference_delta(paper_diff)})"
 
 
-def comparison_verdict(c: Comparison, analysis: Analysis, n_comparisons: int, alpha: float = ALPHA) -> str:
+def comparison_verdict(c: Comparison, analysis: Analysis, alpha: float = ALPHA) -> str:
+    """A group against the baseline: a secondary comparison, judged on its Holm-adjusted paired t p."""
     units = Units(analysis.is_fraction)
     subject, base = c.group.label, _name(c.baseline, analysis)
     n = c.n_pairs if c.paired else min(c.group.summary.n, c.baseline.summary.n)
@@ -73,59 +76,113 @@ def comparison_verdict(c: Comparison, analysis: Analysis, n_comparisons: int, al
         if c.paired
         else f"n={c.group.summary.n} vs {c.baseline.summary.n} runs, unpaired (no seed in common)"
     )
-    ci = units.interval(c.ci_low, c.ci_high, signed=True)
-    ci_text = f" [95% CI {ci[1:-1]}]" if ci != "—" else f" (no CI: {c.ci_note})"
-    p_text = f"p={fmt_p(c.p_holm)} (Holm)" if n_comparisons > 1 else f"p={fmt_p(c.p)}"
+    test = "paired t" if c.paired else "Welch t"
+    perm = "exact sign-flip" if c.paired else "permutation"
+    if c.is_primary:
+        return (
+            f"{subject} vs {base}: the primary contrast (above): difference {units.delta(c.diff)}{units.unit}, "
+            f"{test} p={fmt_p(c.p)}, {perm} p={fmt_p(c.test.p)}"
+        )
+    m = analysis.family_size
+    holm = f"Holm over {m}" if m > 1 else "one comparison, no correction"
     established = not math.isnan(c.p_holm) and c.p_holm < alpha
-
     if established:
         better = (c.diff > 0) == analysis.higher_is_better
-        # "worse by 7.1 points [95% CI 5.2, 9.0]": the CI in the same (unsigned) terms as the size.
         low, high = (c.ci_low, c.ci_high) if c.diff >= 0 else (-c.ci_high, -c.ci_low)
         magnitude_ci = units.interval(low, high)
-        ci_text = f" [95% CI {magnitude_ci[1:-1]}]" if magnitude_ci != "—" else f" (no CI: {c.ci_note})"
+        ci_text = f" [95% CI {magnitude_ci[1:-1]}]" if magnitude_ci != "—" else f" (no interval: {c.ci_note})"
         line = (
-            f"{subject} is {'better' if better else 'worse'} than {base} by "
-            f"{units.magnitude(c.diff)}{ci_text}, {p_text}, {size}"
+            f"{subject} is {'better' if better else 'worse'} than {base} by {units.magnitude(c.diff)}{ci_text}, "
+            f"{test} p={fmt_p(c.p_holm)} ({holm}), {perm} p={fmt_p(c.test.p)}, {size}"
         )
     else:
-        p_both = f"p={fmt_p(c.p)}" + (f", Holm-adjusted {fmt_p(c.p_holm)}" if n_comparisons > 1 else "")
-        min_p = c.test.min_p
-        floor = min(1.0, n_comparisons * min_p) if not math.isnan(min_p) else math.nan
-        untestable = not math.isnan(floor) and floor >= alpha
-        # When no data could have reached alpha at this n, "not distinguishable" would misread a large,
-        # consistent difference as a null result: say that the test had no power instead.
-        verdict = f"too few seeds to test at n={n}" if untestable else f"not distinguishable at n={n}"
+        ci = units.interval(c.ci_low, c.ci_high, signed=True)
+        ci_text = f" [95% CI {ci[1:-1]}]" if ci != "—" else f" (no interval: {c.ci_note})"
         line = (
-            f"{subject} vs {base}: {verdict} "
-            f"(difference {units.delta(c.diff)}{units.unit}{ci_text}, {p_both})"
+            f"{subject} vs {base}: not distinguishable after Holm at n={n} (difference "
+            f"{units.delta(c.diff)}{units.unit}{ci_text}, {test} p={fmt_p(c.p)}, {holm}: {fmt_p(c.p_holm)}; "
+            f"{perm} p={fmt_p(c.test.p)}"
+            + (f", which cannot go below {fmt_p(c.test.min_p)} at this n" if c.test.min_p >= alpha else "")
+            + ")"
         )
-        if untestable:
-            line += _too_few_clause(c, n_comparisons, min_p, floor, alpha, analysis)
     return line + _paper_clause(c, units, established, analysis)
 
 
-def _too_few_clause(
-    c: Comparison, m: int, min_p: float, floor: float, alpha: float, analysis: Analysis
-) -> str:
-    direction = ""
-    if c.paired and c.differences.size > 1 and np.all(c.differences != 0):
-        signs = np.sign(c.differences)
-        if np.all(signs == signs[0]):
-            word = "higher" if signs[0] > 0 else "lower"
-            direction = f"{word} in all {c.differences.size} pairs, but "
-    if c.paired:
-        pairs = f"{c.n_pairs} pair{'s' if c.n_pairs != 1 else ''}"
-        what = f"with {pairs} the exact sign-flip test cannot go below p={fmt_p(min_p)}"
-        if m > 1:
-            what += f" ({fmt_p(floor)} after Holm over {m} comparisons)"
-        need = stats.seeds_needed(alpha, m)
-        return f"; {direction}{what}: ≥{need} paired seeds are needed to reach p<{alpha:g}"
-    runs = f"{c.group.summary.n} vs {c.baseline.summary.n} runs"
-    what = f"with {runs} the exact permutation test cannot go below p={fmt_p(min_p)}"
-    if m > 1:
-        what += f" ({fmt_p(floor)} after Holm over {m} comparisons)"
-    return f"; {what}, so p<{alpha:g} was out of reach"
+def _power_clause(r: ContrastResult, units: Units) -> str:
+    parts = []
+    if r.kind == "fisher":
+        ea, ta, eb, tb = r.counts
+        if ta and tb:
+            parts.append(
+                f"with {ta} vs {tb} runs even {ta} of {ta} against 0 of {tb} gives p={fmt_p(r.min_perm_p)}"
+            )
+        return "; ".join(parts)
+    spread = f"the observed spread (sd {units.magnitude(r.sd)} per seed)" if math.isfinite(r.sd) else ""
+    if r.kind == "equivalence" and math.isfinite(r.power):
+        true = r.effect if r.effect is not None else 0.0
+        parts.append(
+            f"power {r.power:.2f} to show equivalence within ±{units.magnitude(r.spec.margin)} if the true "
+            f"difference were {units.delta(true)}{units.unit}, given {spread}"
+        )
+    elif math.isfinite(r.power) and r.effect is not None:
+        parts.append(
+            f"power {r.power:.2f} to detect the paper's effect of {units.delta(r.effect)}{units.unit} "
+            f"({r.effect_source}) given {spread}"
+        )
+    elif r.kind != "equivalence":
+        parts.append("the paper gives no effect size, so no power to detect it can be stated")
+    if math.isfinite(r.detectable) and r.kind != "equivalence":
+        parts.append(
+            f"80% power at this n and spread needs a true effect of ≥{units.magnitude(r.detectable)}"
+        )
+    return "; ".join(parts)
+
+
+def contrast_sentence(r: ContrastResult, analysis: Analysis) -> str:
+    """What a declared contrast measured, its tests, and its verdict in fixed words."""
+    units = Units(analysis.is_fraction)
+    if r.kind == "fisher":
+        ea, ta, eb, tb = r.counts
+        body = (
+            f"{r.spec.outcome} in {ea} of {ta} runs vs {eb} of {tb} runs; Fisher's exact p={fmt_p(r.p)}"
+        )
+    else:
+        if r.n == 0:
+            body = "no pairs to test (" + "; ".join(r.notes) + ")"
+        else:
+            ci = units.interval(r.ci_low, r.ci_high, signed=True)
+            per_seed = ", ".join(units.delta(v) for v in r.per_seed)
+            test = "Welch t" if r.unpaired else ("one-sample t" if r.kind == "interaction" else "paired t")
+            perm = "permutation" if r.unpaired else "exact sign-flip"
+            body = (
+                f"{'interaction' if r.kind == 'interaction' else 'difference'} {units.delta(r.estimate)}{units.unit} "
+                f"[{r.ci_label} CI {ci[1:-1] if ci != '—' else '—'}]"
+                + (f" (per seed: {per_seed})" if per_seed else "")
+                + f", n={r.n}; "
+            )
+            if r.kind == "equivalence":
+                body += f"TOST p={fmt_p(r.p)} for |difference| < {units.magnitude(r.spec.margin)}; "
+            body += f"{test} p={fmt_p(r.p_t)}, {perm} p={fmt_p(r.p_perm)}"
+            if r.min_perm_p >= ALPHA:
+                body += f" (cannot go below {fmt_p(r.min_perm_p)} at n={r.n})"
+    if r.spec.role == "secondary":
+        body += f"; Holm-adjusted p={fmt_p(r.p_holm)}"
+    expect = ""
+    if r.expect and r.kind != "equivalence":
+        sign = ">" if r.expect == "greater" else "<"
+        expect = f"; the paper's direction: {'interaction' if r.kind == 'interaction' else 'A − B'} {sign} 0"
+    verdict = r.verdict
+    if verdict.startswith("inconclusive"):
+        clause = _power_clause(r, units)
+        verdict += f" ({clause})" if clause else ""
+    return f"{r.spec.label} [{_KIND_TEST[r.kind]}]: {body}{expect} → {verdict}"
+
+
+def primary_verdict(analysis: Analysis) -> str:
+    r = analysis.primary
+    if r is None:
+        return ""
+    return contrast_sentence(r, analysis)
 
 
 def _status_counts(runs) -> str:
@@ -134,10 +191,10 @@ def _status_counts(runs) -> str:
 
 
 def verdict_lines(analysis: Analysis, alpha: float = ALPHA) -> List[str]:
-    lines: List[str] = []
-    m = len(analysis.comparisons)
+    """The secondary verdicts: declared secondaries first, then each group against the baseline."""
+    lines: List[str] = [contrast_sentence(r, analysis) for r in analysis.secondary]
     for comparison in analysis.comparisons:
-        lines.append(comparison_verdict(comparison, analysis, m, alpha))
+        lines.append(comparison_verdict(comparison, analysis, alpha))
     for group in analysis.groups:
         if group.summary.n == 0:
             lines.append(
@@ -149,6 +206,5 @@ def verdict_lines(analysis: Analysis, alpha: float = ALPHA) -> List[str]:
         if len(usable) <= 1 and analysis.baseline is not None:
             lines.append("one group only: nothing to compare")
         elif analysis.baseline is None and usable:
-            lines.append("no baseline with completed runs: no comparisons")
+            lines.append("no baseline group with completed runs: no comparisons")
     return lines
-
