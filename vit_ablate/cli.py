@@ -29,20 +29,25 @@ def _split_args(items: List[str]):
 
 
 def _config_epilog(items: List[str]) -> str:
-    from vit_ablate.config import load_config, to_yaml
+    """Every key with its resolved value, meaning and valid values. Reads only the schema: no torch import."""
+    from vit_ablate.config import describe, load_config, validate_config
 
     files, overrides = _split_args(items)
-    return "The resolved configuration (every key can be overridden as key=value):\n\n" + to_yaml(
-        load_config(files, overrides)
+    cfg = load_config(files, overrides, validate=False)
+    validate_config(cfg, registries=False)
+    return (
+        "Every key, resolved from the defaults and the arguments above; set any of them as key=value\n"
+        "(e.g. model.pos_embed=2d). [brackets]: the valid values.\n\n" + describe(cfg)
     )
 
 
 def cmd_train(args) -> int:
     from vit_ablate.config import load_config
-    from vit_ablate.training.run import train
 
     files, overrides = _split_args(args.items)
-    cfg = load_config(files, overrides)
+    cfg = load_config(files, overrides)  # before Lightning is imported: a bad config fails at once
+    from vit_ablate.training.run import train
+
     result = train(cfg)
     return STATUS_EXIT.get(result.get("status"), 1)
 
@@ -108,6 +113,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _usage_error(usage_parser: argparse.ArgumentParser, stray: List[str]) -> int:
+    """The command's own usage, and for ``--model.norm=post`` the override as it is written."""
+    from vit_ablate.config import SCHEMA
+
+    message = f"unrecognized arguments: {' '.join(stray)}"
+    dashed = [item for item in stray if item.startswith("--") and item[2:].partition("=")[0] in SCHEMA]
+    if dashed:
+        key, _, value = dashed[0][2:].partition("=")
+        message += f"; overrides are written without dashes: {key}={value or 'VALUE'}"
+    print(usage_parser.format_usage(), end="", file=sys.stderr)
+    print(f"{usage_parser.prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vit-ablate", description="Vision Transformer ablation studies.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -119,13 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(usage_parser=train, func=cmd_train)
 
     config = sub.add_parser("config", help="inspect configurations")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_sub.add_parser("show", help="print the resolved config: vit-ablate config show [files] [key=value]")
     show.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")
-    show.set_defaults(func=cmd_config_show)
+    show.set_defaults(usage_parser=show, func=cmd_config_show)
 
     sweep = sub.add_parser("sweep", help="run a W&B sweep file locally (no account) or on wandb")
     sweep.add_argument("file", help="a sweep YAML file, e.g. sweeps/quickstart.yaml")
@@ -136,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweep-id", default=None, help="join an existing W&B sweep (wandb backend)")
     sweep.add_argument("--output-dir", default="runs", help="where runs/<sweep>/ is written")
     sweep.add_argument("--gpus", default=None, help="GPU ids dealt round-robin to workers, e.g. 0,1; several workers may share one (--workers 4 --gpus 0); 'none' for CPU (default: all visible)")
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(usage_parser=sweep, func=cmd_sweep)
 
     report = sub.add_parser("report", help="tables, statistics and plots over run directories")
     report.add_argument("runs", nargs="+", help="a sweep directory or run directories")
@@ -145,15 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", default=None, help="KEY=VALUE of the group the others are compared with")
     report.add_argument("--out", default=None, help="output directory (default: <first run dir>/report)")
     report.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT/SWEEP", help="read runs from the W&B API")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(usage_parser=report, func=cmd_report)
 
     analyze = sub.add_parser("analyze", help="the paper's figures and few-shot accuracy for a checkpoint")
     analyze.add_argument("checkpoint")
     analyze.add_argument("overrides", nargs="*", metavar="key=value", help="data.* overrides for the images used")
     analyze.add_argument("--data", default=None, help="data.root for the images (default: the run's own data)")
-    analyze.add_argument("--out", default=None)
+    analyze.add_argument("--out", default=None, help="folder for the figures and the summary (default: <run dir>/analysis, or analysis/ beside the checkpoint)")
     analyze.add_argument("--images", type=int, default=64, help="images for attention statistics")
-    analyze.set_defaults(func=cmd_analyze)
+    analyze.set_defaults(usage_parser=analyze, func=cmd_analyze)
 
     bench = sub.add_parser("bench", help="throughput against timm and a plain PyTorch loop")
     bench.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")
@@ -164,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (default 3)")
     bench.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: a table of known GPUs)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (gpu section)")
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(usage_parser=bench, func=cmd_bench)
     return parser
 
 
@@ -180,12 +199,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may also follow the options (`analyze ck.ckpt --out d data.root=x`)
         stray = [item for item in extra if item.startswith("-") or "=" not in item]
-        if stray:
-            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        target = "items" if hasattr(args, "items") else "overrides"
+        if stray or (extra and not hasattr(args, target)):
+            return _usage_error(args.usage_parser, stray or extra)
         if extra:
-            target = "items" if hasattr(args, "items") else "overrides"
-            if not hasattr(args, target):
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
             setattr(args, target, [*getattr(args, target), *extra])
         return args.func(args)
     except ConfigError as exc:

@@ -12,9 +12,11 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,178 +38,234 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-key metadata: meaning and valid values
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """The interval a numeric key (or each element of a list key) must lie in."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    multiple_of: Optional[int] = None
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below and (self.multiple_of is None or value % self.multiple_of == 0)
+
+    def describe(self) -> str:
+        if math.isinf(self.high):
+            text = "positive" if (self.low, self.low_open) == (0, True) else f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        else:
+            text = f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
+        return text + (f" and a multiple of {self.multiple_of}" if self.multiple_of else "")
+
+    def nearest(self, value: float, default: Any) -> Any:
+        """The valid value nearest ``value`` where a closed bound is nearest, else the key's default."""
+        if not self.low_open and value < self.low and math.isfinite(self.low):
+            nearest = self.low
+        elif not self.high_open and value > self.high and math.isfinite(self.high):
+            nearest = self.high
+        else:
+            return default
+        if self.multiple_of:
+            nearest = math.ceil(nearest / self.multiple_of) * self.multiple_of
+        return int(nearest) if float(nearest).is_integer() and isinstance(value, int) else nearest
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, high_open=True)  # probabilities, decays, betas: 1 would never forget or always drop
+SEED = Range(0, 2**32 - 1)  # Lightning's seed_everything picks a random seed outside this range
+
+
+def setting(default: Any = None, help: str = "", *, valid: Any = None, factory: Any = None):
+    """A schema field with its one-line meaning and its valid values: a ``Range``, a tuple of names,
+    or text for names that a registry owns (checked there; the text is what ``--help`` prints)."""
+    metadata = {"help": help, "valid": valid}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def section(cls: type, help: str):
+    return field(default_factory=cls, metadata={"help": help, "valid": None})
+
+
+# ---------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
     """The ``model`` section; ``vit_ablate.model.build_model`` consumes exactly these keys."""
 
-    variant: str = "Ti/16"  # "<size>/<patch>", sizes in model/presets.py (paper Table 1 + DeiT Ti/S)
-    dim: Optional[int] = None  # the keys below override the preset when set
-    depth: Optional[int] = None
-    heads: Optional[int] = None
-    mlp_dim: Optional[int] = None
-    patch_size: Optional[int] = None
-    img_size: int = 224
-    in_chans: int = 3
-    num_classes: int = 1000
-    norm: str = "pre"  # model/blocks.py: pre | post
-    pool: str = "cls"  # model/pooling.py: cls | gap | map
-    head: str = "linear"  # model/heads.py: linear | mlp
-    head_hidden_dim: Optional[int] = None  # mlp head width; default = dim (paper §3.1 pre-logits)
-    head_zero_init: bool = True  # paper §3.1: the fine-tuning head is zero-initialised
-    pos_embed: str = "1d"  # model/pos_embed.py: none | 1d | 2d | relative | sincos2d | rope2d
-    pos_embed_at: str = "input"  # model/pos_embed.py: input | every_layer | every_layer_shared
-    stem: str = "patch"  # model/stems.py: patch | hybrid | conv
-    hybrid_stage: int = 3  # paper §3.1: 4 = ResNet-50 stage-4 output; 3 = stage 4 folded into stage 3
-    hybrid_layers: Optional[List[int]] = None  # ResNet blocks per stage; overrides hybrid_stage
-    qkv_bias: bool = True
-    layer_norm_eps: float = 1e-6
-    dropout: float = 0.0  # after every dense layer but qkv, and after adding position embeddings
-    attn_dropout: float = 0.0
-    drop_path: float = 0.0
-    rope_theta: float = 100.0
+    variant: str = setting("Ti/16", "<size>/<patch> from model/presets.py (paper Table 1 + DeiT Ti/S); the patch must divide img_size",
+                       valid="Ti | S | B | L | H, then /patch, e.g. Ti/4, B/16")
+    dim: Optional[int] = setting(None, "hidden size D; null = the variant's (the keys down to patch_size override the preset)", valid=POSITIVE)
+    depth: Optional[int] = setting(None, "transformer layers; null = the variant's", valid=POSITIVE)
+    heads: Optional[int] = setting(None, "attention heads (must divide dim); null = the variant's", valid=POSITIVE)
+    mlp_dim: Optional[int] = setting(None, "MLP hidden size; null = the variant's", valid=POSITIVE)
+    patch_size: Optional[int] = setting(None, "patch side in pixels; null = the variant's", valid=POSITIVE)
+    img_size: int = setting(224, "input side in pixels; unset on the command line and in the files = the data's image size", valid=POSITIVE)
+    in_chans: int = setting(3, "input channels", valid=POSITIVE)
+    num_classes: int = setting(1000, "classes of the head; unset on the command line and in the files = the data's class count", valid=POSITIVE)
+    norm: str = setting("pre", "LayerNorm placement (model/blocks.py): pre = paper eq. 2-3, post = LN(x + f(x))", valid="pre | post")
+    pool: str = setting("cls", "image representation (model/pooling.py): class token, global average or attention pooling", valid="cls | gap | map")
+    head: str = setting("linear", "classifier (model/heads.py): mlp = tanh pre-logits", valid="linear | mlp")
+    head_hidden_dim: Optional[int] = setting(None, "mlp head width; null = dim (paper §3.1 pre-logits)", valid=POSITIVE)
+    head_zero_init: bool = setting(True, "zero-initialise the head (paper §3.1, fine-tuning)")
+    pos_embed: str = setting("1d", "position embedding (model/pos_embed.py)", valid="none | 1d | 2d | relative | sincos2d | rope2d")
+    pos_embed_at: str = setting("input", "where position embeddings are added (model/pos_embed.py)", valid="input | every_layer | every_layer_shared")
+    stem: str = setting("patch", "image to tokens (model/stems.py)", valid="patch | hybrid | conv")
+    hybrid_stage: int = setting(3, "paper §3.1: 4 = ResNet-50 stage-4 output; 3 = stage 4 folded into stage 3", valid=(3, 4))
+    hybrid_layers: Optional[List[int]] = setting(None, "ResNet blocks per stage; overrides hybrid_stage", valid=POSITIVE)
+    qkv_bias: bool = setting(True, "bias in the query/key/value projection")
+    layer_norm_eps: float = setting(1e-6, "LayerNorm epsilon", valid=POSITIVE)
+    dropout: float = setting(0.0, "after every dense layer but qkv, and after adding position embeddings", valid=FRACTION)
+    attn_dropout: float = setting(0.0, "dropout on the attention weights", valid=FRACTION)
+    drop_path: float = setting(0.0, "stochastic depth rate", valid=FRACTION)
+    rope_theta: float = setting(100.0, "rope2d frequency base", valid=POSITIVE)
 
 
 @dataclass
 class InitConfig:
     """Start a run from trained weights (paper §3.2: pre-train, then fine-tune, often at a new resolution)."""
 
-    path: Optional[str] = None  # a vit-ablate .ckpt, a timm state dict (.pth/.bin/.safetensors) or a Hugging Face ViT folder
-    format: str = "auto"  # auto | vit_ablate | timm | hf; auto decides from the file
-    exclude: List[str] = field(default_factory=list)  # parameter-name prefixes left at their fresh init, e.g. ["head"]
+    path: Optional[str] = setting(None, "a vit-ablate .ckpt, a timm state dict (.pth/.bin/.safetensors) or a Hugging Face ViT folder; null = random init")
+    format: str = setting("auto", "the file's kind; auto decides from the file", valid=("auto", "vit_ablate", "timm", "hf"))
+    exclude: List[str] = setting(help="parameter-name prefixes left at their fresh init, e.g. [head]", factory=list)
 
 
 @dataclass
 class SyntheticConfig:
     """The embedded procedural dataset (data/synthetic.py documents its accuracy ceiling)."""
 
-    num_train: int = 8192
-    num_val: int = 2048
-    num_test: int = 2048
-    cell: int = 8  # glyph cell in pixels; a patch-stem model whose patch divides it sees one glyph per cell
-    grid: int = 4  # cells per side; the image is cell*grid pixels square
-    seed: int = 0  # the dataset's own seed, independent of the run's seed
+    num_train: int = setting(8192, "training images", valid=POSITIVE)
+    num_val: int = setting(2048, "validation images", valid=POSITIVE)
+    num_test: int = setting(2048, "test images", valid=POSITIVE)
+    cell: int = setting(8, "glyph cell in pixels; a patch-stem model whose patch divides it sees one glyph per cell", valid=Range(2))
+    grid: int = setting(4, "cells per side (a 'below' pair must fit in half the rows); the image is cell*grid pixels square",
+                    valid=Range(4, multiple_of=2))
+    seed: int = setting(0, "the dataset's own seed, independent of the run's seed", valid=SEED)
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # data/__init__.py: synthetic | cifar10 | cifar100 | imagefolder
-    root: Optional[str] = None
-    download: bool = False
-    batch_size: int = 128  # the GLOBAL batch: per-device batch = batch_size / (devices * nodes * accum)
-    micro_batch_size: Optional[int] = None  # per-device cap; larger batches use gradient accumulation
-    eval_batch_size: Optional[int] = None  # global; default batch_size
-    num_workers: int = 2
-    in_memory: Optional[bool] = None  # decode once into a uint8 tensor; None = auto (small datasets)
-    on_device: bool = True  # keep in-memory data on the training device and augment there in batches
-    img_size: Optional[int] = None  # resize to this; None = the dataset's native size
-    train_subset: Optional[int] = None  # use the first N training images (class-balanced)
-    val_split: int = 0  # hold out N training images for validation; 0 = validate on the test split
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    name: str = setting("synthetic", "dataset (data/__init__.py)", valid="synthetic | cifar10 | cifar100 | imagefolder")
+    root: Optional[str] = setting(None, "dataset folder (cifar: where the archive is or goes; imagefolder: holds train/ and val/)")
+    download: bool = setting(False, "download cifar10/cifar100 into root")
+    batch_size: int = setting(128, "the GLOBAL batch: per-device batch = batch_size / (devices * nodes * accumulation)", valid=POSITIVE)
+    micro_batch_size: Optional[int] = setting(None, "per-device cap; larger batches use gradient accumulation; must divide the per-device batch", valid=POSITIVE)
+    eval_batch_size: Optional[int] = setting(None, "global evaluation batch; null = batch_size", valid=POSITIVE)
+    num_workers: int = setting(2, "loader worker processes (files on disk)", valid=NON_NEGATIVE)
+    in_memory: Optional[bool] = setting(None, "decode once into a uint8 tensor; null = auto (small datasets)")
+    on_device: bool = setting(True, "keep in-memory data on the training device and augment there in batches")
+    img_size: Optional[int] = setting(None, "resize to this; null = the dataset's native size", valid=POSITIVE)
+    train_subset: Optional[int] = setting(None, "use the first N training images (class-balanced)", valid=POSITIVE)
+    val_split: int = setting(0, "hold out N training images for validation; 0 = validate on the test split", valid=NON_NEGATIVE)
+    synthetic: SyntheticConfig = section(SyntheticConfig, "the embedded synthetic data (data.name=synthetic)")
 
 
 @dataclass
 class AugmentConfig:
-    random_crop_padding: int = 0  # CIFAR-style pad-and-crop
-    hflip: bool = False
-    random_resized_crop: bool = False  # Inception crop (ImageNet recipes)
-    randaugment: Optional[str] = None  # timm spec, e.g. "rand-m10-n2" = RandAugment(2, 10)
-    mixup: float = 0.0  # timm Mixup alpha
-    cutmix: float = 0.0  # timm CutMix alpha
-    label_smoothing: float = 0.0
+    random_crop_padding: int = setting(0, "CIFAR-style pad-and-crop, pixels", valid=NON_NEGATIVE)
+    hflip: bool = setting(False, "random horizontal flip")
+    random_resized_crop: bool = setting(False, "Inception crop (ImageNet recipes)")
+    randaugment: Optional[str] = setting(None, "timm RandAugment spec; null = off", valid="rand[-m<int>][-n<int>][-p<float>][-mstd<float>][-mmax<int>][-inc<0|1>][-t<name>], e.g. rand-m10-n2")
+    mixup: float = setting(0.0, "timm Mixup alpha; 0 = off", valid=NON_NEGATIVE)
+    cutmix: float = setting(0.0, "timm CutMix alpha; 0 = off", valid=NON_NEGATIVE)
+    label_smoothing: float = setting(0.0, "label smoothing", valid=FRACTION)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # any timm optimizer name (timm.optim.list_optimizers())
-    lr: float = 1e-3
-    weight_decay: float = 0.05  # never applied to model.no_weight_decay() parameters
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = 0.9
-    eps: float = 1e-8
-    lr_scale_rule: str = "none"  # none | linear | sqrt — never silent: lr is rescaled only if asked
-    lr_base_batch: int = 256  # the batch size at which optim.lr is given (for linear/sqrt)
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
-    warmup_steps: int = 0
-    warmup_epochs: float = 0.0  # used when warmup_steps == 0
-    min_lr: float = 0.0
-    grad_clip: Optional[float] = 1.0  # global-norm clipping (paper Table 3)
-    ema: bool = False
-    ema_decay: float = 0.9998
+    name: str = setting("adamw", "any timm optimizer name (timm.optim.list_optimizers())", valid="adamw, adam, momentum, sgd, lamb, ...")
+    lr: float = setting(1e-3, "peak learning rate (at optim.lr_base_batch when lr_scale_rule is not none)", valid=POSITIVE)
+    weight_decay: float = setting(0.05, "decoupled weight decay; never applied to model.no_weight_decay() parameters", valid=NON_NEGATIVE)
+    betas: List[float] = setting(help="Adam betas, two numbers", valid=FRACTION, factory=lambda: [0.9, 0.999])
+    momentum: float = setting(0.9, "momentum of SGD-style optimizers", valid=FRACTION)
+    eps: float = setting(1e-8, "optimizer epsilon", valid=POSITIVE)
+    lr_scale_rule: str = setting("none", "never silent: lr is rescaled with the global batch only if asked", valid=("none", "linear", "sqrt"))
+    lr_base_batch: int = setting(256, "the batch size at which optim.lr is given (for linear/sqrt)", valid=POSITIVE)
+    schedule: str = setting("cosine", "learning-rate decay after warmup", valid=("cosine", "linear", "constant"))
+    warmup_steps: int = setting(0, "linear warmup steps", valid=NON_NEGATIVE)
+    warmup_epochs: float = setting(0.0, "linear warmup in epochs, used when warmup_steps == 0", valid=NON_NEGATIVE)
+    min_lr: float = setting(0.0, "learning rate at the end of the schedule", valid=NON_NEGATIVE)
+    grad_clip: Optional[float] = setting(1.0, "global-norm gradient clipping (paper Table 3); null = off", valid=POSITIVE)
+    ema: bool = setting(False, "evaluate an exponential moving average of the weights")
+    ema_decay: float = setting(0.9998, "EMA decay per step", valid=FRACTION)
 
 
 @dataclass
 class DDPConfig:
-    gradient_as_bucket_view: bool = True
-    bucket_cap_mb: int = 25
-    static_graph: bool = True  # every parameter is used every step in this model
-    find_unused_parameters: bool = False
+    gradient_as_bucket_view: bool = setting(True, "DDP gradient_as_bucket_view")
+    bucket_cap_mb: int = setting(25, "DDP gradient bucket size in MB", valid=POSITIVE)
+    static_graph: bool = setting(True, "every parameter is used every step in this model")
+    find_unused_parameters: bool = setting(False, "DDP find_unused_parameters")
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 10
-    max_steps: int = -1
-    accelerator: str = "auto"
-    devices: Any = 1  # int, "auto" or a list of device ids
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"  # "bf16-mixed", "16-mixed", "32-true"
+    max_epochs: int = setting(10, "epochs; -1 = unlimited (then max_steps must be set)", valid=Range(-1))
+    max_steps: int = setting(-1, "optimizer steps; -1 = unlimited", valid=Range(-1))
+    accelerator: str = setting("auto", "Lightning accelerator; gpu/cuda/mps need that device", valid=("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
+    devices: Any = setting(1, "processes per node: a count, -1 (all), auto, or a list of device ids", valid="1, 2, ... | -1 | auto | [0, 1, ...]")
+    num_nodes: int = setting(1, "machines", valid=POSITIVE)
+    strategy: str = setting("auto", "Lightning strategy; auto = ddp when distributed", valid="auto | ddp | ddp_spawn | fsdp | ... (Lightning's StrategyRegistry)")
+    precision: str = setting("32-true", "numeric precision", valid=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"))
     # false, true (torch.compile's default mode) or a mode: "reduce-overhead" replays the step's kernels
     # as CUDA graphs, which is what a small ViT on a GPU needs (its step is bound by kernel launches)
-    compile: Any = False
-    sync_batchnorm: bool = True  # SyncBatchNorm for the conv stem under DDP
-    deterministic: bool = False
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
-    check_val_every_n_epoch: int = 1
-    log_every_n_steps: int = 50
-    progress_bar: bool = True
-    ddp: DDPConfig = field(default_factory=DDPConfig)
+    compile: Any = setting(False, "torch.compile the training forward: true = default mode; reduce-overhead = CUDA graphs",
+                       valid="false | true | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs")
+    sync_batchnorm: bool = setting(True, "SyncBatchNorm for the conv stem under DDP")
+    deterministic: bool = setting(False, "deterministic kernels (slower)")
+    limit_train_batches: Optional[float] = setting(None, "fraction of the training batches per epoch; null = all", valid=Range(0, 1))
+    limit_val_batches: Optional[float] = setting(None, "fraction of the validation batches; null = all", valid=Range(0, 1))
+    check_val_every_n_epoch: int = setting(1, "validate every N epochs", valid=POSITIVE)
+    log_every_n_steps: int = setting(50, "logger interval in steps", valid=POSITIVE)
+    progress_bar: bool = setting(True, "show Lightning's progress bar")
+    ddp: DDPConfig = section(DDPConfig, "DistributedDataParallel knobs")
 
 
 @dataclass
 class LoggingConfig:
-    csv: bool = True
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "vit-ablate"
-    wandb_entity: Optional[str] = None
-    wandb_group: Optional[str] = None
+    csv: bool = setting(True, "Lightning's CSV logger (logs/metrics.csv)")
+    tensorboard: bool = setting(False, "TensorBoard logger")
+    wandb: bool = setting(False, "Weights & Biases logger")
+    wandb_project: str = setting("vit-ablate", "W&B project")
+    wandb_entity: Optional[str] = setting(None, "W&B entity; null = your default")
+    wandb_group: Optional[str] = setting(None, "W&B group")
 
 
 @dataclass
 class EvaluateConfig:
-    test: bool = True  # evaluate the final model on the test split
-    fewshot: bool = False  # paper §4.1 few-shot linear accuracy on frozen features after training
-    fewshot_shots: List[int] = field(default_factory=lambda: [1, 5, 10, 25])
-    fewshot_draws: int = 3
+    test: bool = setting(True, "evaluate the final model on the test split")
+    fewshot: bool = setting(False, "paper §4.1 few-shot linear accuracy on frozen features after training")
+    fewshot_shots: List[int] = setting(help="examples per class", valid=POSITIVE, factory=lambda: [1, 5, 10, 25])
+    fewshot_draws: int = setting(3, "random draws per shot count", valid=POSITIVE)
 
 
 @dataclass
 class RunConfig:
-    name: Optional[str] = None  # run directory name under output_dir; default: a digest of the config
-    output_dir: str = "runs"
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    init: InitConfig = field(default_factory=InitConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-
-
-# Closed sets of names for keys that no component registry owns. Registries own the rest
-# (model.*: vit_ablate.model; data.name: vit_ablate.data), so the valid names live in one place.
-_CHOICES: Dict[str, Sequence[str]] = {
-    "optim.lr_scale_rule": ("none", "linear", "sqrt"),
-    "optim.schedule": ("cosine", "linear", "constant"),
-    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
-    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
-}
+    name: Optional[str] = setting(None, "run directory name under output_dir; null = <data.name>-<digest of the config>")
+    output_dir: str = setting("runs", "where run directories are written")
+    seed: int = setting(0, "seed of the run (weights, order, augmentation)", valid=SEED)
+    model: ModelConfig = section(ModelConfig, "the network")
+    init: InitConfig = section(InitConfig, "start from trained weights")
+    data: DataConfig = section(DataConfig, "the dataset and batches")
+    augment: AugmentConfig = section(AugmentConfig, "training augmentation")
+    optim: OptimConfig = section(OptimConfig, "optimizer and learning-rate schedule")
+    trainer: TrainerConfig = section(TrainerConfig, "Lightning Trainer")
+    logging: LoggingConfig = section(LoggingConfig, "loggers")
+    evaluate: EvaluateConfig = section(EvaluateConfig, "evaluation after training")
 
 
 # torch.compile's modes, for trainer.compile
@@ -229,19 +287,39 @@ def _nearest(word: str, candidates: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _keys_of(node: Any, prefix: str = "") -> List[str]:
-    """All dotted keys of the schema, for suggestions."""
-    out = []
-    for f in dataclasses.fields(node):
+def _schema(cls: type = RunConfig, prefix: str = "") -> Iterator[Tuple[str, dataclasses.Field]]:
+    """Every dotted key of the schema with its dataclass field, sections before their keys."""
+    for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        out.append(key)
-        value = getattr(node, f.name)
-        if dataclasses.is_dataclass(value):
-            out.extend(_keys_of(value, key + "."))
-    return out
+        yield key, f
+        if dataclasses.is_dataclass(f.default_factory):
+            yield from _schema(f.default_factory, key + ".")
 
 
-_ALL_KEYS = _keys_of(RunConfig())
+SCHEMA: Dict[str, dataclasses.Field] = dict(_schema())
+_ALL_KEYS = list(SCHEMA)
+
+
+def is_section(key: str) -> bool:
+    return dataclasses.is_dataclass(SCHEMA[key].default_factory)
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_PLURALS = {"int": "integers", "float": "numbers", "bool": "booleans", "str": "strings"}
+
+
+def expected_type(key: str) -> str:
+    """The schema type of ``key`` in words: ``Optional[int]`` → "an integer or null"."""
+    annotation = str(SCHEMA[key].type)
+    optional = annotation.startswith("Optional[")
+    inner = annotation[len("Optional["):-1] if optional else annotation
+    if inner.startswith("List["):
+        words = f"a list of {_PLURALS.get(inner[5:-1], inner[5:-1])}"
+    elif is_section(key):
+        words = f"a section of keys (e.g. {next(k for k in _ALL_KEYS if k.startswith(key + '.'))}=...)"
+    else:
+        words = _TYPE_WORDS.get(inner, "a value")
+    return words + (" or null" if optional else "")
 
 
 def _unknown_key_error(full_key: str, where: str) -> ConfigError:
@@ -296,29 +374,59 @@ def _read_yaml(path: str | Path) -> DictConfig:
     return loaded
 
 
-def _merge(base: DictConfig, layer: DictConfig | Mapping, where: str) -> DictConfig:
+def _check_layer(node: Any, where: str, prefix: str = "") -> None:
+    """Every key of a file or of the command line exists, and sections get mappings, values get values."""
+    for name, value in node.items():
+        key = f"{prefix}{name}"
+        if key not in SCHEMA:
+            raise _unknown_key_error(key, where)
+        if is_section(key):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}={value!r} ({where}): {key} must be {expected_type(key)}, not a value")
+            _check_layer(value, where, key + ".")
+        elif isinstance(value, dict) and str(SCHEMA[key].type) != "Any":
+            raise ConfigError(f"{key} ({where}) must be {expected_type(key)}, not a section ({value!r})")
+
+
+def _merge(base: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+    _check_layer(OmegaConf.to_container(layer, resolve=False), where)
     try:
         return OmegaConf.merge(base, layer)
     except (ConfigKeyError, ConfigAttributeError) as exc:
         key = getattr(exc, "full_key", None) or str(exc)
         raise _unknown_key_error(str(key), where) from None
-    except ValidationError as exc:
-        key = getattr(exc, "full_key", "?")
-        raise ConfigError(f"config key {key!r} ({where}): {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    except ValidationError as exc:  # a value of the wrong type: "abc" for an integer
+        key = re.sub(r"\[\d+\]$", "", str(getattr(exc, "full_key", None) or ""))
+        if key not in SCHEMA:
+            raise ConfigError(f"a value of the wrong type ({where}): {str(exc).splitlines()[0]}") from None
+        value = OmegaConf.select(layer, key, default=None)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=False)
+        raise ConfigError(f"{key}={value!r} ({where}) must be {expected_type(key)}") from None
+
+
+# Model keys that the data determines: unless a file or the command line sets them, they are taken
+# from the dataset, so `vit-ablate train` alone trains on the synthetic data. The schema keeps the
+# paper's ImageNet values (1000 classes, 224 px) for data whose files alone say (imagefolder).
+DATA_DERIVED_KEYS = ("model.num_classes", "model.img_size")
 
 
 def load_config(
     files: Sequence[str | Path] = (), overrides: Sequence[str] = (), validate: bool = True
 ) -> DictConfig:
-    """Merge defaults ← each YAML file in order ← dotted overrides, then validate.
+    """Merge defaults ← each YAML file in order ← dotted overrides, take the model keys the data
+    determines from the data where nothing set them, then validate.
 
     Raises ``ConfigError`` (never a bare OmegaConf error) naming the bad key and the nearest valid one.
     """
     cfg = OmegaConf.structured(RunConfig)
-    for path in files:
-        cfg = _merge(cfg, _read_yaml(path), f"in {path}")
+    layers = [(_read_yaml(path), f"in {path}") for path in files]
     if overrides:
-        cfg = _merge(cfg, parse_overrides(overrides), "on the command line")
+        layers.append((parse_overrides(overrides), "on the command line"))
+    for layer, where in layers:
+        cfg = _merge(cfg, layer, where)
+    given = {key for layer, _ in layers for key in DATA_DERIVED_KEYS if OmegaConf.select(layer, key) is not None}
+    _derive_from_data(cfg, given)
     if validate:
         validate_config(cfg)
     return cfg
@@ -332,30 +440,260 @@ def from_container(data: Mapping[str, Any], validate: bool = True) -> DictConfig
     return cfg
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Every check that can fail before a run starts. Raises ConfigError."""
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if str(value) not in choices:
-            raise ConfigError(
-                f"{key}={value!r} is not valid; choose one of {', '.join(choices)}{_nearest(str(value), choices)}"
-            )
+# ---------------------------------------------------------------------------------------------
+# What the data fixes before any file is read
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataFacts:
+    """What ``data.*`` fixes without reading a file; None where only the files say."""
 
+    num_classes: Optional[int]
+    img_size: Optional[int]  # the side of the images the model sees
+    num_train: Optional[int]  # training images before val_split and train_subset
+    in_chans: int = 3
+    num_train_key: Optional[str] = None  # the key that sets num_train, if any
+
+
+# (classes, native side, training images) of the built-in datasets with fixed sizes; the data modules
+# carry the same numbers (tests/test_config.py checks that they agree).
+SYNTHETIC_NUM_CLASSES = 8  # data/synthetic.py: 2 glyph pairs × right-of/below × top/bottom half
+FIXED_DATASETS = {"cifar10": (10, 32, 50_000), "cifar100": (100, 32, 50_000)}
+
+
+def data_facts(cfg: DictConfig) -> Optional[DataFacts]:
+    """The facts of ``cfg.data`` where the config alone gives them; None for a dataset it does not know."""
+    data = cfg.data
+    if data.name == "synthetic":
+        side = data.synthetic.cell * data.synthetic.grid  # synthetic images are never resized
+        return DataFacts(SYNTHETIC_NUM_CLASSES, side, data.synthetic.num_train, num_train_key="data.synthetic.num_train")
+    if data.name in FIXED_DATASETS:
+        classes, side, num_train = FIXED_DATASETS[data.name]
+        return DataFacts(classes, data.img_size or side, num_train)
+    if data.name == "imagefolder":
+        return DataFacts(None, data.img_size, None)
+    return None
+
+
+def _derive_from_data(cfg: DictConfig, given: set) -> None:
+    facts = data_facts(cfg)
+    if facts is None:
+        return
+    for key, value in (("model.num_classes", facts.num_classes), ("model.img_size", facts.img_size)):
+        if key not in given and value is not None and isinstance(value, int) and value > 0:
+            OmegaConf.update(cfg, key, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+def _format(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format(v) for v in value) + "]"
+    return str(value)
+
+
+def _check_key(key: str, value: Any) -> None:
+    """The field's own valid values: a ``Range`` (each element for a list) or a tuple of names."""
+    valid = SCHEMA[key].metadata.get("valid")
+    if value is None:
+        return
+    if isinstance(valid, tuple) and value not in valid and str(value) not in map(str, valid):
+        names = [str(v) for v in valid]
+        raise ConfigError(
+            f"{key}={value!r} is not valid; choose one of {', '.join(names)}{_nearest(str(value), names)}"
+        )
+    if isinstance(valid, Range):
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item not in valid:
+                f = SCHEMA[key]
+                default = f.default if f.default is not dataclasses.MISSING else None
+                nearest = valid.nearest(item, default)
+                hint = f"; e.g. {key}={_format(nearest)}" if nearest is not None and nearest in valid else ""
+                what = "each element" if isinstance(value, (list, tuple)) else "it"
+                raise ConfigError(f"{key}={_format(value)} is out of range: {what} must be {valid.describe()}{hint}")
+
+
+# timm's RandAugment spec (timm.data.auto_augment.rand_augment_transform): "rand" then dash-separated
+# sections; an unknown section is an assertion inside timm, after the run directory exists.
+_RANDAUGMENT = re.compile(r"^rand(-(m\d+|n\d+|p\d*\.?\d+|mstd\d*\.?\d+|mmax\d+|inc[01]|t\w+))*$")
+
+
+def devices_per_node(cfg: DictConfig) -> Optional[int]:
+    """The process count per node that ``trainer.devices`` asks for; None where Lightning decides
+    from the machine (``-1``, ``auto`` on an accelerator). Raises ConfigError for an invalid value."""
+    devices, accelerator = cfg.trainer.devices, cfg.trainer.accelerator
+    if isinstance(devices, ListConfig):
+        devices = list(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return 1 if accelerator == "cpu" else None
+        if re.fullmatch(r"-?\d+", text):
+            devices = int(text)
+        elif re.fullmatch(r"\d+(\s*,\s*\d+)*\s*,?", text):
+            devices = [int(part) for part in text.split(",") if part.strip()]
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if devices >= 1:
+            return devices
+        if devices == -1:
+            return None
+    if isinstance(devices, list) and devices and len(set(devices)) == len(devices) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices
+    ):
+        return len(devices)
+    raise ConfigError(
+        f"trainer.devices={devices!r} is not valid; use a count of at least 1 (e.g. trainer.devices=1), "
+        "-1 for every device, auto, or a list of distinct device ids such as [0, 1]"
+    )
+
+
+def _near_multiples(value: int, step: int) -> str:
+    below, above = (value // step) * step, (value // step + 1) * step
+    return f"{below} or {above}" if below > 0 else str(above)
+
+
+def _near_divisors(value: int, target: int) -> str:
+    divisors = [d for d in range(1, value + 1) if value % d == 0]
+    below = max((d for d in divisors if d < target), default=None)
+    above = min((d for d in divisors if d > target), default=None)
+    return " or ".join(str(d) for d in (below, above) if d is not None)
+
+
+def check_batches(cfg: DictConfig, world_size: int) -> None:
+    """The global batch splits evenly over ``world_size`` processes and into micro-batches."""
+    batch = cfg.data.batch_size
+    if batch % world_size:
+        raise ConfigError(
+            f"data.batch_size={batch} (the global batch) is not divisible by the {world_size} devices "
+            f"(trainer.devices × trainer.num_nodes); use a multiple of {world_size}, e.g. "
+            f"data.batch_size={_near_multiples(batch, world_size)}"
+        )
+    per_device = batch // world_size
+    micro = min(cfg.data.micro_batch_size or per_device, per_device)
+    if per_device % micro:
+        raise ConfigError(
+            f"the per-device batch {per_device} (data.batch_size={batch} / {world_size} devices) is not "
+            f"divisible by data.micro_batch_size={micro}; use a divisor of {per_device}, e.g. "
+            f"data.micro_batch_size={_near_divisors(per_device, micro)}"
+        )
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """The model matches what the data fixes, and the splits fit in the training images."""
+    data = cfg.data
+    if data.name == "synthetic" and data.img_size is not None and data.img_size != data_facts(cfg).img_size:
+        raise ConfigError(
+            f"data.img_size={data.img_size} does not apply to data.name=synthetic, whose images are "
+            f"data.synthetic.cell * data.synthetic.grid = {data_facts(cfg).img_size} pixels; leave data.img_size unset"
+        )
+    facts = data_facts(cfg)
+    if facts is None:
+        return
+    for key, data_value in (("num_classes", facts.num_classes), ("img_size", facts.img_size), ("in_chans", facts.in_chans)):
+        if data_value is not None and cfg.model[key] != data_value:
+            raise ConfigError(
+                f"model.{key}={cfg.model[key]} but data '{data.name}' gives {data_value}; "
+                f"set model.{key}={data_value} (or leave it unset to take the data's)"
+            )
+    if facts.num_train is None:
+        return
+    source = f" ({facts.num_train_key}={facts.num_train})" if facts.num_train_key else ""
+    if data.val_split >= facts.num_train:
+        raise ConfigError(
+            f"data.val_split={data.val_split} holds out every training image: data '{data.name}' has "
+            f"{facts.num_train}{source}; use fewer, e.g. data.val_split={facts.num_train // 5}"
+        )
+    available = facts.num_train - data.val_split
+    if data.train_subset is not None and data.train_subset > available:
+        held = f" after data.val_split={data.val_split}" if data.val_split else ""
+        raise ConfigError(
+            f"data.train_subset={data.train_subset} exceeds the {available} training images of data "
+            f"'{data.name}'{source}{held}; use at most data.train_subset={available}"
+        )
+
+
+def _check_patch(cfg: DictConfig) -> None:
+    """The patch tiles the image, in plain words (paper §3.1: the image is split into P×P patches)."""
+    from vit_ablate.model.presets import parse_variant
+
+    model = cfg.model
+    try:
+        patch = model.patch_size or parse_variant(model.variant)["patch_size"]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if model.stem == "patch" and model.img_size % patch:
+        source = f"model.patch_size={patch}" if model.patch_size else f"model.variant={model.variant!r}"
+        divisors = [p for p in range(2, model.img_size + 1) if model.img_size % p == 0]
+        fit = min(divisors, key=lambda p: (abs(p - patch), p))
+        size = str(model.variant).partition("/")[0]
+        instead = f"model.patch_size={fit}" if model.patch_size else f"model.variant={size}/{fit}"
+        raise ConfigError(
+            f"{source} cuts the image into {patch}×{patch}-pixel patches, but the image is "
+            f"{model.img_size} pixels wide (model.img_size={model.img_size}) and {patch} does not divide "
+            f"{model.img_size}; use {instead}, or an image size that is a multiple of {patch}"
+        )
+
+
+def validate_config(cfg: DictConfig, registries: bool = True) -> None:
+    """Every check that can fail before a run starts. Raises ConfigError.
+
+    The keys' own ranges and the cross-key checks read nothing but the config, so a bad value fails
+    in a fraction of a second; ``registries`` then checks the names that the model, data, optimizer
+    and strategy registries own, which imports torch and timm (and Lightning for a named strategy).
+    """
+    for key, _ in _schema():
+        if not is_section(key):
+            value = OmegaConf.select(cfg, key)
+            _check_key(key, OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)
+
+    if not isinstance(cfg.trainer.compile, bool) and cfg.trainer.compile not in COMPILE_MODES:
+        raise ConfigError(
+            f"trainer.compile={cfg.trainer.compile!r} is not valid; choose true, false or one of "
+            f"{', '.join(COMPILE_MODES)}{_nearest(str(cfg.trainer.compile), COMPILE_MODES)}"
+        )
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas={_format(list(cfg.optim.betas))} must hold two numbers, e.g. [0.9, 0.999]")
+    if cfg.trainer.max_epochs <= 0 and cfg.trainer.max_steps <= 0:
+        raise ConfigError("trainer.max_epochs or trainer.max_steps must be positive")
+    spec = cfg.augment.randaugment
+    if spec is not None and not _RANDAUGMENT.match(str(spec)):
+        raise ConfigError(
+            f"augment.randaugment={spec!r} is not a timm RandAugment spec; write 'rand' then dash-separated "
+            "sections m<magnitude>, n<ops>, p<prob>, mstd<std>, mmax<max>, inc<0|1>, t<set>, e.g. augment.randaugment=rand-m10-n2"
+        )
+    if cfg.init.path is not None and not Path(cfg.init.path).exists():
+        raise ConfigError(f"init.path={cfg.init.path!r} does not exist; give a checkpoint file or folder, or init.path=null")
+    _check_data(cfg)
+    devices = devices_per_node(cfg)
+    if devices is not None:
+        check_batches(cfg, devices * cfg.trainer.num_nodes)
+
+    if registries:
+        _check_registries(cfg, devices)
+
+
+def _check_registries(cfg: DictConfig, devices: Optional[int]) -> None:
     # Model: the model package validates its own names and combinations (one place, also used by
     # build_model at build time); here its ValueError becomes a ConfigError before anything runs.
     from vit_ablate.model import resolve_spec
 
+    _check_patch(cfg)
     try:
         resolve_spec(cfg.model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
-    from vit_ablate.data import DATASETS
+    if data_facts(cfg) is None:  # a dataset registered outside the built-in ones
+        from vit_ablate.data import DATASETS
 
-    try:
-        DATASETS.get(cfg.data.name)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        try:
+            DATASETS.get(cfg.data.name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     import timm.optim
 
@@ -373,35 +711,64 @@ def validate_config(cfg: DictConfig) -> None:
             f"(got {cfg.optim.momentum!r}); for plain SGD use optim.name=momentum with optim.momentum=0"
         )
 
-    if not isinstance(cfg.trainer.compile, bool) and cfg.trainer.compile not in COMPILE_MODES:
-        raise ConfigError(
-            f"trainer.compile={cfg.trainer.compile!r} is not valid; choose true, false or one of "
-            f"{', '.join(COMPILE_MODES)}{_nearest(str(cfg.trainer.compile), COMPILE_MODES)}"
-        )
+    _check_accelerator(cfg, devices)
 
-    positive = {
-        "data.batch_size": cfg.data.batch_size,
-        "trainer.num_nodes": cfg.trainer.num_nodes,
-        "optim.lr_base_batch": cfg.optim.lr_base_batch,
-    }
-    for key, value in positive.items():
-        if value is None or value <= 0:
-            raise ConfigError(f"{key}={value!r} must be a positive integer")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr!r} must be positive")
-    if len(cfg.optim.betas) != 2:
-        raise ConfigError(f"optim.betas={list(cfg.optim.betas)!r} must hold two numbers")
-    for key in ("model.dropout", "model.attn_dropout", "model.drop_path", "augment.label_smoothing"):
-        value = OmegaConf.select(cfg, key)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{key}={value!r} must lie in [0, 1)")
-    if cfg.trainer.max_epochs <= 0 and cfg.trainer.max_steps <= 0:
-        raise ConfigError("trainer.max_epochs or trainer.max_steps must be positive")
+    if cfg.trainer.strategy != "auto":
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        strategies = ["auto", *StrategyRegistry.available_strategies()]
+        if cfg.trainer.strategy not in strategies:
+            raise ConfigError(
+                f"trainer.strategy={cfg.trainer.strategy!r} is not a Lightning strategy"
+                f"{_nearest(cfg.trainer.strategy, strategies)}"
+            )
+
+
+def _check_accelerator(cfg: DictConfig, devices: Optional[int]) -> None:
+    """A requested GPU exists, and as many of them as trainer.devices asks for."""
+    accelerator = cfg.trainer.accelerator
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return
+    import torch
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = torch.backends.mps.is_available()
+    if (accelerator == "mps" and not mps) or (accelerator == "cuda" and not cuda) or (accelerator == "gpu" and not (cuda or mps)):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r} but this machine has no such GPU "
+            f"(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto"
+        )
+    if cuda and accelerator != "mps" and devices is not None and devices > cuda:
+        raise ConfigError(
+            f"trainer.devices={_format(cfg.trainer.devices)} asks for {devices} GPUs but {cuda} are visible; "
+            f"use trainer.devices={cuda} or fewer"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Output helpers
 # ---------------------------------------------------------------------------------------------
+def describe(cfg: DictConfig) -> str:
+    """Every key with its resolved value, its meaning and its valid values, one line each (``train --help``)."""
+    lines = []
+    for key, f in _schema():
+        meaning = f.metadata.get("help", "")
+        if is_section(key):
+            lines.append(f"\n{key}: {meaning}")
+            continue
+        valid = f.metadata.get("valid")
+        if isinstance(valid, Range):
+            valid = valid.describe().removeprefix("in ")
+        elif isinstance(valid, tuple):
+            valid = " | ".join(map(str, valid))
+        elif valid is None and "bool" in str(f.type):
+            valid = "true | false"
+        value = OmegaConf.select(cfg, key)
+        setting = f"  {key}={_format(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)}"
+        lines.append(f"{setting:<34} {meaning}" + (f" [{valid}]" if valid else ""))
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def to_container(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
