@@ -116,11 +116,11 @@ def run_report(
         collections.append(runs_from_wandb(wandb_path))
     collection = collections[0] if len(collections) == 1 else merge_collections(collections)
 
+    out_dir = Path(out) if out else _default_out(paths, collection, wandb_path)
     analysis = analyse(collection, by=by, metric=metric, baseline=baseline, seed=seed)
     verdicts = verdict_lines(analysis)
     primary = primary_verdict(analysis)
     rows = table_rows(analysis) + contrast_rows(analysis)
-    out_dir = Path(out) if out else _default_out(paths, collection, wandb_path)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
 

@@ -263,7 +263,9 @@ def _metric_error(metric: str, runs: Sequence[RunRecord]) -> ValueError:
     import difflib
 
     recorded = metric_names(runs)
-    hint = difflib.get_close_matches(metric, recorded, n=1, cutoff=0.3)
+    # The closest name; on a tie the first recorded (val/acc1 before val/acc5), not the last.
+    scores = [difflib.SequenceMatcher(None, metric, name).ratio() for name in recorded]
+    hint = [recorded[scores.index(max(scores))]] if scores and max(scores) >= 0.3 else []
     return ValueError(
         f"--metric {metric}: no run recorded it"
         + (f" (did you mean {hint[0]}?)" if hint else "")

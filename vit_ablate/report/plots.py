@@ -150,17 +150,18 @@ def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
     fig = _figure(width * (1.6 if other_metric else 1.0), 4.0)
     ax = fig.add_subplot(1, 2, 1) if other_metric else fig.add_subplot(1, 1, 1)
     x = np.arange(len(groups), dtype=float)
+    first = next(i for i, g in enumerate(groups) if g.summary.n)
     for i, group in enumerate(groups):
         s = group.summary
         if not s.n:
             continue
         jitter = np.linspace(-0.12, 0.12, s.n) if s.n > 1 else np.zeros(1)
         ax.scatter(x[i] + jitter, group.values * scale, s=12, color="0.55", zorder=2,
-                   label="seeds" if i == 0 else None)
+                   label="seeds" if i == first else None)
         has_ci = not (math.isnan(s.ci_low) or math.isnan(s.ci_high))
         yerr = [[(s.mean - s.ci_low) * scale], [(s.ci_high - s.mean) * scale]] if has_ci else None
         ax.errorbar([x[i]], [s.mean * scale], yerr=yerr, fmt="o", capsize=4, ms=6, zorder=3,
-                    color="C1" if group.is_baseline else "C0", label="mean, 95% t interval" if i == 0 else None)
+                    color="C1" if group.is_baseline else "C0", label="mean, 95% t interval" if i == first else None)
     labels = [g.short + (" *" if g.is_baseline else "") for g in groups]
     long_labels = max(len(label) for label in labels) > 8
 
@@ -200,7 +201,7 @@ def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
         h, lbl = axis.get_legend_handles_labels()
         handles += h
         legend_labels += lbl
-    fig.legend(handles, legend_labels, loc="lower center", ncol=len(legend_labels), fontsize=7, frameon=False)
+    fig.legend(handles, legend_labels, loc="lower center", ncol=max(1, len(legend_labels)), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
 

@@ -433,7 +433,7 @@ def _collect_sweep(sweep_dir: Path, into: RunCollection) -> None:
     file_text = _sweep_file_text(sweep_dir, manifest.get("file"))
     references = manifest.get("reference") if isinstance(manifest.get("reference"), list) else None
     if file_text is not None:
-        _read_header(into, file_text, f"the sweep file of {sweep_dir}", manifest.get("baseline"), references)
+        _read_header(into, file_text, str(manifest.get("file")), manifest.get("baseline"), references)
     else:
         into.references.extend(r for r in references or [] if isinstance(r, Mapping))
         if into.baseline is None:

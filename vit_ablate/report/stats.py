@@ -167,6 +167,17 @@ def permutation_test_unpaired(
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size == 0 or y.size == 0:
         return PermutationResult(math.nan, "an empty group", math.nan)
+    if x.size < 2 or y.size < 2:
+        # scipy needs two observations per sample; with one run on a side the C(n, 1) relabellings
+        # are few enough to list.
+        pooled = np.concatenate([x, y])
+        observed = abs(x.mean() - y.mean())
+        splits = [np.delete(pooled, i) for i in range(pooled.size)]
+        single_first = x.size == 1
+        diffs = [abs((pooled[i] - rest.mean()) if single_first else (rest.mean() - pooled[i]))
+                 for i, rest in enumerate(splits)]
+        p = sum(d >= observed - 1e-12 * max(1.0, observed) for d in diffs) / len(diffs)
+        return PermutationResult(float(p), "exact permutation (unpaired)", min_attainable_p_unpaired(x.size, y.size))
     exact = math.comb(x.size + y.size, x.size) <= EXACT_UNPAIRED_MAX
     res = _scipy_stats.permutation_test(
         (x, y), lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
