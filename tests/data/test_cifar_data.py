@@ -6,6 +6,7 @@ checksums of the real files cannot be matched by small fakes.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 import torchvision
 
 from vit_ablate.data import DeviceLoader, build_datamodule
+from vit_ablate.data import cifar as cifar_module
 from vit_ablate.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 
 PER_BATCH = 100  # 5 training batches → 500 training images; 60 test images
@@ -42,6 +44,7 @@ def write(path: Path, obj) -> None:
 def no_md5(monkeypatch):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    monkeypatch.setattr(cifar_module, "check_integrity", lambda path, md5=None: Path(path).is_file())
 
 
 @pytest.fixture
@@ -85,8 +88,29 @@ def test_missing_dataset_names_the_path_and_the_download_switch(make_cfg, tmp_pa
     message = str(info.value)
     assert str(root) in message and "does not exist" in message and "data.download=true" in message
     (root / "empty").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no complete cifar-10-batches-py/"):
+    with pytest.raises(FileNotFoundError, match="has no cifar-10-batches-py/ folder"):
         build_datamodule(make_cfg("data.name=cifar10", f"data.root={root}")).setup("fit")
+    with pytest.raises(FileNotFoundError, match="data.download=true"):
+        build_datamodule(make_cfg("data.name=cifar10", f"data.root={root}")).check_available()
+
+
+def test_a_truncated_pickle_is_named_as_corrupt_not_missing(make_cfg, cifar10_root, monkeypatch):
+    """A cut-off download passes a file-exists check; the checksum tells it apart from a missing file."""
+    folder = cifar10_root / "cifar-10-batches-py"
+    # the fakes' own checksums stand in for torchvision's (which small fakes cannot match)
+    digests = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    monkeypatch.setattr(cifar_module, "check_integrity",
+                        lambda path, md5=None: hashlib.md5(Path(path).read_bytes()).hexdigest() == digests[Path(path).name])
+    batch = folder / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    with pytest.raises(ValueError) as info:
+        build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}")).check_available()
+    message = str(info.value)
+    assert "corrupt" in message and str(batch) in message and "data.download=true" in message
+    assert "not found" not in message and "data_batch_2" not in message
+    # loading it (torchvision's own checks patched out) fails on the pickle: named the same way
+    with pytest.raises(ValueError, match="corrupt: .*data_batch_3 does not match"):
+        build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}")).setup("fit")
 
 
 def test_splits_and_pixel_layout(make_cfg, cifar10_root):

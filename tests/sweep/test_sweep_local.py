@@ -255,3 +255,34 @@ def test_sigkill_of_the_engine_then_rerun_resumes_without_touching_finished_runs
     for name in ("run-002", "run-003"):
         assert json.loads((sweep_dir / name / "result.json").read_text())["status"] == "completed"
     assert len(data["invocations"]) == 2 and "ended_at" not in data["invocations"][0]
+
+
+def test_a_finished_sweep_leaves_no_lock_and_writes_strict_json(tmp_path):
+    path = write_sweep(tmp_path / "nan.yaml", {"acc": {"values": ["nan", 0.5]}}, command=fake_command("epochs=1"))
+    summary = run_sweep(path, output_dir=tmp_path / "runs", **FAST)
+    sweep_dir = tmp_path / "runs" / "nan"
+    assert summary.counts["completed"] == 2
+    assert not (sweep_dir / ".lock").exists()
+
+    def refuse(constant):
+        raise ValueError(f"sweep.json holds {constant}")
+
+    runs = {r["params"]["acc"]: r for r in json.loads((sweep_dir / "sweep.json").read_text(), parse_constant=refuse)["runs"]}
+    assert runs[0.5]["metrics"]["val/acc1"] == 0.5
+    assert runs["nan"]["metrics"].get("best/val/acc1") is None  # NaN became null
+
+
+@pytest.mark.parametrize("escape", ["../../..", "/tmp", "", "a/b"])
+def test_a_manifest_entry_whose_dir_leaves_the_sweep_folder_is_refused(tmp_path, escape):
+    path = write_sweep(tmp_path / "esc.yaml", {"acc": {"values": [0.1]}}, command=fake_command("epochs=1"))
+    out = tmp_path / "runs"
+    run_sweep(path, output_dir=out, **FAST)
+    sweep_json = out / "esc" / "sweep.json"
+    data = json.loads(sweep_json.read_text())
+    data["runs"][0].update(dir=escape, status="pending")
+    sweep_json.write_text(json.dumps(data))
+    outside = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ConfigError, match=f"dir={escape!r}, which is not a folder inside the sweep folder"):
+        run_sweep(path, output_dir=out, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == outside
+    assert json.loads(sweep_json.read_text()) == data  # not rewritten

@@ -174,6 +174,12 @@ class ImageDataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
+    def check_available(self) -> None:
+        """Raise ``FileNotFoundError`` (missing) or ``ValueError`` (corrupt), naming the path and the
+        fix, if the data cannot be read. Called before a run directory is created; reads no images
+        where that can be avoided. Data that is generated or was scanned on construction has nothing
+        to check."""
+
     # ----------------------------------------------------------------------------------------- splits
     def _load_split(self, name: str) -> Split:
         """Read split ``name`` from its source; every subclass implements this (called once per split)."""

@@ -12,16 +12,20 @@ Splits: ``train`` is the 50k training set less ``data.val_split`` held-out image
 
 ``data.root`` (default ``.data``, git-ignored) holds torchvision's ``cifar-10-batches-py`` /
 ``cifar-100-python``; ``data.download=true`` fetches it (in ``prepare_data``, i.e. once per node).
+Without it, ``check_available`` names a missing folder or a file whose checksum does not match (a
+truncated download) before anything is written.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 import torchvision
 from torch import Tensor
+from torchvision.datasets.utils import check_integrity
 
 from vit_ablate.data.base import DATASETS, ImageDataModule, Split
 
@@ -49,20 +53,43 @@ class _CIFARDataModule(ImageDataModule):
             for train in (True, False):
                 self.torchvision_class(str(self.root), train=train, download=True)
 
+    def _files(self):
+        """(file name, md5) of every file torchvision reads, in ``root/folder``."""
+        cls = self.torchvision_class
+        return [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+
+    def check_available(self) -> None:
+        if self.data_cfg.download:
+            return  # prepare_data downloads (and checks) it
+        where = self.root.resolve()
+        folder = where / self.folder
+        missing = [name for name, _ in self._files() if not (folder / name).is_file()]
+        if missing:
+            state = "does not exist" if not where.exists() else (
+                f"has no {self.folder}/ folder" if not folder.is_dir() else f"lacks {self.folder}/{missing[0]}"
+            )
+            raise FileNotFoundError(
+                f"{self.registry_name} not found: data.root={str(where)!r} {state}. Set data.download=true "
+                f"to download it there, or point data.root at a folder that contains torchvision's {self.folder}/"
+            )
+        corrupt = [name for name, md5 in self._files() if not check_integrity(str(folder / name), md5)]
+        if corrupt:
+            raise ValueError(
+                f"{self.registry_name} is corrupt: {', '.join(str(folder / name) for name in corrupt)} "
+                f"{'does' if len(corrupt) == 1 else 'do'} not match torchvision's checksum (a truncated or "
+                f"damaged download). Delete {str(folder)!r} and set data.download=true to download it again"
+            )
+
     def _load_raw(self, train: bool) -> Tuple[Tensor, Tensor]:
         if train not in self._raw:
             if self.trainer is None and self.data_cfg.download:
                 self.prepare_data()  # used outside a Trainer: nobody else calls prepare_data
             try:
                 dataset = self.torchvision_class(str(self.root), train=train, download=False)
-            except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. ..."
-                where = self.root.resolve()
-                state = "does not exist" if not where.exists() else f"has no complete {self.folder}/ folder"
-                raise FileNotFoundError(
-                    f"{self.registry_name} not found: data.root={str(where)!r} {state} (torchvision: {exc}). "
-                    f"Set data.download=true to download it there, or point data.root at a folder that "
-                    f"contains {self.folder}/"
-                ) from None
+            except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+                # torchvision says "Dataset not found or corrupted" for both: say which
+                self.check_available()
+                raise ValueError(f"{self.registry_name} in {str(self.root.resolve())!r} cannot be read: {exc}") from None
             images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # NHWC → NCHW
             labels = torch.as_tensor(dataset.targets, dtype=torch.long)
             if self.class_names is None:

@@ -537,6 +537,11 @@ def grid_size(config: Mapping[str, Any]) -> Optional[int]:
 
 
 # ------------------------------------------------------------------------------------ run read-back
+def is_folder_name(name: str) -> bool:
+    """One path component: not empty, ``.``/``..``, absolute, or holding a separator."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
 def read_result(run_dir: Path) -> Optional[Dict[str, Any]]:
     path = Path(run_dir) / "result.json"
     try:

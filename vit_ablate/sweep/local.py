@@ -57,10 +57,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from vit_ablate.config import ConfigError
-from vit_ablate.io import atomic_write_json, atomic_write_text
+from vit_ablate.io import FolderBusy, FolderLock, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from vit_ablate.sweep import engine
 from vit_ablate.sweep.engine import SweepSpec
 from vit_ablate.sweep.summary import SweepSummary, summarize
@@ -248,6 +248,21 @@ def _tail(path: Path, offset: int, lines: int = 30, chars: int = 4000) -> str:
     return "\n".join(text.splitlines()[-lines:])[-chars:]
 
 
+def check_run_dirs(manifest: Mapping[str, Any], path: Path) -> None:
+    """Every run's ``dir`` is one folder inside the sweep folder: a manifest edited (or crafted) to
+    point elsewhere is refused before anything is read, stopped or written there."""
+    runs = manifest.get("runs")
+    if not isinstance(runs, list):
+        raise ConfigError(f"{path}: 'runs' is not a list; move the manifest away to start over")
+    for entry in runs:
+        name = entry.get("dir") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not engine.is_folder_name(name):
+            raise ConfigError(
+                f"{path}: run {entry.get('name') if isinstance(entry, dict) else entry!r} has dir={name!r}, which is not "
+                "a folder inside the sweep folder; fix or move the manifest away to start over"
+            )
+
+
 def _normalised(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -295,7 +310,7 @@ class SweepRunner:
         self._signals: List[int] = []
         self.halt: Optional[str] = None  # why no further run may start (the experiment changed)
         self.base_digest: Optional[str] = None
-        self._lock_handle: Optional[TextIO] = None
+        self._lock_handle: Optional[FolderLock] = None
         self._started = time.time()
         self._last_save = self._started
         self._last_early_check = 0.0
@@ -330,6 +345,7 @@ class SweepRunner:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path}: cannot read the sweep manifest ({exc}); move it away to start over") from None
             self._check_same_sweep(manifest, fresh, path)
+            check_run_dirs(manifest, path)
             started = [r["name"] for r in manifest.get("runs") or [] if r.get("attempts") or r.get("status") in FINAL]
             old = manifest.get("base_config_digest")
             if started and old and old != self.base_digest:
@@ -373,27 +389,19 @@ class SweepRunner:
 
     # ------------------------------------------------------------------------------ lock
     def _lock(self) -> None:
-        import fcntl
-
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.sweep_dir / ".lock", "a+")
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise ConfigError(f"sweep {self.spec.name!r} in {self.sweep_dir} is already being run (by pid {holder})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_handle = handle
+            self._lock_handle = FolderLock(self.sweep_dir).acquire()
+        except FolderBusy as exc:
+            raise ConfigError(f"sweep {self.spec.name!r} in {self.sweep_dir} is already being run (by pid {exc.holder})") from None
+        remove_stale_temporaries(self.sweep_dir)  # a killed engine's half-written manifest
 
     def _unlock(self) -> None:
         if self._lock_handle is not None:
-            self._lock_handle.close()
+            self._lock_handle.release()  # removes .lock: a finished sweep leaves none behind
             self._lock_handle = None
+
+    def run_dir(self, entry: Mapping[str, Any]) -> Path:
+        return self.sweep_dir / entry["dir"]
 
     # ------------------------------------------------------------------------------ reconcile
     def _reconcile(self) -> None:

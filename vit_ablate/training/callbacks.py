@@ -9,15 +9,18 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from vit_ablate.io import atomic_write_json, atomic_write_text, temporary_sibling
+from vit_ablate.io import atomic_write_json, atomic_write_text, storage_error, temporary_sibling
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -85,8 +88,9 @@ class EpochRecorder(Checkpoint):
     re-run are dropped first, so the file never holds an epoch twice.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, announce: Optional[Callable[[str], None]] = None):
         self.path = Path(path)
+        self.announce = announce  # gets one line per epoch (logs without a progress bar)
         self.rows: List[Dict[str, object]] = []
         self._time_offset = 0.0
         self._epoch_start = 0.0
@@ -97,12 +101,22 @@ class EpochRecorder(Checkpoint):
         self._epoch_val_time = 0.0
         self._val_start = 0.0
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def restore(self, current_epoch: int) -> None:
+        """The rows of the epochs before ``current_epoch`` from ``metrics.csv``. Lightning skips
+        ``on_train_start`` when it resumes from a checkpoint of the final epoch (a run killed after
+        its last checkpoint): the run driver then calls this itself."""
         self.rows = []
         if self.path.exists():
             with open(self.path, newline="") as handle:
-                self.rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) < trainer.current_epoch]
+                self.rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) < current_epoch]
         self._time_offset = float(self.rows[-1]["time_s"]) if self.rows else 0.0
+
+    @property
+    def started(self) -> bool:
+        return self._fit_start > 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.restore(trainer.current_epoch)
         self._fit_start = time.perf_counter()
         if trainer.is_global_zero:
             self._write()
@@ -148,6 +162,14 @@ class EpochRecorder(Checkpoint):
         )
         if trainer.is_global_zero:
             self._write()
+            if self.announce is not None:
+                self._announce(trainer, self.rows[-1])
+
+    def _announce(self, trainer, row: Dict[str, object]) -> None:
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        shown = [f"{key} {float(row[key]):.4f}" for key in ("train/loss", "val/loss", "val/acc1") if row[key] != ""]
+        speed = f", {row['train_img_s']} img/s" if row["train_img_s"] != "" else ""
+        self.announce(f"epoch {int(row['epoch']) + 1}{total} step {row['step']}: {', '.join(shown)}{speed}")
 
     def _write(self) -> None:
         buffer = io.StringIO()
@@ -158,7 +180,13 @@ class EpochRecorder(Checkpoint):
 
     @property
     def throughput(self) -> Optional[float]:
-        return self._samples / self._train_time if self._train_time > 0 else None
+        if self._train_time > 0:
+            return self._samples / self._train_time
+        # nothing trained in this process (resumed after the final epoch): the recorded epochs'
+        # rates, combined as total images / total time (equal epochs: their harmonic mean)
+        rates = [float(r["train_img_s"]) for r in self.rows if r.get("train_img_s") not in ("", None)]
+        rates = [r for r in rates if r > 0]
+        return len(rates) / sum(1.0 / r for r in rates) if rates else None
 
     @property
     def elapsed(self) -> float:
@@ -214,7 +242,61 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            # torch reports a full disk as "PytorchStreamWriter failed writing file", naming no file
+            if isinstance(exc, (OSError, RuntimeError)):
+                raise storage_error(exc, path) from exc
             raise
+
+
+class KeptCSVLogger(CSVLogger):
+    """Lightning's per-step ``logs/metrics.csv``, continued on a resume instead of deleted.
+
+    Lightning's own writer deletes an existing file when it starts. Here the file's rows are kept
+    up to the epoch the run resumes from (``keep_epochs_before``), so a resumed run's file reads like
+    an uninterrupted one's.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeptExperimentWriter(self.log_dir)
+        return self._experiment
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        self.experiment.keep_epochs_before(epoch)
+
+
+class _KeptExperimentWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as handle:
+                self.metrics_keys = sorted(csv.DictReader(handle).fieldnames or [])
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            rows = [row for row in reader if row.get("epoch") not in (None, "") and int(float(row["epoch"])) < epoch]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.metrics_file_path, buffer.getvalue())
+
+
+class TrimLoggedEpochs(Callback):
+    """On a resume, drop the per-step rows of the epochs that will be trained again."""
+
+    def __init__(self, logger: KeptCSVLogger):
+        self.logger = logger
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.logger.keep_epochs_before(trainer.current_epoch)

@@ -9,14 +9,19 @@ is never overwritten.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -28,8 +33,25 @@ from omegaconf import DictConfig
 import vit_ablate
 from vit_ablate.config import ConfigError, config_digest, experiment_digest, from_container, to_container, to_yaml
 from vit_ablate.data import build_datamodule
-from vit_ablate.io import atomic_write_json, atomic_write_text, read_json
-from vit_ablate.training.callbacks import AtomicCheckpointIO, DivergenceCallback, EpochRecorder, EpochSeeding, RankRecord
+from vit_ablate.io import (
+    FolderBusy,
+    FolderLock,
+    StorageError,
+    atomic_write_json,
+    atomic_write_text,
+    finite_or_none,
+    read_json,
+    remove_stale_temporaries,
+)
+from vit_ablate.training.callbacks import (
+    AtomicCheckpointIO,
+    DivergenceCallback,
+    EpochRecorder,
+    EpochSeeding,
+    KeptCSVLogger,
+    RankRecord,
+    TrimLoggedEpochs,
+)
 from vit_ablate.training.module import ViTModule, scaled_lr
 
 # Outcomes that a rerun keeps; "failed" and "interrupted" runs are resumed or retried.
@@ -43,33 +65,111 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- paths
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._=+,@-]+")
+
+
+def check_run_name(name: str) -> None:
+    """``name`` is one folder inside ``output_dir``: no separators, no ``..``, not absolute."""
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        cleaned = _UNSAFE_NAME.sub("-", name.replace("/", "-").replace("\\", "-")).strip("-.") or "run"
+        raise ConfigError(
+            f"name={name!r} must be one folder name inside output_dir (no '/', '\\' or '..'); "
+            f"e.g. name={cleaned}, and output_dir= for the parent folder"
+        )
+
+
 def resolve_run_dir(cfg: DictConfig) -> Path:
     """``$VIT_ABLATE_RUN_DIR`` (set by the local sweep engine), a W&B sweep run's own folder, or
     ``output_dir/name`` with ``name`` defaulting to a digest of the configuration."""
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        for key in ("WANDB_SWEEP_ID", "WANDB_RUN_ID"):
+            check_run_name(os.environ[key])
         return Path(cfg.output_dir) / f"sweep-{os.environ['WANDB_SWEEP_ID']}" / os.environ["WANDB_RUN_ID"]
+    if cfg.name:
+        check_run_name(str(cfg.name))
     name = cfg.name or f"{cfg.data.name}-{experiment_digest(cfg)}"
     return Path(cfg.output_dir) / name
 
 
-def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
-    """Create the directory and its ``config.yaml``; refuse a directory of another configuration."""
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        from omegaconf import OmegaConf
+def _saved_config(run_dir: Path):
+    from omegaconf import OmegaConf
 
-        previous = from_container(OmegaConf.to_container(OmegaConf.load(saved)), validate=False)
-        if experiment_digest(previous) != experiment_digest(cfg):
+    return from_container(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")), validate=False)
+
+
+def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse a folder that holds a run of another configuration, or that is no run folder at all
+    (files but no ``config.yaml``: a ``name=`` that points at someone's folder). Writes nothing."""
+    if (run_dir / "config.yaml").exists():
+        if experiment_digest(_saved_config(run_dir)) != experiment_digest(cfg):
             raise ConfigError(
                 f"run directory {str(run_dir)!r} already holds a run of a different configuration; "
                 "pick another `name=` (or output_dir=) instead of overwriting it"
             )
         return
+    if os.environ.get(RUN_DIR_ENV):
+        return  # the local sweep engine made this folder (and its train.log) for this run
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {str(run_dir)!r} is a file; pick another `name=` (or output_dir=)")
+    if run_dir.is_dir() and any(entry.name != FolderLock.NAME for entry in os.scandir(run_dir)):
+        raise ConfigError(
+            f"{str(run_dir)!r} exists and is not a run directory (it has files but no config.yaml); "
+            "nothing was written there: pick another `name=` (or output_dir=)"
+        )
+
+
+def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
+    """Create the directory and its ``config.yaml``; refuse a directory of another configuration."""
+    check_run_dir(run_dir, cfg)
+    if (run_dir / "config.yaml").exists():
+        return
     if rank_zero_only.rank == 0:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, to_yaml(cfg))
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+
+
+def finished_result(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The ``result.json`` of a run that is not to be run again, else None. A ``completed`` result
+    without final metrics (left by a version that lost them) is rebuilt, not kept."""
+    path = run_dir / "result.json"
+    if not path.exists():
+        return None
+    try:
+        previous = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or previous.get("status") not in FINAL_STATUSES:
+        return None
+    if previous["status"] == "completed" and not previous.get("final") and previous.get("epochs", 0) == 0:
+        log(f"{path} says completed but holds no final metrics: rebuilding it from the run's checkpoint")
+        return None
+    return previous
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``<run_dir>/.lock`` (rank 0 only: the other DDP ranks are its own children)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    lock = FolderLock(run_dir)
+    try:
+        lock.acquire()
+    except FolderBusy as exc:
+        raise ConfigError(
+            f"run directory {str(run_dir)!r} is being trained by another process (pid {exc.holder}); "
+            "wait for it to end, or stop it and run this command again to resume"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory {str(run_dir)!r}: {exc.strerror or exc}") from None
+    try:
+        for folder in (run_dir, run_dir / "checkpoints", run_dir / "ranks", run_dir / "logs"):
+            remove_stale_temporaries(folder)  # left by a killed writer; nobody else writes here now
+        yield
+    finally:
+        lock.release()
 
 
 def git_revision() -> Optional[str]:
@@ -178,9 +278,8 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> List[Any]:
             )
         )
     if cfg.logging.csv:
-        from lightning.pytorch.loggers import CSVLogger
-
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+        # the per-step log (train/loss every log_every_n_steps); metrics.csv holds one row per epoch
+        loggers.append(KeptCSVLogger(save_dir=str(run_dir), name="logs", version=""))
     return loggers
 
 
@@ -198,32 +297,104 @@ def check_data_matches_model(cfg: DictConfig, datamodule) -> None:
             )
 
 
+def open_data(cfg: DictConfig):
+    """The data module, with its files found and readable: a missing or corrupt dataset is a
+    ``ConfigError`` naming the path and the fix, raised before the run directory exists."""
+    try:
+        datamodule = build_datamodule(cfg)
+        datamodule.check_available()
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    check_data_matches_model(cfg, datamodule)
+    return datamodule
+
+
+# Mixed precision is a GPU feature: CPU autocast runs the matmuls in bf16 emulation, slower than fp32.
+_MIXED_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16-true", "16-true", "bf16", "16")
+
+
+def choose_precision(cfg: DictConfig, placement: Placement) -> str:
+    precision = str(cfg.trainer.precision)
+    if not placement.cuda and precision in _MIXED_PRECISIONS:
+        log(
+            f"trainer.precision={precision} is for GPUs; on the CPU it trains slower than fp32, so this run "
+            "uses 32-true (recorded in result.json as precision)"
+        )
+        return "32-true"
+    return precision
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
+def storage_problem(exc: BaseException) -> Optional[str]:
+    """One line for a full, read-only or unwritable disk, naming the file; None for other errors."""
+    if isinstance(exc, StorageError):
+        return str(exc.strerror or exc)
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return f"cannot write {exc.filename or 'a file'}: {exc.strerror}"
+    return None
+
+
+_quiet_installed = False
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and a deprecation warning it raises inside torch's pytree on
+    every run: they say nothing about the run."""
+    global _quiet_installed
+    if _quiet_installed:
+        return
+    _quiet_installed = True
+    tips = logging.Filter()
+    tips.filter = lambda record: not str(record.getMessage()).startswith("💡 Tip")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(tips)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Train (or resume, or report the finished run) and return the content of ``result.json``."""
+    """Train (or resume, or report the finished run) and return the content of ``result.json``.
+
+    Everything that can be checked without training (the run name, the folder, the data, the batch
+    plan) is checked before the run directory is created; the run directory is locked while it runs.
+    """
     run_dir = resolve_run_dir(cfg)
-    result_path = run_dir / "result.json"
-    prepare_run_dir(run_dir, cfg)  # refuses a directory that holds another experiment
-    if result_path.exists():
-        previous = read_json(result_path)
-        if previous.get("status") in FINAL_STATUSES:
-            log(f"{run_dir} already finished ({previous['status']}); nothing to do")
-            return previous
-    digest = config_digest(cfg)
+    check_run_dir(run_dir, cfg)  # refuses a directory that holds another experiment
+    previous = finished_result(run_dir)
+    if previous is not None:
+        log(f"{run_dir} already finished ({previous['status']}); nothing to do")
+        return previous
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    check_data_matches_model(cfg, datamodule)
-
+    datamodule = open_data(cfg)
     placement = resolve_devices(cfg)
+    plan = plan_batches(cfg, placement.devices * cfg.trainer.num_nodes)
+    precision = choose_precision(cfg, placement)
+    with run_lock(run_dir):
+        prepare_run_dir(run_dir, cfg)
+        previous = finished_result(run_dir)  # finished while we waited for the lock
+        if previous is not None:
+            log(f"{run_dir} already finished ({previous['status']}); nothing to do")
+            return previous
+        return _train(cfg, run_dir, datamodule, placement, plan, precision)
+
+
+def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, plan: BatchPlan, precision: str) -> Dict[str, Any]:
+    result_path = run_dir / "result.json"
+    digest = config_digest(cfg)
     devices = placement.devices
-    plan = plan_batches(cfg, devices * cfg.trainer.num_nodes)
     datamodule.per_device_batch_size = plan.micro_batch
     log(f"run directory {run_dir}")
     log(plan.describe(cfg.data.batch_size) + f"; lr {scaled_lr(cfg):g} (optim.lr_scale_rule={cfg.optim.lr_scale_rule})")
+    quiet_lightning()
+    # Off a terminal (SLURM, nohup, CI) a progress bar writes a carriage-return update per step
+    # into the log file: one line per epoch instead.
+    progress_bar = bool(cfg.trainer.progress_bar) and sys.stdout.isatty()
 
     module = ViTModule(cfg)
     divergence = DivergenceCallback()
-    recorder = EpochRecorder(run_dir / "metrics.csv")
+    recorder = EpochRecorder(run_dir / "metrics.csv", announce=None if progress_bar else log)
     # Two checkpoints: `last` after every epoch (what a rerun resumes from) and `best` by val/acc1.
     # (ModelCheckpoint's own save_last only saves when the monitored metric improved.)
     last_checkpoint = ModelCheckpoint(
@@ -234,6 +405,9 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
+    loggers = _loggers(cfg, run_dir)
+    callbacks = [EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints]
+    callbacks += [TrimLoggedEpochs(lg) for lg in loggers if isinstance(lg, KeptCSVLogger)]
     trainer = L.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=cfg.trainer.max_epochs if cfg.trainer.max_epochs > 0 else -1,
@@ -242,7 +416,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
         strategy=_strategy(cfg, devices),
-        precision=cfg.trainer.precision,
+        precision=precision,
         sync_batchnorm=use_sync_batchnorm(cfg, placement),
         accumulate_grad_batches=plan.accumulation,
         gradient_clip_val=cfg.optim.grad_clip,
@@ -252,49 +426,100 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         limit_val_batches=cfg.trainer.limit_val_batches,
         check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the data modules shard themselves, without padding
-        logger=_loggers(cfg, run_dir) or False,
-        callbacks=[EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints],
+        logger=loggers or False,
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
 
     resume = resume_checkpoint(run_dir)
     if resume:
         log(f"resuming from {resume}")
-    status, error, test_metrics = "completed", None, {}
+    status, error, test_metrics, final = "completed", None, {}, None
     started = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        if not recorder.started:  # resumed from the final epoch's checkpoint: nothing left to train
+            recorder.restore(trainer.current_epoch)
         if divergence.diverged:
             status = "diverged"
             error = f"non-finite loss by step {divergence.diverged_at}"
         elif trainer.interrupted:
-            status = "interrupted"
-        elif cfg.evaluate.test:
-            outputs = trainer.test(module, datamodule=datamodule, verbose=False)
-            test_metrics = {k: float(v) for k, v in (outputs[0] if outputs else {}).items()}
+            status, error = "interrupted", "stopped by a signal"
+        else:
+            final = _final_metrics(recorder.rows, trainer.global_step)
+            if final is None and _validates(cfg):
+                # the final weights were never validated (killed before metrics.csv was read back,
+                # or no validation on the last epoch): validate them now
+                outputs = trainer.validate(module, datamodule=datamodule, verbose=False)
+                final = {k: float(v) for k, v in (outputs[0] if outputs else {}).items() if k in _FINAL_KEYS}
+            if cfg.evaluate.test:
+                outputs = trainer.test(module, datamodule=datamodule, verbose=False)
+                test_metrics = {k: float(v) for k, v in (outputs[0] if outputs else {}).items()}
     except (KeyboardInterrupt, SystemExit, SIGTERMException) as exc:
         # Ctrl-C (Lightning turns it into SystemExit), SIGTERM from a scheduler: record and resume later
-        status, error = "interrupted", type(exc).__name__
+        status = "interrupted"
+        error = "stopped by SIGTERM" if isinstance(exc, SIGTERMException) else "stopped by Ctrl-C (SIGINT)"
         _mark_preempting(cfg)
     except Exception as exc:  # recorded, then re-raised for the exit code
         status, error = "failed", "".join(traceback.format_exception(exc))[-4000:]
         if isinstance(exc, ConfigError):
             raise
-        result = _result(cfg, status, error, recorder, checkpoints, trainer, test_metrics, digest, started)
-        if trainer.is_global_zero:
-            atomic_write_json(result_path, result)
-        raise
-    result = _result(cfg, status, error, recorder, checkpoints, trainer, test_metrics, digest, started)
+        problem = storage_problem(exc)
+        result = _result(cfg, status, problem or error, recorder, trainer, test_metrics, digest, started, precision)
+        _record(trainer, result_path, result)
+        if problem is None:
+            raise
+        log(f"failed: {problem}")  # a full or read-only disk: the message says it all, no traceback
+        return result
+    result = _result(cfg, status, error, recorder, trainer, test_metrics, digest, started, precision, final)
     if status == "completed" and cfg.evaluate.fewshot:
         result["fewshot"] = _fewshot(cfg, module, datamodule, trainer)
     if trainer.is_global_zero:
-        atomic_write_json(result_path, result)
-        log(f"{status}: " + ", ".join(f"{k}={v:.4f}" for k, v in {**result.get("final", {}), **test_metrics}.items()))
+        _record(trainer, result_path, result)
+        if status == "interrupted":
+            if progress_bar:
+                print(file=sys.stderr)  # end the progress bar's line
+            log(f"interrupted ({error}) after {result['epochs']} epoch(s), step {result['global_step']}: "
+                "run the same command again to resume from checkpoints/last.ckpt")
+        else:
+            shown = {**result.get("final", {}), **test_metrics}
+            log(f"{status}: " + (", ".join(f"{k}={v:.4f}" if v is not None else f"{k}=null" for k, v in shown.items())
+                                 or (error or "no metrics")))
     return result
+
+
+_FINAL_KEYS = ("val/acc1", "val/acc5", "val/loss")
+
+
+def _validates(cfg: DictConfig) -> bool:
+    return cfg.trainer.limit_val_batches != 0
+
+
+def _final_metrics(rows: List[Dict[str, Any]], global_step: int) -> Optional[Dict[str, float]]:
+    """The validation metrics of the final weights, from the last row of ``metrics.csv`` if that row
+    was written at the final step with validation metrics; else None."""
+    if not rows or int(float(rows[-1]["step"])) != int(global_step):
+        return None
+    last = rows[-1]
+    final = {k: float(last[k]) for k in _FINAL_KEYS if last.get(k) not in ("", None)}
+    return final or None
+
+
+def _record(trainer, path: Path, result: Dict[str, Any]) -> None:
+    """Write ``result.json`` where the disk allows; a full disk is logged, not raised over the error
+    that the result records."""
+    if not trainer.is_global_zero:
+        return
+    try:
+        atomic_write_json(path, result)
+    except OSError as exc:
+        if result.get("status") != "failed":
+            raise
+        log(f"could not record the failure in {path}: {exc.strerror or exc}")
 
 
 def resume_checkpoint(run_dir: Path) -> Optional[str]:
@@ -330,18 +555,20 @@ def _fewshot(cfg: DictConfig, module: ViTModule, datamodule, trainer) -> Dict[st
                                    draws=cfg.evaluate.fewshot_draws, seed=cfg.seed, device=module.device)
 
 
-def _result(cfg, status, error, recorder: EpochRecorder, checkpoints, trainer, test_metrics, digest, started) -> Dict[str, Any]:
+def _result(cfg, status, error, recorder: EpochRecorder, trainer, test_metrics, digest, started, precision,
+            final: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     rows = recorder.rows
-    final = {}
     best: Dict[str, Any] = {}
-    if rows:
-        last = rows[-1]
-        final = {k: float(last[k]) for k in ("val/acc1", "val/acc5", "val/loss") if last.get(k) not in ("", None)}
-        scored = [r for r in rows if r.get("val/acc1") not in ("", None)]
-        if scored:
-            top = max(scored, key=lambda r: float(r["val/acc1"]))
-            best = {"val/acc1": float(top["val/acc1"]), "epoch": int(top["epoch"])}
-    return {
+    if final is None:
+        final = {}
+        if rows:
+            last = rows[-1]
+            final = {k: float(last[k]) for k in _FINAL_KEYS if last.get(k) not in ("", None)}
+    scored = [r for r in rows if r.get("val/acc1") not in ("", None) and float(r["val/acc1"]) == float(r["val/acc1"])]
+    if scored:
+        top = max(scored, key=lambda r: float(r["val/acc1"]))
+        best = {"val/acc1": float(top["val/acc1"]), "epoch": int(top["epoch"])}
+    result = {
         "status": status,
         "error": error,
         "final": final,
@@ -351,6 +578,7 @@ def _result(cfg, status, error, recorder: EpochRecorder, checkpoints, trainer, t
         "global_step": int(trainer.global_step),
         "wall_time_s": round(recorder.elapsed if rows else time.time() - started, 2),
         "throughput_img_s": round(recorder.throughput, 1) if recorder.throughput else None,
+        "precision": precision,
         "seed": int(cfg.seed),
         "config_digest": digest,
         "experiment_digest": experiment_digest(cfg),
@@ -358,3 +586,10 @@ def _result(cfg, status, error, recorder: EpochRecorder, checkpoints, trainer, t
         "git_rev": git_revision(),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    # strict JSON has no NaN: a diverged run's non-finite metrics become null, each named here
+    replaced: List[str] = []
+    result = finite_or_none(result, replaced)
+    if replaced:
+        result["non_finite"] = {path: "not a finite number" + (f" ({error})" if status == "diverged" else "")
+                                for path in replaced}
+    return result

@@ -1,0 +1,191 @@
+"""A run directory under faults and hostile input: a kill after the final checkpoint, a second
+process, names that leave output_dir, folders that are not runs, missing data, non-finite metrics."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from vit_ablate.cli import main
+from vit_ablate.config import load_config
+from vit_ablate.training.run import train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(args, *extra):
+    return load_config([args[0]], [*args[1:], *extra])
+
+
+def _strict(path: Path):
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which strict JSON readers reject")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _tree(root: Path):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# Runs `vit-ablate train` and SIGKILLs it when it is about to write result.json: after the final
+# checkpoint, metrics.csv and the test evaluation, the last moment a kill loses the result.
+KILL_AT_RESULT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import vit_ablate.training.run as run
+    real = run.atomic_write_json
+    def write(path, data):
+        if Path(path).name == "result.json":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, data)
+    run.atomic_write_json = write
+    from vit_ablate.cli import main
+    sys.exit(main(["train", *sys.argv[1:]]))
+    """
+)
+
+
+def test_a_kill_between_the_final_checkpoint_and_result_json_is_rebuilt(fast_args, tmp_path):
+    args = [*fast_args, "trainer.max_epochs=2"]
+    reference = train(_cfg(args, "name=reference"))
+
+    run = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_RESULT, *args, "name=killed"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "result.json").exists()
+
+    def same_as_reference(result):
+        assert result["status"] == "completed"
+        assert (result["epochs"], result["global_step"]) == (reference["epochs"], reference["global_step"])
+        for section in ("final", "test", "best"):
+            assert result[section].keys() == reference[section].keys(), section
+            for key, value in reference[section].items():
+                assert result[section][key] == pytest.approx(value, abs=1e-6), (section, key)
+        assert result["throughput_img_s"] == pytest.approx(reference["throughput_img_s"], rel=0.5)
+
+    rebuilt = train(_cfg(args, "name=killed"))  # resumes a finished fit: nothing left to train
+    same_as_reference(rebuilt)
+    assert _strict(run / "result.json")["final"] == rebuilt["final"]
+    assert [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())] == [0, 1]
+
+    # What the earlier version wrote after such a kill, with metrics.csv lost too: the final
+    # weights are evaluated again instead of "nothing to do" forever.
+    (run / "result.json").write_text(json.dumps({"status": "completed", "final": {}, "best": {}, "epochs": 0}))
+    (run / "metrics.csv").write_text("epoch,step\n")
+    revalidated = train(_cfg(args, "name=killed"))
+    assert revalidated["status"] == "completed" and revalidated["global_step"] == reference["global_step"]
+    for key, value in reference["final"].items():
+        assert revalidated["final"][key] == pytest.approx(value, abs=1e-5), key
+    for key, value in reference["test"].items():
+        assert revalidated["test"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def _lock_pid(run: Path):
+    try:
+        return int((run / ".lock").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_with_its_owner(fast_args, tmp_path):
+    args = ["train", *fast_args, "trainer.max_epochs=50", "name=busy"]
+    run = tmp_path / "busy"
+    first = subprocess.Popen([sys.executable, "-m", "vit_ablate", *args], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while _lock_pid(run) != first.pid and time.time() < deadline:
+            time.sleep(0.1)
+        assert _lock_pid(run) == first.pid
+        second = subprocess.run([sys.executable, "-m", "vit_ablate", *args], cwd=REPO,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"being trained by another process (pid {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr and not (run / "result.json").exists()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr[-2000:]
+    assert not (run / ".lock").exists()  # removed on exit
+    assert _strict(run / "result.json")["status"] == "interrupted"
+    interrupted = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert interrupted and interrupted[-1].startswith("[vit-ablate] interrupted (stopped by SIGTERM) after ")
+    assert "run the same command again to resume" in interrupted[-1]
+
+
+def test_the_stale_lock_of_a_dead_process_is_taken_over(fast_args, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "stale"
+    run.mkdir()
+    (run / ".lock").write_text(f"{dead.pid}\n")
+    assert train(_cfg(fast_args, "name=stale", "trainer.max_epochs=1"))["status"] == "completed"
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute-run", "a/b", ".."])
+def test_a_run_name_is_one_folder_inside_output_dir(tmp_path, capsys, name):
+    out = tmp_path / "deep" / "runs"
+    out.mkdir(parents=True)
+    code = main(["train", "experiments/quickstart.yaml", f"output_dir={out}", f"name={name}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"name={name!r} must be one folder name inside output_dir" in err
+    assert _tree(tmp_path) == ["deep", "deep/runs"]
+    assert not Path("/tmp/absolute-run").exists()
+
+
+def test_a_folder_that_is_not_a_run_is_never_written(tmp_path, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("mine\n")
+    (folder / "result.json").write_text("{}")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+    code = main(["train", "experiments/quickstart.yaml", f"output_dir={tmp_path}", "name=notes"])
+    assert code == 2 and "is not a run directory (it has files but no config.yaml)" in capsys.readouterr().err
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
+
+
+def test_missing_data_is_one_line_before_any_run_directory(tmp_path):
+    missing = tmp_path / "no-data"
+    command = [sys.executable, "-m", "vit_ablate", "train", "experiments/cifar10_vit_ti4.yaml",
+               f"data.root={missing}", f"output_dir={tmp_path / 'runs'}", "name=cifar"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert str(missing) in lines[0] and "data.download=true" in lines[0] and "cifar-10-batches-py" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_diverged_run_writes_strict_json_with_null_and_the_reason(fast_args, tmp_path, monkeypatch):
+    from vit_ablate.training import module as module_lib
+
+    original = module_lib.ViTModule.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 3 else loss
+
+    monkeypatch.setattr(module_lib.ViTModule, "training_step", poisoned)
+    # check every step and validate on the poisoned weights: NaN reaches val/loss
+    monkeypatch.setattr("vit_ablate.training.run.DivergenceCallback.__init__.__defaults__", (1,))
+    result = train(_cfg(fast_args, "name=nan", "trainer.max_epochs=3"))
+    on_disk = _strict(tmp_path / "nan" / "result.json")
+    assert on_disk["status"] == "diverged" and "non-finite loss by step" in on_disk["error"]
+    assert on_disk == json.loads(json.dumps(result))
+    assert on_disk["non_finite"]  # the NaN validation loss of the poisoned weights
+    for path, reason in on_disk["non_finite"].items():
+        section, key = path.split(".", 1)
+        assert on_disk[section][key] is None and "non-finite loss" in reason
+    assert not any(isinstance(v, float) and not math.isfinite(v) for v in on_disk["final"].values())
