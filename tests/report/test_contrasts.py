@@ -118,7 +118,7 @@ def test_fisher_on_divergence(tmp_path: Path):
     assert r.counts == (4, 4, 0, 4) and r.p == pytest.approx(2 / 70) and r.verdict == "reproduced"
     # The declared baseline is the paper's pre-LN, not the alphabetically first "post".
     assert report.analysis.baseline.label == "model.norm=pre"
-    assert "baseline group `model.norm=pre` (the paper's choice, declared in the sweep file" in report.markdown
+    assert "baseline group `model.norm=pre` (the paper's choice, declared on the sweep file's # baseline: line)" in report.markdown
 
 
 @pytest.mark.parametrize(

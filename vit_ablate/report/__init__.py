@@ -138,6 +138,8 @@ def run_report(
     for name in KNOWN_FIGURES:
         if name not in drawn and (out_dir / name).is_file():
             captions.append((name, figure_caption(name, analysis, stale=True, from_table=from_table)))
+            # The caption says why it was not redrawn; a "not drawn" note beside it would read as missing.
+            figure_notes = [n for n in figure_notes if not n.startswith(f"{name} not drawn")]
 
     name = collection.name or (Path(paths[0]).resolve().name if paths else "runs")
     title = f"vit-ablate report: {name} — {metric}"

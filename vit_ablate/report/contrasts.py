@@ -400,7 +400,7 @@ def evaluate_contrast(
         if spec.kind == "equivalence":
             p_tost, low, high = stats.tost(result.per_seed if not result.unpaired else np.zeros(0), spec.margin)
             result.p = p_tost
-            result.ci_low, result.ci_high, result.ci_label = low, high, "90% t (TOST)"
+            result.ci_low, result.ci_high, result.ci_label = low, high, "TOST 90% t"
     if spec.kind != "equivalence":
         result.p = result.p_t
     _power(result)

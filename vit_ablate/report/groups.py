@@ -228,7 +228,7 @@ def _choose_baseline_group(
     if declared:
         hits = [g for g in candidates if _matches(g, declared)]
         if len(hits) == 1:
-            return hits[0], "the paper's choice, declared in the sweep file (# baseline:)"
+            return hits[0], "the paper's choice, declared on the sweep file's # baseline: line"
         notes.append(
             f"the sweep declares baseline {_format_assignments(declared)}, which "
             + ("matches no group with completed runs" if not hits else "matches several groups")
