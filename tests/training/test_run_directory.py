@@ -189,3 +189,61 @@ def test_a_diverged_run_writes_strict_json_with_null_and_the_reason(fast_args, t
         section, key = path.split(".", 1)
         assert on_disk[section][key] is None and "non-finite loss" in reason
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in on_disk["final"].values())
+
+
+def test_off_a_terminal_the_log_has_one_line_per_epoch_and_a_cpu_trains_in_fp32(fast_args, tmp_path):
+    """stdout and stderr to a file, as under SLURM, nohup or CI: no progress-bar updates, no tips,
+    no per-run deprecation warning; and bf16 autocast (slower than fp32 on a CPU) is replaced, saying so."""
+    log_file = tmp_path / "train.log"
+    args = [*fast_args, "trainer.max_epochs=3", "trainer.progress_bar=true", "trainer.precision=bf16-mixed", "name=logged"]
+    with open(log_file, "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "vit_ablate", "train", *args], cwd=REPO,
+                              stdout=handle, stderr=subprocess.STDOUT, timeout=300)
+    text = log_file.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert "\r" not in text and "Tip:" not in text and "deprecated" not in text
+    epochs = [line for line in text.splitlines() if line.startswith("[vit-ablate] epoch ")]
+    assert [line.split()[2] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert all("val/acc1" in line and "img/s" in line for line in epochs)
+    assert "trainer.precision=bf16-mixed is for GPUs" in text and "uses 32-true" in text
+    assert _strict(tmp_path / "logged" / "result.json")["precision"] == "32-true"
+
+
+def test_lightnings_step_log_is_continued_on_resume_not_deleted(tmp_path):
+    from vit_ablate.training.callbacks import KeptCSVLogger
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rows = [{"epoch": e, "step": s, "train/loss": 1.0 / (s + 1), "val/acc1": ""} for e, s in ((0, 3), (0, 7), (1, 11), (1, 15), (2, 19))]
+    with open(logs / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["epoch", "step", "train/loss", "val/acc1"])
+        writer.writeheader()
+        writer.writerows(rows)
+    logger = KeptCSVLogger(save_dir=str(tmp_path), name="logs", version="")
+    logger.keep_epochs_before(2)  # resuming at epoch 2: its partial rows are trained again
+    logger.log_metrics({"train/loss": 0.05, "epoch": 2}, step=19)
+    logger.save()
+    kept = list(csv.DictReader(open(logs / "metrics.csv")))
+    assert [(int(r["epoch"]), int(r["step"])) for r in kept] == [(0, 3), (0, 7), (1, 11), (1, 15), (2, 19)]
+    assert float(kept[-1]["train/loss"]) == 0.05 and float(kept[0]["train/loss"]) == 0.25
+
+
+def test_a_full_disk_during_training_records_failed_naming_the_file(fast_args, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from vit_ablate.training import callbacks
+
+    def full(checkpoint, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(callbacks.torch, "save", full)
+    code = main(["train", *fast_args, "trainer.max_epochs=1", "name=full"])
+    err = capsys.readouterr().err
+    run = tmp_path / "full"
+    assert code == 1 and "Traceback" not in err
+    assert f"failed: cannot write {run / 'checkpoints'}" in err and "No space left on device" in err
+    result = _strict(run / "result.json")
+    assert result["status"] == "failed" and "No space left on device" in result["error"]
+    leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name == ".lock"]
+    assert leftovers == []
