@@ -101,3 +101,28 @@ def test_every_nesterov_optimizer_of_timm_needs_momentum():
         with pytest.raises(ConfigError, match="Nesterov"):
             load_config([], [f"optim.name={name}", "optim.momentum=0"])
     assert load_config([], ["optim.name=momentum", "optim.momentum=0"]).optim.name == "momentum"
+
+
+def test_a_saved_config_stays_valid_on_another_machine():
+    """A checkpoint's config names the trainer's GPU and its init weights; analyze and resume read it on
+    machines without either, so only a run about to start checks them (load_config)."""
+    from vit_ablate.config import from_container, to_container
+
+    saved = to_container(load_config(overrides=["trainer.accelerator=cuda", "init.path=/elsewhere/w.ckpt"], validate=False))
+    cfg = from_container(saved)
+    assert (cfg.trainer.accelerator, cfg.init.path) == ("cuda", "/elsewhere/w.ckpt")
+    with pytest.raises(ConfigError, match="init.path='/elsewhere/w.ckpt' does not exist"):
+        load_config(overrides=["init.path=/elsewhere/w.ckpt"])
+
+
+def test_limit_batches_take_a_fraction_or_a_whole_count():
+    cfg = load_config(overrides=["trainer.limit_train_batches=4", "trainer.limit_val_batches=0.25"])
+    assert (cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (4, 0.25)
+    with pytest.raises(ConfigError, match="trainer.limit_train_batches=2.5 is neither a fraction"):
+        load_config(overrides=["trainer.limit_train_batches=2.5"])
+
+
+def test_grad_clip_zero_means_off():
+    assert load_config(overrides=["optim.grad_clip=0"]).optim.grad_clip == 0
+    with pytest.raises(ConfigError, match="optim.grad_clip=-1 is out of range"):
+        load_config(overrides=["optim.grad_clip=-1"])

@@ -199,7 +199,7 @@ class OptimConfig:
     warmup_steps: int = setting(0, "linear warmup steps", valid=NON_NEGATIVE)
     warmup_epochs: float = setting(0.0, "linear warmup in epochs, used when warmup_steps == 0", valid=NON_NEGATIVE)
     min_lr: float = setting(0.0, "learning rate at the end of the schedule", valid=NON_NEGATIVE)
-    grad_clip: Optional[float] = setting(1.0, "global-norm gradient clipping (paper Table 3); null = off", valid=POSITIVE)
+    grad_clip: Optional[float] = setting(1.0, "global-norm gradient clipping (paper Table 3); null or 0 = off", valid=NON_NEGATIVE)
     ema: bool = setting(False, "evaluate an exponential moving average of the weights")
     ema_decay: float = setting(0.9998, "EMA decay per step", valid=FRACTION)
 
@@ -227,8 +227,9 @@ class TrainerConfig:
                        valid="false | true | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs")
     sync_batchnorm: bool = setting(True, "SyncBatchNorm for the conv stem under DDP")
     deterministic: bool = setting(False, "deterministic kernels (slower)")
-    limit_train_batches: Optional[float] = setting(None, "fraction of the training batches per epoch; null = all", valid=Range(0, 1))
-    limit_val_batches: Optional[float] = setting(None, "fraction of the validation batches; null = all", valid=Range(0, 1))
+    # Lightning reads a value in [0, 1] as a fraction of the batches and a whole number above 1 as a count
+    limit_train_batches: Optional[float] = setting(None, "training batches per epoch: a fraction in [0, 1] or a whole count; null = all", valid=NON_NEGATIVE)
+    limit_val_batches: Optional[float] = setting(None, "validation batches: a fraction in [0, 1] or a whole count; null = all", valid=NON_NEGATIVE)
     check_val_every_n_epoch: int = setting(1, "validate every N epochs", valid=POSITIVE)
     log_every_n_steps: int = setting(50, "logger interval in steps", valid=POSITIVE)
     progress_bar: bool = setting(True, "show Lightning's progress bar")
@@ -432,6 +433,7 @@ def load_config(
     _derive_from_data(cfg, given)
     if validate:
         validate_config(cfg)
+        check_machine(cfg)
     return cfg
 
 
@@ -658,6 +660,13 @@ def validate_config(cfg: DictConfig, registries: bool = True) -> None:
             f"trainer.compile={cfg.trainer.compile!r} is not valid; choose true, false or one of "
             f"{', '.join(COMPILE_MODES)}{_nearest(str(cfg.trainer.compile), COMPILE_MODES)}"
         )
+    for key in ("trainer.limit_train_batches", "trainer.limit_val_batches"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value > 1 and not float(value).is_integer():
+            raise ConfigError(
+                f"{key}={value} is neither a fraction in [0, 1] of the batches nor a whole number of them; "
+                f"e.g. {key}={int(value)}"
+            )
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas={_format(list(cfg.optim.betas))} must hold two numbers, e.g. [0.9, 0.999]")
     if cfg.trainer.max_epochs <= 0 and cfg.trainer.max_steps <= 0:
@@ -668,18 +677,16 @@ def validate_config(cfg: DictConfig, registries: bool = True) -> None:
             f"augment.randaugment={spec!r} is not a timm RandAugment spec; write 'rand' then dash-separated "
             "sections m<magnitude>, n<ops>, p<prob>, mstd<std>, mmax<max>, inc<0|1>, t<set>, e.g. augment.randaugment=rand-m10-n2"
         )
-    if cfg.init.path is not None and not Path(cfg.init.path).exists():
-        raise ConfigError(f"init.path={cfg.init.path!r} does not exist; give a checkpoint file or folder, or init.path=null")
     _check_data(cfg)
     devices = devices_per_node(cfg)
     if devices is not None:
         check_batches(cfg, devices * cfg.trainer.num_nodes)
 
     if registries:
-        _check_registries(cfg, devices)
+        _check_registries(cfg)
 
 
-def _check_registries(cfg: DictConfig, devices: Optional[int]) -> None:
+def _check_registries(cfg: DictConfig) -> None:
     # Model: the model package validates its own names and combinations (one place, also used by
     # build_model at build time); here its ValueError becomes a ConfigError before anything runs.
     from vit_ablate.model import resolve_spec
@@ -714,7 +721,6 @@ def _check_registries(cfg: DictConfig, devices: Optional[int]) -> None:
             f"(got {cfg.optim.momentum!r}); for plain SGD use optim.name=momentum with optim.momentum=0"
         )
 
-    _check_accelerator(cfg, devices)
 
     if cfg.trainer.strategy != "auto":
         from lightning.pytorch.strategies import StrategyRegistry
@@ -727,11 +733,16 @@ def _check_registries(cfg: DictConfig, devices: Optional[int]) -> None:
             )
 
 
-def _check_accelerator(cfg: DictConfig, devices: Optional[int]) -> None:
-    """A requested GPU exists, and as many of them as trainer.devices asks for."""
+def check_machine(cfg: DictConfig) -> None:
+    """What this machine must hold for the run to start here: the ``init.path`` file and the GPUs that
+    ``trainer.accelerator``/``trainer.devices`` ask for. Not part of ``validate_config``: a saved config
+    (a checkpoint's) stays valid on a machine other than the one it was trained on."""
+    if cfg.init.path is not None and not Path(cfg.init.path).exists():
+        raise ConfigError(f"init.path={cfg.init.path!r} does not exist; give a checkpoint file or folder, or init.path=null")
     accelerator = cfg.trainer.accelerator
     if accelerator not in ("gpu", "cuda", "mps"):
         return
+    devices = devices_per_node(cfg)
     import torch
 
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
