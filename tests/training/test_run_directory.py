@@ -21,6 +21,11 @@ from vit_ablate.training.run import train
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # the experiment files are named relative to the checkout
+
+
 def _cfg(args, *extra):
     return load_config([args[0]], [*args[1:], *extra])
 
@@ -247,3 +252,22 @@ def test_a_full_disk_during_training_records_failed_naming_the_file(fast_args, t
     assert result["status"] == "failed" and "No space left on device" in result["error"]
     leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name == ".lock"]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("env", [{"VIT_ABLATE_RUN_DIR": "{dir}"}, {"WANDB_SWEEP_ID": "abc", "WANDB_RUN_ID": "r1"}])
+def test_a_sweep_folder_with_only_its_train_log_is_accepted(tmp_path, monkeypatch, env):
+    """The sweep engines create the run folder and its train.log before `train` starts in it."""
+    from vit_ablate.training.run import check_run_dir, resolve_run_dir
+
+    folder = tmp_path / "sweep-abc" / "r1"
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("==== attempt 1\n")
+    cfg = load_config(["experiments/quickstart.yaml"], [f"output_dir={tmp_path}"])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(dir=folder))
+    assert resolve_run_dir(cfg) == folder
+    check_run_dir(folder, cfg)  # no error
+    monkeypatch.delenv("VIT_ABLATE_RUN_DIR", raising=False)
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    with pytest.raises(Exception, match="not a run directory"):
+        check_run_dir(folder, cfg)

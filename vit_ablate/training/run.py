@@ -78,6 +78,11 @@ def check_run_name(name: str) -> None:
         )
 
 
+def _sweep_managed() -> bool:
+    """Whether a sweep engine or W&B agent chose the run directory (see ``resolve_run_dir``)."""
+    return bool(os.environ.get(RUN_DIR_ENV) or (os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID")))
+
+
 def resolve_run_dir(cfg: DictConfig) -> Path:
     """``$VIT_ABLATE_RUN_DIR`` (set by the local sweep engine), a W&B sweep run's own folder, or
     ``output_dir/name`` with ``name`` defaulting to a digest of the configuration."""
@@ -109,8 +114,8 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
                 "pick another `name=` (or output_dir=) instead of overwriting it"
             )
         return
-    if os.environ.get(RUN_DIR_ENV):
-        return  # the local sweep engine made this folder (and its train.log) for this run
+    if _sweep_managed():
+        return  # the sweep engine made this folder (and its train.log) for this run
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} is a file; pick another `name=` (or output_dir=)")
     if run_dir.is_dir() and any(entry.name != FolderLock.NAME for entry in os.scandir(run_dir)):
