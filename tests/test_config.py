@@ -124,5 +124,5 @@ def test_limit_batches_take_a_fraction_or_a_whole_count():
 
 def test_grad_clip_zero_means_off():
     assert load_config(overrides=["optim.grad_clip=0"]).optim.grad_clip == 0
-    with pytest.raises(ConfigError, match="optim.grad_clip=-1 is out of range"):
+    with pytest.raises(ConfigError, match="optim.grad_clip=-1.0 is out of range"):
         load_config(overrides=["optim.grad_clip=-1"])
