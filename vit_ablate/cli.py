@@ -37,7 +37,7 @@ def _config_epilog(items: List[str]) -> str:
     validate_config(cfg, registries=False)
     return (
         "Every key, resolved from the defaults and the arguments above; set any of them as key=value\n"
-        "(e.g. model.pos_embed=2d). [brackets]: the valid values.\n\n" + describe(cfg)
+        "(e.g. model.pos_embed=2d); after each key its meaning and its valid values.\n\n" + describe(cfg)
     )
 
 

@@ -764,11 +764,11 @@ def check_machine(cfg: DictConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 def describe(cfg: DictConfig) -> str:
     """Every key with its resolved value, its meaning and its valid values, one line each (``train --help``)."""
-    lines = []
+    rows = []
     for key, f in _schema():
         meaning = f.metadata.get("help", "")
         if is_section(key):
-            lines.append(f"\n{key}: {meaning}")
+            rows.append((None, f"{key}: {meaning}"))
             continue
         valid = f.metadata.get("valid")
         if isinstance(valid, Range):
@@ -778,8 +778,10 @@ def describe(cfg: DictConfig) -> str:
         elif valid is None and "bool" in str(f.type):
             valid = "true | false"
         value = OmegaConf.select(cfg, key)
-        setting = f"  {key}={_format(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)}"
-        lines.append(f"{setting:<34} {meaning}" + (f" [{valid}]" if valid else ""))
+        value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        rows.append((f"  {key}={_format(value)}", meaning + (f"; valid: {valid}" if valid else "")))
+    width = max(len(setting) for setting, _ in rows if setting) + 2
+    lines = [f"\n{text}" if setting is None else f"{setting:<{width}}{text}" for setting, text in rows]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
