@@ -7,6 +7,9 @@ average under ``ema.module.``. The model is rebuilt with ``build_model(config["m
 tensors are loaded strictly, so a checkpoint of another version or format fails with a ``ValueError``
 that says so instead of producing figures of a half-initialised model.
 
+The file is read with ``torch.load(weights_only=True)``: a checkpoint whose pickle names anything
+beyond tensors and plain values is refused (``UnsafeCheckpointError``) and nothing in it runs.
+
 Tensors are mapped to the CPU, so a checkpoint from a run on any number of GPUs loads anywhere
 (Lightning saves the unwrapped module: no ``module.`` prefix from DDP; a ``torch.compile`` wrapper's
 ``_orig_mod.`` is removed all the same).
@@ -26,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vit_ablate.config import from_container, parse_overrides, validate_config
 from vit_ablate.model import VisionTransformer, build_model
+from vit_ablate.model.safe_load import UnsafeCheckpointError, load_torch_file
 
 __all__ = ["LoadedCheckpoint", "load_checkpoint", "apply_overrides", "default_output_dir", "OVERRIDABLE"]
 
@@ -119,9 +123,11 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle/zip errors of every kind
-        raise _format_error(path, f"torch.load failed ({type(exc).__name__}: {exc})") from None
+        blob = load_torch_file(path)  # weights_only: nothing named in the file is run
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as exc:  # pickle/zip errors of every kind
+        raise _format_error(path, f"torch.load failed ({exc})") from None
     if not isinstance(blob, Mapping):
         raise _format_error(path, f"it holds a {type(blob).__name__}, not a checkpoint dict")
     hparams = blob.get("hyper_parameters")

@@ -10,14 +10,22 @@ A position embedding acts through three hooks that the model calls at fixed poin
 ``make_attention_position(i)`` (a module that edits q/k or returns an attention bias for layer i).
 Adding a kind is one class and one ``@POSITION_EMBEDDINGS.register`` line; an additive table only
 implements ``make_table``.
+
+Fine-tuning at another resolution (paper §3.2) changes the token grid. Every learned table that is
+laid out on the grid is a ``GridTable``: it knows how to move tensors saved for another grid onto its
+own (``resample_tensors``). Fixed tables (sin-cos, RoPE) are buffers that are not saved, so they are
+simply recomputed for the new grid.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+import math
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.nn.init import trunc_normal_
 
@@ -46,6 +54,62 @@ class PositionContext:
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
+
+
+Grid = Tuple[int, int]
+
+
+def square_grid(patches: int, what: str) -> Grid:
+    """The (side, side) grid of ``patches`` tokens; a source that does not say its grid must be square."""
+    side = math.isqrt(patches)
+    if side * side != patches:
+        raise ValueError(f"{what}: {patches} patch positions are not a square grid, so it cannot be resampled")
+    return side, side
+
+
+def resample_axis(table: torch.Tensor, length: int) -> torch.Tensor:
+    """A (L, C) table along one image axis, resampled to ``length`` like one column of a 2-D grid."""
+    if table.shape[0] == length:
+        return table
+    return resample_abs_pos_embed(table[:, None, :].reshape(1, -1, table.shape[1]), [length, 1], [table.shape[0], 1], num_prefix_tokens=0)[0]
+
+
+class GridTable(nn.Module):
+    """A learned table laid out on the token grid; subclasses say how to move it to another grid."""
+
+    grid_size: Grid
+
+    def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
+        """This module's tensors (local names) saved for ``old_grid`` (None: infer a square grid from the
+        shapes), moved onto ``self.grid_size``. A tensor this module does not know is returned as is."""
+        raise NotImplementedError  # abstract
+
+
+def resample_position_tensors(
+    model: nn.Module, state: Mapping[str, torch.Tensor], old_grid: Optional[Grid] = None
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """``state`` (the model's own names) with every grid table moved onto the model's grid.
+
+    Returns the new state and the names of the tensors whose shape changed. Raises ValueError naming a
+    tensor that cannot be moved.
+    """
+    out = dict(state)
+    changed: List[str] = []
+    for prefix, module in model.named_modules():
+        if not isinstance(module, GridTable):
+            continue
+        local = {name[len(prefix) + 1 :]: t for name, t in state.items() if name.startswith(prefix + ".")}
+        if not local:
+            continue
+        try:
+            moved = module.resample_tensors(local, old_grid)
+        except ValueError as exc:
+            raise ValueError(f"{prefix}.{exc}") from None
+        for name, tensor in moved.items():
+            if tuple(tensor.shape) != tuple(local[name].shape):
+                changed.append(f"{prefix}.{name}")
+            out[f"{prefix}.{name}"] = tensor
+    return out, changed
 
 
 class PositionEmbedding(nn.Module):
@@ -178,16 +242,37 @@ class AdditivePositionEmbedding(PositionEmbedding):
         return table[0, self.ctx.num_prefix_tokens :]
 
 
-class LearnedTable1d(nn.Module):
+class LearnedTable1d(GridTable):
     no_weight_decay_names = ("weight",)
 
-    def __init__(self, tokens: int, dim: int):
+    def __init__(self, grid_size: Grid, num_prefix: int, dim: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1, tokens, dim))
+        self.grid_size = tuple(grid_size)
+        self.num_prefix = num_prefix
+        self.weight = nn.Parameter(torch.zeros(1, num_prefix + grid_size[0] * grid_size[1], dim))
         trunc_normal_(self.weight, std=0.02)  # as timm
 
     def forward(self) -> torch.Tensor:
         return self.weight
+
+    def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
+        # The patch part is reshaped to its 2-D grid and interpolated bicubically (timm's and
+        # big_vision's rule for fine-tuning at a higher resolution, paper §3.2); prefix tokens are kept.
+        out = dict(tensors)
+        weight = tensors.get("weight")
+        if weight is None or (tuple(weight.shape) == tuple(self.weight.shape) and old_grid in (None, self.grid_size)):
+            return out
+        if weight.ndim != 3 or weight.shape[0] != 1 or weight.shape[2] != self.weight.shape[2]:
+            raise ValueError(f"weight: shape {tuple(weight.shape)} cannot be resampled to {tuple(self.weight.shape)}")
+        patches = weight.shape[1] - self.num_prefix
+        old = tuple(old_grid) if old_grid else square_grid(patches, "weight")
+        if patches != old[0] * old[1]:
+            raise ValueError(
+                f"weight: shape {tuple(weight.shape)} does not hold {self.num_prefix} prefix token(s) and a "
+                f"{old[0]}×{old[1]} grid"
+            )
+        out["weight"] = resample_abs_pos_embed(weight, list(self.grid_size), list(old), num_prefix_tokens=self.num_prefix).to(weight.dtype)
+        return out
 
 
 @POSITION_EMBEDDINGS.register("1d")
@@ -198,10 +283,10 @@ class Learned1d(AdditivePositionEmbedding):
     timm_kwargs = {"pos_embed": "learn"}
 
     def make_table(self, ctx: PositionContext) -> nn.Module:
-        return LearnedTable1d(ctx.num_prefix_tokens + ctx.num_patches, ctx.dim)
+        return LearnedTable1d(ctx.grid_size, ctx.num_prefix_tokens, ctx.dim)
 
 
-class LearnedTable2d(nn.Module):
+class LearnedTable2d(GridTable):
     """Patch (r, c) gets [X_r ; Y_c]: a row table and a column table of D/2 each (paper D.4)."""
 
     no_weight_decay_names = ("prefix", "rows", "cols")
@@ -223,6 +308,19 @@ class LearnedTable2d(nn.Module):
             [self.rows[:, None, :].expand(rows, cols, -1), self.cols[None, :, :].expand(rows, cols, -1)], dim=-1
         ).reshape(1, rows * cols, -1)
         return grid if self.prefix is None else torch.cat([self.prefix, grid], dim=1)
+
+    def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
+        # each axis table is interpolated along its own axis; the prefix vector has no position
+        out = dict(tensors)
+        for name, length in (("rows", self.grid_size[0]), ("cols", self.grid_size[1])):
+            table = tensors.get(name)
+            if table is None:
+                continue
+            mine = getattr(self, name)
+            if table.ndim != 2 or table.shape[1] != mine.shape[1]:
+                raise ValueError(f"{name}: shape {tuple(table.shape)} cannot be resampled to {tuple(mine.shape)}")
+            out[name] = resample_axis(table, length).to(table.dtype)
+        return out
 
 
 @POSITION_EMBEDDINGS.register("2d")
@@ -282,7 +380,7 @@ class SinCos2d(AdditivePositionEmbedding):
 # --------------------------------------------------------------------------------------------
 # Position inside attention
 # --------------------------------------------------------------------------------------------
-class RelativeLogits(nn.Module):
+class RelativeLogits(GridTable):
     """Paper D.4's 1-D relative attention for one layer.
 
     Each offset j − i between patches (raster order) has a learned embedding r; the query attends to it
@@ -295,6 +393,8 @@ class RelativeLogits(nn.Module):
 
     def __init__(self, grid_size: Tuple[int, int], num_prefix: int, head_dim: int):
         super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.num_prefix = num_prefix
         patches = grid_size[0] * grid_size[1]
         offsets = 2 * patches - 1
         # one extra slot for pairs involving a prefix token, only when there is one (none under gap/map)
@@ -310,6 +410,51 @@ class RelativeLogits(nn.Module):
         batch, heads, tokens, _ = q.shape
         bias = logits.gather(-1, self.index.expand(batch, heads, tokens, tokens))
         return q, k, bias
+
+    def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
+        out = dict(tensors)
+        table = tensors.get("table")
+        if table is None or (tuple(table.shape) == tuple(self.table.shape) and old_grid in (None, self.grid_size)):
+            return out
+        extra = 1 if self.num_prefix else 0
+        if table.ndim != 2 or table.shape[1] != self.table.shape[1] or (table.shape[0] - extra) % 2 != 1:
+            raise ValueError(f"table: shape {tuple(table.shape)} cannot be resampled to {tuple(self.table.shape)}")
+        patches = (table.shape[0] - extra + 1) // 2
+        old = tuple(old_grid) if old_grid else square_grid(patches, "table")
+        if patches != old[0] * old[1]:
+            raise ValueError(f"table: shape {tuple(table.shape)} does not hold the offsets of a {old[0]}×{old[1]} grid")
+        resampled = relative_offsets_to_grid(table[: 2 * patches - 1], old, self.grid_size)
+        out["table"] = torch.cat([resampled, table[2 * patches - 1 :]], dim=0).to(table.dtype)
+        return out
+
+
+def relative_offsets_to_grid(table: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
+    """A 1-D relative table (2N−1 raster offsets, paper D.4) moved from ``old_grid`` to ``new_grid``.
+
+    A raster offset d = dy·W + dx stands for the image displacement (dy, dx) of the patch pairs that
+    have it. The old table is laid out as an image over (dy, dx) ∈ [−(H−1), H−1] × [−(W−1), W−1],
+    sampled bicubically at the same displacement in image units on the new grid (dy' · H/H', dx' · W/W',
+    clamped at the border), and each new raster offset gets the mean over the displacements it stands
+    for, weighted by how many patch pairs have each one.
+    """
+    (h, w), (nh, nw) = old_grid, new_grid
+    dim = table.shape[1]
+    dy = torch.arange(-(h - 1), h)[:, None]
+    dx = torch.arange(-(w - 1), w)[None, :]
+    image = table[(dy * w + dx + h * w - 1)].permute(2, 0, 1)[None].double()  # 1, C, 2H−1, 2W−1
+    new_dy = torch.arange(-(nh - 1), nh, dtype=torch.float64)
+    new_dx = torch.arange(-(nw - 1), nw, dtype=torch.float64)
+    # grid_sample's coordinates run from −1 (first cell) to 1 (last cell) with align_corners=True
+    y = (new_dy * h / nh) / max(h - 1, 1)
+    x = (new_dx * w / nw) / max(w - 1, 1)
+    sample_at = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1)[None]  # 1, 2H'−1, 2W'−1, (x, y)
+    sampled = F.grid_sample(image, sample_at, mode="bicubic", padding_mode="border", align_corners=True)[0]
+    sampled = sampled.permute(1, 2, 0).reshape(-1, dim)  # (dy', dx') raster, C
+    pairs = ((nh - new_dy.abs())[:, None] * (nw - new_dx.abs())[None, :]).reshape(-1, 1)
+    raster = ((new_dy[:, None] * nw + new_dx[None, :]).reshape(-1) + nh * nw - 1).long()
+    total = torch.zeros(2 * nh * nw - 1, dim, dtype=torch.float64).index_add_(0, raster, sampled * pairs)
+    weight = torch.zeros(2 * nh * nw - 1, 1, dtype=torch.float64).index_add_(0, raster, pairs)
+    return (total / weight).to(table.dtype)
 
 
 @POSITION_EMBEDDINGS.register("relative")

@@ -49,6 +49,25 @@ def to_timm_state_dict(model: VisionTransformer) -> Dict[str, torch.Tensor]:
     return {_rename(name, pairs): tensor for name, tensor in model.state_dict().items()}
 
 
+def from_timm_state_dict(
+    model: VisionTransformer, timm_state_dict: Mapping[str, torch.Tensor]
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """timm's names → ours for ``model``'s components: (renamed tensors, timm names with no counterpart).
+
+    Shapes are not checked here (a position table of another grid is resampled by the caller).
+    """
+    pairs = [(theirs, ours) for ours, theirs in _renames(model)]
+    pairs.sort(key=lambda pair: -len(pair[0]))
+    converted: Dict[str, torch.Tensor] = {}
+    unused: List[str] = []
+    for name, tensor in timm_state_dict.items():
+        try:
+            converted[_rename(name, pairs)] = tensor
+        except KeyError:
+            unused.append(name)
+    return converted, unused
+
+
 def load_timm_weights(model: VisionTransformer, timm_state_dict: Mapping[str, torch.Tensor]) -> VisionTransformer:
     """Load a timm VisionTransformer state dict (e.g. from a local ``.pth``/``.safetensors`` file).
 
@@ -86,16 +105,11 @@ def load_timm_weights(model: VisionTransformer, timm_state_dict: Mapping[str, to
 
 
 def load_timm_weights_file(model: VisionTransformer, path: str) -> VisionTransformer:
-    """Load timm weights from a local file (``.safetensors``, ``.pth``/``.bin``); nothing is downloaded."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """Load timm weights from a local file (``.safetensors``, ``.pth``/``.bin``); nothing is downloaded
+    and nothing in the file is run (safetensors, or ``torch.load(weights_only=True)``)."""
+    from vit_ablate.model.safe_load import load_state_dict_file
 
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-    return load_timm_weights(model, state)
+    return load_timm_weights(model, load_state_dict_file(path))
 
 
 def timm_kwargs(model: VisionTransformer) -> Dict[str, object]:

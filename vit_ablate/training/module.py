@@ -1,12 +1,18 @@
 """The LightningModule: a ViT built from ``cfg.model``, timm's optimizer/schedule/mixup, torchmetrics.
 
 It knows nothing of where batches come from. Its only hyperparameter is the resolved run config, so a
-checkpoint rebuilds its own model (``ViTModule.load_from_checkpoint(path)``).
+checkpoint rebuilds its own model (``ViTModule.load_from_checkpoint(path, weights_only=True)``).
+
+With ``init.path`` the model starts from trained weights (model/transfer.py, paper §3.2). They are
+applied in ``setup("fit")``: the trainer's run directory is known there (the summary goes to
+``init_summary.json``), and a resumed run skips them, its checkpoint being restored afterwards.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import lightning as L
@@ -21,7 +27,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
-from vit_ablate.config import compile_mode, from_container, to_container
+from vit_ablate.config import ConfigError, compile_mode, from_container, to_container
 from vit_ablate.model import build_model
 from vit_ablate.registry import Registry
 
@@ -117,6 +123,34 @@ class ViTModule(L.LightningModule):
         # non-finite losses are counted on the device and inspected by DivergenceCallback without a
         # host sync every step
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
+
+    # ------------------------------------------------------------------------------- init.path
+    def setup(self, stage: str) -> None:
+        init = self.cfg.get("init")
+        if stage != "fit" or init is None or not init.path or self._trainer is None:
+            return
+        from vit_ablate.training.run import resume_checkpoint  # run imports this module: import here
+
+        run_dir = Path(self.trainer.default_root_dir)
+        if resume_checkpoint(run_dir):
+            return  # resuming: the checkpoint, restored after setup, holds the weights
+        self.apply_init(run_dir if self.trainer.is_global_zero else None)
+
+    def apply_init(self, run_dir: Optional[Path] = None):
+        """Initialise the model (and its EMA) from ``init.path``; print the summary and save it in ``run_dir``."""
+        from vit_ablate.model.transfer import apply_init, write_summary
+
+        init = self.cfg.init
+        try:
+            summary = apply_init(self.model, init.path, init.format, list(init.exclude or ()))
+        except (ValueError, FileNotFoundError) as exc:  # InitError, UnsafeCheckpointError: exit 2, nothing trained
+            raise ConfigError(str(exc)) from None
+        if self.ema is not None:
+            self.ema.set(self.model)
+        if run_dir is not None:
+            print(f"[vit-ablate] {summary.describe()}", file=sys.stderr, flush=True)
+            write_summary(summary, run_dir)
+        return summary
 
     # ------------------------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
