@@ -20,7 +20,11 @@ EXTRACT_TO = Path(__file__).resolve().parents[1] / ".data" / "cifar10-jpeg"  # g
 def cifar10_jpeg() -> Path:
     """CIFAR-10 as JPEGs (cifar10/{train,test}/<class>/NNNN.jpg), extracted once per checkout."""
     if not ARCHIVE.is_file():
-        pytest.skip(f"the CIFAR-10 JPEG archive {ARCHIVE} does not exist on this machine")
+        pytest.skip(
+            f"CIFAR-10 JPEG archive not found at {ARCHIVE}: these tests expect the project's shared data folder "
+            "beside the checkout (../shared/data/cifar10-jpeg.tar.gz); copy the archive there or set "
+            "VIT_ABLATE_CIFAR10_JPEG=/path/to/cifar10-jpeg.tar.gz"
+        )
     if not (EXTRACT_TO / ".extracted").is_file():
         # Extract beside the target and rename into place, so that a concurrent test session never
         # reads a half-extracted tree (the rename is atomic; the loser of a race discards its copy).

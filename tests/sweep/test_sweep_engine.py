@@ -266,3 +266,12 @@ def test_gpu_detection_follows_cuda_visible_devices(monkeypatch):
     assert gpu_slots(3, None) == ["2", "3", "2"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_slots(2, None) == [None, None]
+
+
+def test_a_malformed_declared_test_fails_when_the_sweep_starts(tmp_path):
+    """A declared primary contrast is checked as the sweep file is read, not first at report time."""
+    header = "# primary: paired model.pos_embed=none vs\n"  # the right-hand side is missing
+    path = write_sweep(tmp_path / "bad.yaml", {"model.pos_embed": {"values": ["none", "1d"]}}, header=header)
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*line 1"):
+        load_sweep(path)
+    assert not (tmp_path / "runs").exists()

@@ -36,16 +36,17 @@ def test_uploaded_command_carries_the_overrides_and_wandb_logging():
 def test_offline_backend_writes_an_offline_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("VIT_ABLATE_RUN_DIR", raising=False)
-    # num_classes=4 passes the config schema but fails at run time (the data has 8 classes)
-    path = write_sweep(tmp_path / "wb.yaml", {"model.num_classes": {"values": [8, 4]}})
+    # imagefolder passes the config schema but its folder is missing: refused when the run starts
+    path = write_sweep(tmp_path / "wb.yaml", {"data.name": {"values": ["synthetic", "imagefolder"]}})
     out = tmp_path / "runs"
-    summary = run_sweep(path, backend="wandb", overrides=TINY, output_dir=out, workers=2, poll_s=0.1)
+    overrides = [*TINY, f"data.root={tmp_path / 'no-images-here'}"]
+    summary = run_sweep(path, backend="wandb", overrides=overrides, output_dir=out, workers=2, poll_s=0.1)
     data = manifest(next(out.glob("sweep-*")))
     sweep_dir = out / f"sweep-{data['sweep_id']}"
     assert data["backend"] == "wandb" and data["command"][-2:] == ["logging.wandb=true", f"output_dir={out}"]
     good, bad = data["runs"]
-    assert good["params"] == {"model.num_classes": 8} and good["status"] == "completed"
-    assert bad["status"] == "failed" and "model.num_classes=4 but data 'synthetic' gives 8" in bad["log_tail"]
+    assert good["params"] == {"data.name": "synthetic"} and good["status"] == "completed"
+    assert bad["status"] == "failed" and "no-images-here' does not exist" in bad["log_tail"]
     assert summary.counts == {**summary.counts, "completed": 1, "failed": 1} and not summary.ok
 
     run_dir = sweep_dir / good["run_id"]  # where training itself puts a W&B sweep run: output_dir/sweep-<id>/<run id>
@@ -55,7 +56,7 @@ def test_offline_backend_writes_an_offline_wandb_run(tmp_path, monkeypatch):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["logging"]["wandb"] is True
     # the agent's parameter file, in wandb's own format
     params = yaml.safe_load((sweep_dir / "wandb" / f"sweep-{data['sweep_id']}" / f"config-{good['run_id']}.yaml").read_text())
-    assert params["model.num_classes"] == {"value": 8}
+    assert params["data.name"] == {"value": "synthetic"}
     assert "WANDB_MODE=offline" in summary.text
 
 

@@ -158,6 +158,7 @@ def insert_overrides(command: Optional[Sequence[Any]], overrides: Sequence[str],
 
 def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepSpec:
     """Read a sweep file. Raises ``ConfigError`` for a missing file, bad YAML or bad header comments."""
+    from vit_ablate.report.contrasts import parse_contrast_comments
     from vit_ablate.report.references import parse_baseline_comment, parse_reference_comments
 
     path = Path(path)
@@ -173,6 +174,7 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepS
     try:
         references = parse_reference_comments(text)
         baseline = parse_baseline_comment(text)
+        parse_contrast_comments(text, str(path))  # a malformed declared test fails now, not at report time
     except ValueError as exc:
         raise ConfigError(f"sweep file {str(path)!r}: {exc}") from None
     raw_name = str(config.get("name") or path.stem)
