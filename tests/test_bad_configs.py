@@ -163,3 +163,18 @@ def test_console_command_fails_fast_without_importing_torch(items, tmp_path):
     whole = subprocess.run([sys.executable, "-m", "vit_ablate", "train", *items, f"output_dir={output_dir}"],
                            capture_output=True, text=True)
     assert whole.returncode == 2 and whole.stderr.startswith("vit-ablate: error: ") and not output_dir.exists()
+
+
+def test_init_path_folder_without_config_json_is_named(tmp_path, capsys, no_training):
+    folder = tmp_path / "not-a-hf-model"
+    folder.mkdir()
+    assert main(["train", f"init.path={folder}", f"output_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"init.path='{folder}' is a folder without config.json" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_export_of_a_missing_run_exits_2(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nowhere"), "--to", "hf"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -93,6 +93,17 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from vit_ablate.export import export
+
+    try:
+        folder = export(args.run, args.to, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"wrote {folder}: model.safetensors and config.json, loadable by {'timm' if args.to == 'timm' else 'transformers'}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from vit_ablate.bench import run_bench
     from vit_ablate.config import load_config
@@ -173,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default=None, help="folder for the figures and the summary (default: <run dir>/analysis, or analysis/ beside the checkpoint)")
     analyze.add_argument("--images", type=int, default=64, help="images for attention statistics")
     analyze.set_defaults(usage_parser=analyze, func=cmd_analyze)
+
+    export = sub.add_parser("export", help="a run's weights for timm or Hugging Face: vit-ablate export RUN --to timm|hf")
+    export.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
+    export.add_argument("--to", required=True, choices=("timm", "hf"), help="the library that will load the weights")
+    export.add_argument("--out", default=None, help="output folder (default: RUN/export/<to>)")
+    export.set_defaults(usage_parser=export, func=cmd_export)
 
     bench = sub.add_parser("bench", help="throughput against timm and a plain PyTorch loop")
     bench.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")

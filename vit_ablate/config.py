@@ -739,6 +739,9 @@ def check_machine(cfg: DictConfig) -> None:
     (a checkpoint's) stays valid on a machine other than the one it was trained on."""
     if cfg.init.path is not None and not Path(cfg.init.path).exists():
         raise ConfigError(f"init.path={cfg.init.path!r} does not exist; give a checkpoint file or folder, or init.path=null")
+    if cfg.init.path is not None and Path(cfg.init.path).is_dir() and cfg.init.format in ("auto", "hf"):
+        if not (Path(cfg.init.path) / "config.json").is_file():
+            raise ConfigError(f"init.path={cfg.init.path!r} is a folder without config.json; a Hugging Face ViT folder holds config.json and its weights")
     accelerator = cfg.trainer.accelerator
     if accelerator not in ("gpu", "cuda", "mps"):
         return

@@ -10,12 +10,9 @@ weights exported are the ones the run evaluated (its EMA when it kept one).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -75,22 +72,3 @@ def export(source: str | os.PathLike, to: str, out: Optional[str | os.PathLike] 
         tensors = to_hf_state_dict(model)
         config = hf_config(model)
     return _save(tensors, config, out)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="vit-ablate export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="a run directory (its checkpoints/last.ckpt) or a .ckpt file")
-    parser.add_argument("--to", required=True, choices=TARGETS)
-    parser.add_argument("--out", default=None, help="output folder (default RUN/export/<to>)")
-    args = parser.parse_args(argv)
-    try:
-        folder = export(args.run, args.to, args.out)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"vit-ablate: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": str(folder), "files": [WEIGHTS_FILE, CONFIG_FILE]}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

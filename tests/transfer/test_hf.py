@@ -9,7 +9,7 @@ import torch
 
 from vit_ablate import build_model
 from vit_ablate.export import export
-from vit_ablate.export import main as export_main
+from vit_ablate import cli
 from vit_ablate.model.hf_interop import from_hf_state_dict, hf_config, model_config_from_hf, to_hf_state_dict
 from vit_ablate.model.transfer import apply_init
 
@@ -97,7 +97,7 @@ def test_export_hf_loads_in_transformers_with_the_same_outputs(tmp_path: Path, h
     with torch.no_grad():
         model.head.fc.weight.normal_()
     write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", cfg, model)
-    assert export_main([str(tmp_path / "run"), "--to", "hf"]) == 0
+    assert cli.main(["export", str(tmp_path / "run"), "--to", "hf"]) == 0
     folder = tmp_path / "run" / "export" / "hf"
     cls = transformers.ViTForImageClassification if head == "linear" else transformers.ViTModel
     theirs = cls.from_pretrained(folder).eval()
@@ -129,10 +129,10 @@ def test_export_timm_loads_in_timm_with_the_same_logits(tmp_path: Path):
 
 def test_export_refuses_what_the_other_library_cannot_hold(tmp_path: Path, capsys):
     path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", run_config("model.pos_embed=2d", "model.pool=gap"))
-    assert export_main([str(path), "--to", "hf"]) == 2
+    assert cli.main(["export", str(path), "--to", "hf"]) == 2
     err = capsys.readouterr().err
     assert "model.pos_embed='2d' (needs '1d')" in err and "model.pool='gap' (needs 'cls')" in err
-    assert export_main([str(path), "--to", "timm"]) == 2
+    assert cli.main(["export", str(path), "--to", "timm"]) == 2
     assert "model.pos_embed='2d'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "export").exists()
     with pytest.raises(ValueError, match="Hugging Face's ViT has no equivalent"):

@@ -9,7 +9,6 @@ import torch
 
 from vit_ablate.analyze.checkpoint import load_checkpoint
 from vit_ablate.cli import main as cli_main
-from vit_ablate.export import main as export_main
 from vit_ablate.model import build_model
 from vit_ablate.model.safe_load import UnsafeCheckpointError, load_state_dict_file
 from vit_ablate.model.transfer import apply_init
@@ -90,7 +89,7 @@ def test_train_with_a_hostile_init_path_exits_2_and_runs_nothing(hostile, tmp_pa
 def test_export_refuses(hostile, tmp_path: Path, capsys):
     marker, make = hostile
     path = make(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert export_main([str(tmp_path / "run"), "--to", "timm"]) == 2
+    assert cli_main(["export", str(tmp_path / "run"), "--to", "timm"]) == 2
     assert "was refused" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "run" / "export").exists()
 

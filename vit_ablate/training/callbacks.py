@@ -251,6 +251,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        # weights only, whatever the installed torch's default (it was full unpickling before 2.6)
+        from vit_ablate.model.safe_load import load_torch_file
+
+        return load_torch_file(path)
+
+
 class KeptCSVLogger(CSVLogger):
     """Lightning's per-step ``logs/metrics.csv``, continued on a resume instead of deleted.
 

@@ -358,6 +358,19 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def check_init_source(cfg: DictConfig, run_dir: Path) -> None:
+    """``init.path`` fits the model (every tensor present, resampled or excluded), checked before the run
+    directory exists. A run that resumes from its own checkpoint does not read ``init.path`` again."""
+    if not cfg.init.path or resume_checkpoint(run_dir) is not None:
+        return
+    from vit_ablate.model.transfer import check_init
+
+    try:
+        check_init(cfg.model, cfg.init.path, cfg.init.format, list(cfg.init.exclude))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def train(cfg: DictConfig) -> Dict[str, Any]:
     """Train (or resume, or report the finished run) and return the content of ``result.json``.
 
@@ -376,6 +389,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     placement = resolve_devices(cfg)
     plan = plan_batches(cfg, placement.devices * cfg.trainer.num_nodes)
     precision = choose_precision(cfg, placement)
+    check_init_source(cfg, run_dir)
     with run_lock(run_dir):
         prepare_run_dir(run_dir, cfg)
         previous = finished_result(run_dir)  # finished while we waited for the lock
