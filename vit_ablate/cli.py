@@ -10,29 +10,17 @@ import argparse
 import sys
 from typing import List, Optional
 
-from vit_ablate.config import ConfigError
+from vit_ablate.config import ConfigError, split_items
 
 EXIT_USAGE = 2
 STATUS_EXIT = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 130}
-
-
-def _split_args(items: List[str]):
-    """Positional arguments are YAML files (``*.yaml``/``*.yml``) or ``key=value`` overrides."""
-    files = [i for i in items if "=" not in i]
-    overrides = [i for i in items if "=" in i]
-    for item in files:
-        if not item.endswith((".yaml", ".yml")):
-            raise ConfigError(
-                f"argument {item!r} is not of the form key=value (e.g. model.pos_embed=2d) nor a .yaml file"
-            )
-    return files, overrides
 
 
 def _config_epilog(items: List[str]) -> str:
     """Every key with its resolved value, meaning and valid values. Reads only the schema: no torch import."""
     from vit_ablate.config import describe, load_config, validate_config
 
-    files, overrides = _split_args(items)
+    files, overrides = split_items(items)
     cfg = load_config(files, overrides, validate=False)
     validate_config(cfg, registries=False)
     return (
@@ -44,7 +32,7 @@ def _config_epilog(items: List[str]) -> str:
 def cmd_train(args) -> int:
     from vit_ablate.config import load_config
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_items(args.items)
     cfg = load_config(files, overrides)  # before Lightning is imported: a bad config fails at once
     from vit_ablate.training.run import train
 
@@ -55,7 +43,7 @@ def cmd_train(args) -> int:
 def cmd_config_show(args) -> int:
     from vit_ablate.config import load_config, to_yaml
 
-    files, overrides = _split_args(args.items)
+    files, overrides = split_items(args.items)
     print(to_yaml(load_config(files, overrides)), end="")
     return 0
 
@@ -114,7 +102,7 @@ def cmd_bench(args) -> int:
         sections = [s for s in args.only if "=" not in s and not s.endswith((".yaml", ".yml"))]
         items += [s for s in args.only if s not in sections]
         sections = sections or None  # `--only key=value` alone: every section, with the override
-    files, overrides = _split_args(items)
+    files, overrides = split_items(items)
     cfg = load_config(files, overrides)
     table = run_bench(
         cfg, steps=args.steps, json_path=args.json, ddp=args.ddp, sections=sections,

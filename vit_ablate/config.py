@@ -12,15 +12,17 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from vit_ablate.model.schema import ModelConfig
+from vit_ablate.schema import FRACTION, NON_NEGATIVE, POSITIVE, SEED, ConfigError, Range, section, setting
 
 __all__ = [
     "ConfigError",
@@ -33,108 +35,9 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run. The CLI prints the message and exits with status 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-key metadata: meaning and valid values
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Range:
-    """The interval a numeric key (or each element of a list key) must lie in."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    multiple_of: Optional[int] = None
-
-    def __contains__(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            return False
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return above and below and (self.multiple_of is None or value % self.multiple_of == 0)
-
-    def describe(self) -> str:
-        if math.isinf(self.high):
-            text = "positive" if (self.low, self.low_open) == (0, True) else f"{'>' if self.low_open else '>='} {_number(self.low)}"
-        else:
-            text = f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
-        return text + (f" and a multiple of {self.multiple_of}" if self.multiple_of else "")
-
-    def nearest(self, value: float, default: Any) -> Any:
-        """The valid value nearest ``value`` where a closed bound is nearest, else the key's default."""
-        if not self.low_open and value < self.low and math.isfinite(self.low):
-            nearest = self.low
-        elif not self.high_open and value > self.high and math.isfinite(self.high):
-            nearest = self.high
-        else:
-            return default
-        if self.multiple_of:
-            nearest = math.ceil(nearest / self.multiple_of) * self.multiple_of
-        return int(nearest) if float(nearest).is_integer() and isinstance(value, int) else nearest
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1, high_open=True)  # probabilities, decays, betas: 1 would never forget or always drop
-SEED = Range(0, 2**32 - 1)  # Lightning's seed_everything picks a random seed outside this range
-
-
-def setting(default: Any = None, help: str = "", *, valid: Any = None, factory: Any = None):
-    """A schema field with its one-line meaning and its valid values: a ``Range``, a tuple of names,
-    or text for names that a registry owns (checked there; the text is what ``--help`` prints)."""
-    metadata = {"help": help, "valid": valid}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def section(cls: type, help: str):
-    return field(default_factory=cls, metadata={"help": help, "valid": None})
-
-
 # ---------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class ModelConfig:
-    """The ``model`` section; ``vit_ablate.model.build_model`` consumes exactly these keys."""
-
-    variant: str = setting("Ti/16", "<size>/<patch> from model/presets.py (paper Table 1 + DeiT Ti/S); the patch must divide img_size",
-                       valid="Ti | S | B | L | H, then /patch, e.g. Ti/4, B/16")
-    dim: Optional[int] = setting(None, "hidden size D; null = the variant's (the keys down to patch_size override the preset)", valid=POSITIVE)
-    depth: Optional[int] = setting(None, "transformer layers; null = the variant's", valid=POSITIVE)
-    heads: Optional[int] = setting(None, "attention heads (must divide dim); null = the variant's", valid=POSITIVE)
-    mlp_dim: Optional[int] = setting(None, "MLP hidden size; null = the variant's", valid=POSITIVE)
-    patch_size: Optional[int] = setting(None, "patch side in pixels; null = the variant's", valid=POSITIVE)
-    img_size: int = setting(224, "input side in pixels; unset on the command line and in the files = the data's image size", valid=POSITIVE)
-    in_chans: int = setting(3, "input channels", valid=POSITIVE)
-    num_classes: int = setting(1000, "classes of the head; unset on the command line and in the files = the data's class count", valid=POSITIVE)
-    norm: str = setting("pre", "LayerNorm placement (model/blocks.py): pre = paper eq. 2-3, post = LN(x + f(x))", valid="pre | post")
-    pool: str = setting("cls", "image representation (model/pooling.py): class token, global average or attention pooling", valid="cls | gap | map")
-    head: str = setting("linear", "classifier (model/heads.py): mlp = tanh pre-logits", valid="linear | mlp")
-    head_hidden_dim: Optional[int] = setting(None, "mlp head width; null = dim (paper §3.1 pre-logits)", valid=POSITIVE)
-    head_zero_init: bool = setting(True, "zero-initialise the head (paper §3.1, fine-tuning)")
-    pos_embed: str = setting("1d", "position embedding (model/pos_embed.py)", valid="none | 1d | 2d | relative | sincos2d | rope2d")
-    pos_embed_at: str = setting("input", "where position embeddings are added (model/pos_embed.py)", valid="input | every_layer | every_layer_shared")
-    stem: str = setting("patch", "image to tokens (model/stems.py)", valid="patch | hybrid | conv")
-    hybrid_stage: int = setting(3, "paper §3.1: 4 = ResNet-50 stage-4 output; 3 = stage 4 folded into stage 3", valid=(3, 4))
-    hybrid_layers: Optional[List[int]] = setting(None, "ResNet blocks per stage; overrides hybrid_stage", valid=POSITIVE)
-    qkv_bias: bool = setting(True, "bias in the query/key/value projection")
-    layer_norm_eps: float = setting(1e-6, "LayerNorm epsilon", valid=POSITIVE)
-    dropout: float = setting(0.0, "after every dense layer but qkv, and after adding position embeddings", valid=FRACTION)
-    attn_dropout: float = setting(0.0, "dropout on the attention weights", valid=FRACTION)
-    drop_path: float = setting(0.0, "stochastic depth rate", valid=FRACTION)
-    rope_theta: float = setting(100.0, "rope2d frequency base", valid=POSITIVE)
-
-
 @dataclass
 class InitConfig:
     """Start a run from trained weights (paper §3.2: pre-train, then fine-tune, often at a new resolution)."""
@@ -337,6 +240,20 @@ def _unknown_key_error(full_key: str, where: str) -> ConfigError:
 def _wandb_literal(value: str) -> str:
     # The W&B agent formats values with Python's str(): None, True, False. YAML spells them differently.
     return {"None": "null", "True": "true", "False": "false"}.get(value.strip(), value)
+
+
+def split_items(items: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """A command line's positional items → (YAML files, ``key=value`` overrides): an item with ``=`` is
+    an override, every other item must be a ``.yaml``/``.yml`` file. The one rule for ``train``,
+    ``config show``, ``bench`` and the sweep engine's reading of a sweep's ``command``."""
+    files = [str(i) for i in items if "=" not in str(i)]
+    overrides = [str(i) for i in items if "=" in str(i)]
+    for item in files:
+        if not item.endswith((".yaml", ".yml")):
+            raise ConfigError(
+                f"argument {item!r} is not of the form key=value (e.g. model.pos_embed=2d) nor a .yaml file"
+            )
+    return files, overrides
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:

@@ -83,7 +83,7 @@ def resolve_spec(cfg: Any) -> ViTSpec:
 
     Raises ValueError naming the key, the bad value and the valid ones.
     """
-    from vit_ablate.config import ModelConfig  # the schema holds the defaults (one source of truth)
+    from vit_ablate.model.schema import ModelConfig  # the schema holds the defaults (one source of truth)
 
     given = _as_dict(cfg)
     known = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -222,7 +222,7 @@ def expand_command(
 def train_arguments(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]]:
     """``(files, overrides)`` that ``vit-ablate train`` would read from this argv, or ``None`` when
     the argv is not a ``vit-ablate train`` command (a custom program: its parameters go unchecked)."""
-    from vit_ablate.cli import _split_args  # the CLI's own rule: items with "=" are overrides
+    from vit_ablate.config import split_items  # the CLI's own rule: items with "=" are overrides
 
     seen_program = False
     for index, item in enumerate(argv):
@@ -230,7 +230,7 @@ def train_arguments(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]
         if base in ("vit-ablate", "vit_ablate") or "vit_ablate" in str(item):
             seen_program = True
         elif seen_program and item == "train":
-            files, overrides = _split_args([str(a) for a in argv[index + 1 :]])
+            files, overrides = split_items([str(a) for a in argv[index + 1 :]])
             return files, overrides
     return None
 

@@ -3,9 +3,9 @@
 It knows nothing of where batches come from. Its only hyperparameter is the resolved run config, so a
 checkpoint rebuilds its own model (``ViTModule.load_from_checkpoint(path, weights_only=True)``).
 
-With ``init.path`` the model starts from trained weights (model/transfer.py, paper §3.2). They are
-applied in ``setup("fit")``: the trainer's run directory is known there (the summary goes to
-``init_summary.json``), and a resumed run skips them, its checkpoint being restored afterwards.
+With ``init.path`` the model starts from trained weights (model/transfer.py, paper §3.2):
+``apply_init`` loads them; the run driver calls it for a fresh run (a resumed run's checkpoint holds
+the weights) and names the run directory, where the summary goes (``init_summary.json``).
 """
 
 from __future__ import annotations
@@ -125,17 +125,6 @@ class ViTModule(L.LightningModule):
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
 
     # ------------------------------------------------------------------------------- init.path
-    def setup(self, stage: str) -> None:
-        init = self.cfg.get("init")
-        if stage != "fit" or init is None or not init.path or self._trainer is None:
-            return
-        from vit_ablate.training.run import resume_checkpoint  # run imports this module: import here
-
-        run_dir = Path(self.trainer.default_root_dir)
-        if resume_checkpoint(run_dir):
-            return  # resuming: the checkpoint, restored after setup, holds the weights
-        self.apply_init(run_dir if self.trainer.is_global_zero else None)
-
     def apply_init(self, run_dir: Optional[Path] = None):
         """Initialise the model (and its EMA) from ``init.path``; print the summary and save it in ``run_dir``."""
         from vit_ablate.model.transfer import apply_init, write_summary

@@ -456,7 +456,9 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
 
     resume = resume_checkpoint(run_dir)
     if resume:
-        log(f"resuming from {resume}")
+        log(f"resuming from {resume}")  # the checkpoint holds the weights: init.path is not read again
+    elif cfg.init.path:
+        module.apply_init(run_dir if rank_zero_only.rank == 0 else None)  # every rank loads; rank 0 reports
     status, error, test_metrics, final = "completed", None, {}, None
     started = time.time()
     try:
