@@ -4,7 +4,7 @@
 # on one GPU in waves of at most 16 runs packed on it (`vit-ablate sweep --workers 16 --count 16`),
 # then one `vit-ablate report` per comparison.
 #
-#   experiments/gpu_protocol.sh              # the protocol: 112 runs in 7 waves, ~22 min on one H100 (estimate)
+#   experiments/gpu_protocol.sh              # the protocol: 112 runs in 7 waves, ~21 min on one H100 (estimate)
 #   experiments/gpu_protocol.sh --dry-run    # the same waves, resumes and reports on a CPU in minutes
 #
 # Resumable: every wave is one `vit-ablate sweep` invocation over the sweep's own folder; finished runs
