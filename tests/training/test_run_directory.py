@@ -77,7 +77,10 @@ def test_a_kill_between_the_final_checkpoint_and_result_json_is_rebuilt(fast_arg
             assert result[section].keys() == reference[section].keys(), section
             for key, value in reference[section].items():
                 assert result[section][key] == pytest.approx(value, abs=1e-6), (section, key)
-        assert result["throughput_img_s"] == pytest.approx(reference["throughput_img_s"], rel=0.5)
+        # not re-measured (nothing trained in the rebuilding process): the killed run's own epochs'
+        # rates from its metrics.csv, combined as total images / total time (equal epochs)
+        rates = [float(r["train_img_s"]) for r in csv.DictReader((run / "metrics.csv").open())]
+        assert result["throughput_img_s"] == pytest.approx(len(rates) / sum(1 / r for r in rates), abs=0.06)
 
     rebuilt = train(_cfg(args, "name=killed"))  # resumes a finished fit: nothing left to train
     same_as_reference(rebuilt)
