@@ -61,12 +61,10 @@ def test_a_nan_loss_ends_the_run_as_diverged(fast_args, tmp_path, monkeypatch):
         return loss * float("nan") if self.global_step >= 5 else loss
 
     monkeypatch.setattr(module_lib.ViTModule, "training_step", poisoned)
-    started = time.time()
     result = train(_cfg(fast_args, "name=nan", "trainer.max_epochs=50"))
     assert result["status"] == "diverged"
     assert "non-finite" in result["error"]
     assert result["global_step"] < 50  # stopped within the check interval, not after 50 epochs
-    assert time.time() - started < 60
     assert json.loads((tmp_path / "nan" / "result.json").read_text())["status"] == "diverged"
 
 
