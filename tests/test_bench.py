@@ -1,4 +1,4 @@
-"""`vit-ablate bench` (issue 6): the tool runs, its JSON holds every number, the A/B comparison uses
+"""`vit-ablate bench`: the tool runs, its JSON holds every number, the A/B comparison uses
 identical weights, and the analytic FLOP count agrees with torch's FlopCounterMode.
 
 Nothing here is a timed test: the benchmarks run a couple of steps of a tiny model on the synthetic data

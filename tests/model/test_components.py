@@ -1,4 +1,4 @@
-"""Every valid combination of the ablation axes builds, trains and validates (issue 1)."""
+"""Every valid combination of the ablation axes builds, trains and validates."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""Our paper-default model is numerically timm's model (issue 1: parity and known answers)."""
+"""Our paper-default model is numerically timm's model."""
 
 import pytest
 import timm

@@ -1,4 +1,4 @@
-"""Learning on a task whose answer is known: the synthetic data's position-free ceiling (issue 2)."""
+"""Learning on a task whose answer is known: the synthetic data's position-free ceiling."""
 
 import pytest
 
