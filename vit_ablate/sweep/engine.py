@@ -28,10 +28,8 @@ Nothing here starts a process. The pieces, in the order a sweep uses them:
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import itertools
-import json
 import math
 import os
 import platform
@@ -45,6 +43,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from vit_ablate import rundir
 from vit_ablate.config import ConfigError
 
 __all__ = [
@@ -544,48 +543,19 @@ def is_folder_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
-def read_result(run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = Path(run_dir) / "result.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_history(run_dir: Path) -> List[Dict[str, Any]]:
-    """``metrics.csv`` as one dict per validation epoch, numbers as floats (a half-written last line,
-    as seen while the run writes it, is skipped)."""
-    path = Path(run_dir) / "metrics.csv"
-    rows: List[Dict[str, Any]] = []
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                parsed: Dict[str, Any] = {}
-                for key, value in row.items():
-                    if key is None or value in (None, ""):
-                        continue
-                    try:
-                        parsed[key] = float(value)
-                    except ValueError:
-                        parsed[key] = value
-                if "epoch" in parsed and None not in row:
-                    rows.append(parsed)
-    except (OSError, csv.Error):
-        return []
-    return rows
+read_result = rundir.read_result
+read_history = rundir.read_metrics
 
 
 # Manifest status → the state a W&B run in that situation would have.
 _RUN_STATE = {
-    "pending": "pending",
-    "running": "running",
-    "completed": "finished",
-    "diverged": "finished",  # the process exits 0: W&B records it as finished
-    "failed": "failed",
-    "interrupted": "crashed",
-    "stopped": "killed",
+    rundir.PENDING: "pending",
+    rundir.RUNNING: "running",
+    rundir.COMPLETED: "finished",
+    rundir.DIVERGED: "finished",  # the process exits 0: W&B records it as finished
+    rundir.FAILED: "failed",
+    rundir.INTERRUPTED: "crashed",
+    rundir.STOPPED: "killed",
 }
 
 

@@ -59,15 +59,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from vit_ablate import rundir
 from vit_ablate.config import ConfigError
 from vit_ablate.io import FolderBusy, FolderLock, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from vit_ablate.sweep import engine
 from vit_ablate.sweep.engine import SweepSpec
 from vit_ablate.sweep.summary import SweepSummary, summarize
 
-RUN_DIR_ENV = "VIT_ABLATE_RUN_DIR"
+RUN_DIR_ENV = rundir.RUN_DIR_ENV
 MARKER_ENV = "VIT_ABLATE_SWEEP_RUN"  # every child carries it: finds a run's processes after a crash
-FINAL = ("completed", "diverged")
+FINAL = rundir.FINAL_STATUSES
 MANIFEST = "sweep.json"
 # Keys of the sweep file that may change between invocations of the same sweep (the others define it).
 _MUTABLE_KEYS = ("run_cap", "early_terminate", "metric", "description", "name", "project", "entity")
@@ -99,7 +100,7 @@ class LocalLauncher:
 
     def new_entry(self, spec: SweepSpec, index: int, params: Dict[str, Any]) -> Dict[str, Any]:
         name = f"run-{index:03d}"
-        return {"name": name, "dir": name, "params": params, "status": "pending"}
+        return {"name": name, "dir": name, "params": params, "status": rundir.PENDING}
 
     def prepare(self, spec: SweepSpec, template: List[str], entry: Mapping[str, Any], run_dir: Path) -> Tuple[List[str], Dict[str, str]]:
         """The argv and the environment variables to add."""
@@ -408,8 +409,8 @@ class SweepRunner:
         """Statuses from the run directories; stop processes a killed engine left behind."""
         for entry in self.manifest["runs"]:
             run_dir = self.sweep_dir / entry["dir"]
-            status = entry.get("status", "pending")
-            if status == "running" or entry.get("pid"):
+            status = entry.get("status", rundir.PENDING)
+            if status == rundir.RUNNING or entry.get("pid"):
                 stopped = stop_orphans(str(run_dir.resolve()), self.grace_s)
                 if stopped:
                     _log(f"{entry['name']}: stopped {len(stopped)} process(es) a previous engine left running")
@@ -418,13 +419,13 @@ class SweepRunner:
                 self._apply_result(entry, result)
                 entry["status"] = result["status"]
             elif status in FINAL:
-                entry["status"] = "pending"
-                entry["note"] = f"manifest said {status} but {run_dir}/result.json does not: run again"
-            elif status == "running":
-                entry["status"] = "interrupted"
+                entry["status"] = rundir.PENDING
+                entry["note"] = f"manifest said {status} but {run_dir}/{rundir.RESULT_FILE} does not: run again"
+            elif status == rundir.RUNNING:
+                entry["status"] = rundir.INTERRUPTED
                 entry["error"] = "the sweep engine stopped while this run was running"
             entry.pop("pid", None)
-            if entry["status"] not in FINAL + ("stopped",):
+            if entry["status"] not in FINAL + (rundir.STOPPED,):
                 self.queue.append(entry)
         self.save()
 
@@ -474,7 +475,7 @@ class SweepRunner:
         self.launched += 1
         error = engine.check_run_params(self.spec, entry["params"], self.template)
         if error:
-            entry.update(status="failed", error=error, ended_at=now())
+            entry.update(status=rundir.FAILED, error=error, ended_at=now())
             self.save()
             _log(f"{entry['name']} failed before starting: {error}")
             return
@@ -499,11 +500,11 @@ class SweepRunner:
         log.write(header.encode())
         log.flush()
         offset = log.tell()
-        entry.update(status="running", attempts=attempt, started_at=now(), argv=argv, gpu=gpu, pid=None)
+        entry.update(status=rundir.RUNNING, attempts=attempt, started_at=now(), argv=argv, gpu=gpu, pid=None)
         for key in ("error", "log_tail", "exit_code", "ended_at", "note"):
             entry.pop(key, None)
         self.save()  # "running" before the process exists: a crash from here on reruns it
-        result_before = _stat(run_dir / "result.json")
+        result_before = _stat(rundir.RunDir(run_dir).result)
         parent = os.getpid()
         try:
             proc = subprocess.Popen(
@@ -512,7 +513,7 @@ class SweepRunner:
             )
         except OSError as exc:
             log.close()
-            entry.update(status="failed", error=f"cannot start {argv[0]!r}: {exc}", ended_at=now())
+            entry.update(status=rundir.FAILED, error=f"cannot start {argv[0]!r}: {exc}", ended_at=now())
             self.save()
             _log(f"{entry['name']} failed to start: {exc}")
             return
@@ -537,7 +538,7 @@ class SweepRunner:
         active.log.close()
         del self.active[entry["name"]]
         run_dir = active.run_dir
-        changed = _stat(run_dir / "result.json") != active.result_before
+        changed = _stat(rundir.RunDir(run_dir).result) != active.result_before
         result = engine.read_result(run_dir) if changed else None
         elapsed = time.time() - active.started
         entry["wall_time_s"] = round(float(entry.get("wall_time_s") or 0.0) + elapsed, 1)
@@ -546,16 +547,16 @@ class SweepRunner:
         if result:
             self._apply_result(entry, result)
         if active.stop_reason == "hyperband":
-            status, error = "stopped", "stopped early by hyperband (early_terminate)"
+            status, error = rundir.STOPPED, "stopped early by hyperband (early_terminate)"
         elif result and result.get("status") in FINAL:
             status, error = result["status"], result.get("error")
         elif active.stop_reason == "shutdown":
-            status, error = "interrupted", "the sweep was interrupted"
-        elif result and result.get("status") in ("failed", "interrupted"):
+            status, error = rundir.INTERRUPTED, "the sweep was interrupted"
+        elif result and result.get("status") in rundir.RETRIED_STATUSES:
             status, error = result["status"], result.get("error")
         else:
-            status = "failed"
-            error = f"exited with code {code} without writing result.json"
+            status = rundir.FAILED
+            error = f"exited with code {code} without writing {rundir.RESULT_FILE}"
         entry["status"] = status
         if error:
             entry["error"] = str(error)[-4000:]
@@ -564,7 +565,7 @@ class SweepRunner:
         self.save()
         value = (entry.get("metrics") or {}).get(self.metric)
         shown = f" {self.metric}={value:.4f}" if isinstance(value, (int, float)) else ""
-        _log(f"{entry['name']} {status}{shown} after {elapsed:.1f}s" + (f": {str(error).splitlines()[-1] if error else ''}" if status == "failed" else ""))
+        _log(f"{entry['name']} {status}{shown} after {elapsed:.1f}s" + (f": {str(error).splitlines()[-1] if error else ''}" if status == rundir.FAILED else ""))
 
     def _terminate(self, active: _Active, reason: str) -> None:
         if active.stop_reason is None:
@@ -666,7 +667,7 @@ class SweepRunner:
             self._open_manifest()
             self._reconcile()
             total = engine.grid_size(self.spec.config)
-            done = sum(1 for e in self.manifest["runs"] if e.get("status") in FINAL + ("stopped",))
+            done = sum(1 for e in self.manifest["runs"] if e.get("status") in FINAL + (rundir.STOPPED,))
             _log(
                 f"sweep {self.spec.name}: {self.spec.method}"
                 + (f", {total} runs" if total is not None else "")

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-STATUSES = ("completed", "diverged", "failed", "interrupted", "stopped", "running", "pending")
+from vit_ablate import rundir
+
+STATUSES = rundir.SWEEP_STATUSES
 
 
 @dataclass
@@ -57,7 +59,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
 def count_statuses(runs: Sequence[Mapping[str, Any]]) -> Dict[str, int]:
     counts = {status: 0 for status in STATUSES}
     for run in runs:
-        status = str(run.get("status", "pending"))
+        status = str(run.get("status", rundir.PENDING))
         counts[status] = counts.get(status, 0) + 1
     return counts
 
@@ -98,7 +100,7 @@ def summarize(
     lines += _table(header, rows) if rows else ["(no runs)"]
     lines.append("")
     lines.append(
-        f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s) or s in ("completed", "failed"))
+        f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s) or s in (rundir.COMPLETED, rundir.FAILED))
     )
     total = manifest.get("wall_time_s")
     lines.append(
@@ -107,7 +109,7 @@ def summarize(
     )
     for note in notes:
         lines.append(f"note: {note}")
-    failed = counts.get("failed", 0)
+    failed = counts.get(rundir.FAILED, 0)
     if error:
         lines.append(f"error: {error}")
     if interrupted:

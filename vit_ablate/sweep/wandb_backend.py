@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from vit_ablate import rundir
 from vit_ablate.config import ConfigError
 from vit_ablate.io import atomic_write_json, atomic_write_text
 from vit_ablate.sweep import engine
@@ -108,7 +109,7 @@ class AgentLauncher(LocalLauncher):
 
     def new_entry(self, spec: SweepSpec, index: int, params: Dict[str, Any]) -> Dict[str, Any]:
         run_id = _short_id(f"{self.sweep_id}/{index}")
-        return {"name": f"run-{index:03d}", "dir": run_id, "run_id": run_id, "params": params, "status": "pending"}
+        return {"name": f"run-{index:03d}", "dir": run_id, "run_id": run_id, "params": params, "status": rundir.PENDING}
 
     def prepare(self, spec, template, entry, run_dir):
         from wandb.sdk.lib import config_util
@@ -158,7 +159,7 @@ def collect_runs(sweep_dir: Path, sweep_id: str, parameters: Mapping[str, Any]) 
     agent_files = Path(os.environ.get("WANDB_DIR") or os.getcwd()) / "wandb" / f"sweep-{sweep_id}"
     entries = []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != "wandb"):
-        if not any((run_dir / f).exists() for f in ("config.yaml", "result.json", "metrics.csv")):
+        if not any((run_dir / f).exists() for f in (rundir.CONFIG_FILE, rundir.RESULT_FILE, rundir.METRICS_FILE)):
             continue
         params: Dict[str, Any] = {}
         try:
@@ -168,7 +169,7 @@ def collect_runs(sweep_dir: Path, sweep_id: str, parameters: Mapping[str, Any]) 
             pass
         if not params:
             try:
-                config = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+                config = _flatten(yaml.safe_load(rundir.RunDir(run_dir).config.read_text()) or {})
             except (OSError, yaml.YAMLError):
                 config = {}
             params = {k: config.get(k) for k in parameters if k in config}
@@ -179,7 +180,7 @@ def collect_runs(sweep_dir: Path, sweep_id: str, parameters: Mapping[str, Any]) 
         entries.append({
             "name": run_dir.name, "dir": run_dir.name, "run_id": run_dir.name, "params": params,
             # no result.json: its process died, or another machine's agent is still running it
-            "status": result.get("status", "interrupted"),
+            "status": result.get("status", rundir.INTERRUPTED),
             "metrics": metrics, "wall_time_s": result.get("wall_time_s"),
         })
     return entries
