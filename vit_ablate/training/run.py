@@ -31,16 +31,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 import vit_ablate
+from vit_ablate import rundir
 from vit_ablate.config import ConfigError, config_digest, experiment_digest, from_container, to_container, to_yaml
 from vit_ablate.data import build_datamodule
 from vit_ablate.io import (
     FolderBusy,
     FolderLock,
     StorageError,
-    atomic_write_json,
     atomic_write_text,
     finite_or_none,
-    read_json,
     remove_stale_temporaries,
 )
 from vit_ablate.training.callbacks import (
@@ -54,9 +53,8 @@ from vit_ablate.training.callbacks import (
 )
 from vit_ablate.training.module import ViTModule, scaled_lr
 
-# Outcomes that a rerun keeps; "failed" and "interrupted" runs are resumed or retried.
-FINAL_STATUSES = ("completed", "diverged")
-RUN_DIR_ENV = "VIT_ABLATE_RUN_DIR"
+FINAL_STATUSES = rundir.FINAL_STATUSES  # outcomes that a rerun keeps; the others are resumed or retried
+RUN_DIR_ENV = rundir.RUN_DIR_ENV
 
 
 def log(message: str) -> None:
@@ -101,13 +99,13 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 def _saved_config(run_dir: Path):
     from omegaconf import OmegaConf
 
-    return from_container(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")), validate=False)
+    return from_container(OmegaConf.to_container(OmegaConf.load(rundir.RunDir(run_dir).config)), validate=False)
 
 
 def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """Refuse a folder that holds a run of another configuration, or that is no run folder at all
     (files but no ``config.yaml``: a ``name=`` that points at someone's folder). Writes nothing."""
-    if (run_dir / "config.yaml").exists():
+    if rundir.RunDir(run_dir).config.exists():
         if experiment_digest(_saved_config(run_dir)) != experiment_digest(cfg):
             raise ConfigError(
                 f"run directory {str(run_dir)!r} already holds a run of a different configuration; "
@@ -118,9 +116,9 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         return  # the sweep engine made this folder (and its train.log) for this run
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} is a file; pick another `name=` (or output_dir=)")
-    if run_dir.is_dir() and any(entry.name != FolderLock.NAME for entry in os.scandir(run_dir)):
+    if run_dir.is_dir() and any(entry.name != rundir.LOCK_FILE for entry in os.scandir(run_dir)):
         raise ConfigError(
-            f"{str(run_dir)!r} exists and is not a run directory (it has files but no config.yaml); "
+            f"{str(run_dir)!r} exists and is not a run directory (it has files but no {rundir.CONFIG_FILE}); "
             "nothing was written there: pick another `name=` (or output_dir=)"
         )
 
@@ -128,26 +126,22 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
 def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """Create the directory and its ``config.yaml``; refuse a directory of another configuration."""
     check_run_dir(run_dir, cfg)
-    if (run_dir / "config.yaml").exists():
+    paths = rundir.RunDir(run_dir)
+    if paths.config.exists():
         return
     if rank_zero_only.rank == 0:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.config, to_yaml(cfg))
 
 
 def finished_result(run_dir: Path) -> Optional[Dict[str, Any]]:
     """The ``result.json`` of a run that is not to be run again, else None. A ``completed`` result
     without final metrics (left by a version that lost them) is rebuilt, not kept."""
-    path = run_dir / "result.json"
-    if not path.exists():
+    path = rundir.RunDir(run_dir).result
+    previous = rundir.read_result(run_dir)
+    if previous is None or previous.get("status") not in FINAL_STATUSES:
         return None
-    try:
-        previous = read_json(path)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(previous, dict) or previous.get("status") not in FINAL_STATUSES:
-        return None
-    if previous["status"] == "completed" and not previous.get("final") and previous.get("epochs", 0) == 0:
+    if previous["status"] == rundir.COMPLETED and not previous.get("final") and previous.get("epochs", 0) == 0:
         log(f"{path} says completed but holds no final metrics: rebuilding it from the run's checkpoint")
         return None
     return previous
@@ -170,7 +164,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory {str(run_dir)!r}: {exc.strerror or exc}") from None
     try:
-        for folder in (run_dir, run_dir / "checkpoints", run_dir / "ranks", run_dir / "logs"):
+        for folder in (run_dir, rundir.RunDir(run_dir).checkpoints, run_dir / "ranks", run_dir / "logs"):
             remove_stale_temporaries(folder)  # left by a killed writer; nobody else writes here now
         yield
     finally:
@@ -400,7 +394,6 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, plan: BatchPlan, precision: str) -> Dict[str, Any]:
-    result_path = run_dir / "result.json"
     digest = config_digest(cfg)
     devices = placement.devices
     datamodule.per_device_batch_size = plan.micro_batch
@@ -413,15 +406,15 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
 
     module = ViTModule(cfg)
     divergence = DivergenceCallback()
-    recorder = EpochRecorder(run_dir / "metrics.csv", announce=None if progress_bar else log)
+    recorder = EpochRecorder(rundir.RunDir(run_dir).metrics, announce=None if progress_bar else log)
     # Two checkpoints: `last` after every epoch (what a rerun resumes from) and `best` by val/acc1.
     # (ModelCheckpoint's own save_last only saves when the monitored metric improved.)
     last_checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+        dirpath=rundir.RunDir(run_dir).checkpoints, filename=Path(rundir.LAST_CHECKPOINT).stem, monitor=None, save_top_k=1, every_n_epochs=1,
         enable_version_counter=False,
     )
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc1", mode="max", save_top_k=1,
+        dirpath=rundir.RunDir(run_dir).checkpoints, filename=Path(rundir.BEST_CHECKPOINT).stem, monitor="val/acc1", mode="max", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     loggers = _loggers(cfg, run_dir)
@@ -459,17 +452,17 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
         log(f"resuming from {resume}")  # the checkpoint holds the weights: init.path is not read again
     elif cfg.init.path:
         module.apply_init(run_dir if rank_zero_only.rank == 0 else None)  # every rank loads; rank 0 reports
-    status, error, test_metrics, final = "completed", None, {}, None
+    status, error, test_metrics, final = rundir.COMPLETED, None, {}, None
     started = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         if not recorder.started:  # resumed from the final epoch's checkpoint: nothing left to train
             recorder.restore(trainer.current_epoch)
         if divergence.diverged:
-            status = "diverged"
+            status = rundir.DIVERGED
             error = f"non-finite loss by step {divergence.diverged_at}"
         elif trainer.interrupted:
-            status, error = "interrupted", "stopped by a signal"
+            status, error = rundir.INTERRUPTED, "stopped by a signal"
         else:
             final = _final_metrics(recorder.rows, trainer.global_step)
             if final is None and _validates(cfg):
@@ -482,26 +475,26 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
                 test_metrics = {k: float(v) for k, v in (outputs[0] if outputs else {}).items()}
     except (KeyboardInterrupt, SystemExit, SIGTERMException) as exc:
         # Ctrl-C (Lightning turns it into SystemExit), SIGTERM from a scheduler: record and resume later
-        status = "interrupted"
+        status = rundir.INTERRUPTED
         error = "stopped by SIGTERM" if isinstance(exc, SIGTERMException) else "stopped by Ctrl-C (SIGINT)"
         _mark_preempting(cfg)
     except Exception as exc:  # recorded, then re-raised for the exit code
-        status, error = "failed", "".join(traceback.format_exception(exc))[-4000:]
+        status, error = rundir.FAILED, "".join(traceback.format_exception(exc))[-4000:]
         if isinstance(exc, ConfigError):
             raise
         problem = storage_problem(exc)
         result = _result(cfg, status, problem or error, recorder, trainer, test_metrics, digest, started, precision)
-        _record(trainer, result_path, result)
+        _record(trainer, run_dir, result)
         if problem is None:
             raise
         log(f"failed: {problem}")  # a full or read-only disk: the message says it all, no traceback
         return result
     result = _result(cfg, status, error, recorder, trainer, test_metrics, digest, started, precision, final)
-    if status == "completed" and cfg.evaluate.fewshot:
+    if status == rundir.COMPLETED and cfg.evaluate.fewshot:
         result["fewshot"] = _fewshot(cfg, module, datamodule, trainer)
     if trainer.is_global_zero:
-        _record(trainer, result_path, result)
-        if status == "interrupted":
+        _record(trainer, run_dir, result)
+        if status == rundir.INTERRUPTED:
             if progress_bar:
                 print(file=sys.stderr)  # end the progress bar's line
             log(f"interrupted ({error}) after {result['epochs']} epoch(s), step {result['global_step']}: "
@@ -530,23 +523,23 @@ def _final_metrics(rows: List[Dict[str, Any]], global_step: int) -> Optional[Dic
     return final or None
 
 
-def _record(trainer, path: Path, result: Dict[str, Any]) -> None:
+def _record(trainer, run_dir: Path, result: Dict[str, Any]) -> None:
     """Write ``result.json`` where the disk allows; a full disk is logged, not raised over the error
     that the result records."""
     if not trainer.is_global_zero:
         return
     try:
-        atomic_write_json(path, result)
+        rundir.write_result(run_dir, result)
     except OSError as exc:
-        if result.get("status") != "failed":
+        if result.get("status") != rundir.FAILED:
             raise
-        log(f"could not record the failure in {path}: {exc.strerror or exc}")
+        log(f"could not record the failure in {rundir.RunDir(run_dir).result}: {exc.strerror or exc}")
 
 
 def resume_checkpoint(run_dir: Path) -> Optional[str]:
     """The newest checkpoint to resume from: ``last.ckpt`` (every epoch end) or a SLURM requeue's
     ``hpc_ckpt_N.ckpt`` (Lightning writes one on SIGUSR1 before the job is requeued)."""
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    candidates = [rundir.RunDir(run_dir).last_checkpoint, *run_dir.glob("hpc_ckpt_*.ckpt")]
     existing = [path for path in candidates if path.exists()]
     return str(max(existing, key=lambda path: path.stat().st_mtime_ns)) if existing else None
 
@@ -611,6 +604,6 @@ def _result(cfg, status, error, recorder: EpochRecorder, trainer, test_metrics, 
     replaced: List[str] = []
     result = finite_or_none(result, replaced)
     if replaced:
-        result["non_finite"] = {path: "not a finite number" + (f" ({error})" if status == "diverged" else "")
+        result["non_finite"] = {path: "not a finite number" + (f" ({error})" if status == rundir.DIVERGED else "")
                                 for path in replaced}
     return result
