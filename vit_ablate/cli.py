@@ -10,10 +10,11 @@ import argparse
 import sys
 from typing import List, Optional
 
+from vit_ablate import rundir
 from vit_ablate.config import ConfigError, split_items
 
 EXIT_USAGE = 2
-STATUS_EXIT = {"completed": 0, "diverged": 0, "failed": 1, "interrupted": 130}
+STATUS_EXIT = {rundir.COMPLETED: 0, rundir.DIVERGED: 0, rundir.FAILED: 1, rundir.INTERRUPTED: 130}
 
 
 def _config_epilog(items: List[str]) -> str:

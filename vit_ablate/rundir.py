@@ -138,8 +138,8 @@ def write_result(run_dir: str | os.PathLike, data: Dict[str, Any]) -> Path:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> List[Dict[str, Any]]:
-    """``metrics.csv`` as one dict per validation epoch, numbers as floats, empty cells left out (a
-    half-written last line, as seen while the run writes it, is skipped); [] when it is absent."""
+    """``metrics.csv`` as one dict per validation epoch, numbers as floats, empty or missing cells
+    left out (a line with more cells than columns is skipped); [] when the file is absent."""
     rows: List[Dict[str, Any]] = []
     try:
         with open(RunDir(run_dir).metrics, newline="") as handle:

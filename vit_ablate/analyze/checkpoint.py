@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vit_ablate import rundir
 from vit_ablate.config import from_container, parse_overrides, validate_config
 from vit_ablate.model import VisionTransformer, build_model
 from vit_ablate.model.safe_load import UnsafeCheckpointError, load_torch_file
@@ -187,6 +188,6 @@ def default_output_dir(checkpoint: str | os.PathLike) -> Path:
     """``<run_dir>/analysis`` for ``<run_dir>/checkpoints/x.ckpt``; otherwise ``analysis/`` beside the file."""
     path = Path(checkpoint)
     parent = path.parent
-    if parent.name == "checkpoints":
+    if parent.name == rundir.CHECKPOINT_DIR:
         return parent.parent / "analysis"
     return parent / "analysis"

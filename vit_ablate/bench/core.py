@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from vit_ablate import rundir
 from vit_ablate.bench.data import DataSection
 from vit_ablate.bench.env import environment, load_average
 from vit_ablate.bench.flops import count_model_flops, vit_flops, vit_flops_breakdown
@@ -631,7 +632,7 @@ class Bench(DataSection, GpuSections):
                 logger=loggers or False,
                 # as run.py, less ModelCheckpoint/RankRecord (epoch-end / first-batch only). EpochRecorder
                 # is a Checkpoint, so Lightning adds no default ModelCheckpoint. Lockstep comes last.
-                callbacks=[EpochSeeding(cfg.seed), DivergenceCallback(), EpochRecorder(Path(tmp) / "metrics.csv"), lockstep],
+                callbacks=[EpochSeeding(cfg.seed), DivergenceCallback(), EpochRecorder(rundir.RunDir(tmp).metrics), lockstep],
             )
             trainer.fit(lit, train_dataloaders=_FixedBatches(images, labels, total))
         synchronize(device)

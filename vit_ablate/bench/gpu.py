@@ -225,7 +225,7 @@ class GpuSections:
         import torch.multiprocessing as mp
 
         with tempfile.TemporaryDirectory(prefix="vit-ablate-ddp-") as tmp:
-            out = os.path.join(tmp, "result.json")
+            out = os.path.join(tmp, "ddp_measurements.json")
             self.log(f"ddp: {world} process(es)")
             mp.start_processes(
                 _ddp_worker,

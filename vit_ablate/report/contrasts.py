@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vit_ablate import rundir
 from vit_ablate.report import stats
 from vit_ablate.report.values import canon, sort_key
 
@@ -59,7 +60,7 @@ KINDS = ("paired", "interaction", "fisher", "equivalence")
 VERDICTS = ("reproduced", "contradicted", "equivalent within ±{margin}", "inconclusive at n = {n}")
 _OPTIONS = ("margin", "expect", "effect", "outcome", "source", "note")
 _LINE_RE = re.compile(r"^\s*#\s*(?P<role>primary|secondary)\s*:(?P<body>.*)$", re.IGNORECASE)
-_FINISHED = ("completed", "diverged")
+_FINISHED = rundir.FINAL_STATUSES
 
 
 @dataclass
@@ -75,7 +76,7 @@ class ContrastSpec:
     margin: Optional[float] = None
     expect: Optional[str] = None  # "greater" | "less": the paper's sign of A − B
     effect: Optional[float] = None
-    outcome: str = "diverged"
+    outcome: str = rundir.DIVERGED
     source: Optional[str] = None
     line: int = 0
     text: str = ""
@@ -203,7 +204,7 @@ def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
             spec.effect = float(options["effect"])
         except ValueError:
             raise ValueError(f"{where}effect={options['effect']!r} is not a number") from None
-    spec.outcome = options.get("outcome", "diverged").lower()
+    spec.outcome = options.get("outcome", rundir.DIVERGED).lower()
     spec.source = options.get("source")
     return spec
 

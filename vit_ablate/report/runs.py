@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 import yaml
 
+from vit_ablate import rundir
 from vit_ablate.report.contrasts import ContrastSpec, parse_contrast_comments
 from vit_ablate.report.references import parse_baseline_comment, parse_assignments, parse_reference_comments
 from vit_ablate.report.values import canon, flatten
@@ -41,7 +42,7 @@ __all__ = [
     "RUNS_TABLE",
 ]
 
-COMPLETED = "completed"
+COMPLETED = rundir.COMPLETED
 RUNS_TABLE = "runs.csv"  # the per-run table a report writes beside report.md, and can be regenerated from
 # Reading limits: a run directory is data from anywhere, so no file may cost unbounded memory or time.
 MAX_TEXT_BYTES = 4 * 1024 * 1024  # config.yaml, result.json, sweep.json, a sweep file
@@ -53,19 +54,19 @@ MAX_YAML_DEPTH = 64
 TABLE_FIXED = ("run", "seed", "status", "reason")
 TABLE_METRICS = ("wall_time_s", "throughput_img_s", "epochs", "global_step")
 # Statuses a run writes into its own result.json (CONTRACTS.md).
-RESULT_STATUSES = ("completed", "diverged", "failed", "interrupted")
+RESULT_STATUSES = rundir.RESULT_STATUSES
 
 # W&B run.state → this project's status. A W&B run that "finished" may still have diverged: the
 # training layer decides that, so a "status" key in the run's summary wins when it holds one.
 _WANDB_STATES = {
-    "finished": "completed",
-    "crashed": "failed",
-    "failed": "failed",
-    "killed": "interrupted",
-    "preempted": "interrupted",
-    "preempting": "interrupted",
-    "running": "running",
-    "pending": "pending",
+    "finished": rundir.COMPLETED,
+    "crashed": rundir.FAILED,
+    "failed": rundir.FAILED,
+    "killed": rundir.INTERRUPTED,
+    "preempted": rundir.INTERRUPTED,
+    "preempting": rundir.INTERRUPTED,
+    "running": rundir.RUNNING,
+    "pending": rundir.PENDING,
 }
 
 
@@ -207,46 +208,46 @@ def read_run_dir(path: str | Path, source: str = "directory") -> RunRecord:
     params: Dict[str, Any] = {}
     reasons: List[str] = []
     unreadable = False
-    config_file = path / "config.yaml"
+    config_file = path / rundir.CONFIG_FILE
     if config_file.is_file():
         try:
             params = _checked_params(safe_yaml_load(_read_text(config_file)))
         except _READ_ERRORS as exc:
             params, unreadable = {}, True
-            reasons.append(f"config.yaml unreadable: {_why(exc)}")
+            reasons.append(f"{rundir.CONFIG_FILE} unreadable: {_why(exc)}")
 
     curves: Dict[str, np.ndarray] = {}
-    metrics_file = path / "metrics.csv"
+    metrics_file = path / rundir.METRICS_FILE
     if metrics_file.is_file():
         try:
             if metrics_file.stat().st_size > MAX_CSV_BYTES:
-                raise UnreadableFile(f"metrics.csv is over {MAX_CSV_BYTES:,} bytes")
+                raise UnreadableFile(f"{rundir.METRICS_FILE} is over {MAX_CSV_BYTES:,} bytes")
             curves = read_metrics_csv(metrics_file)
         except _READ_ERRORS as exc:
-            reasons.append(f"metrics.csv unreadable: {_why(exc)}")
+            reasons.append(f"{rundir.METRICS_FILE} unreadable: {_why(exc)}")
 
     result: Dict[str, Any] = {}
-    result_file = path / "result.json"
+    result_file = path / rundir.RESULT_FILE
     if result_file.is_file():
         try:
             loaded = json.loads(_read_text(result_file))
             if not isinstance(loaded, Mapping):
-                raise UnreadableFile(f"result.json holds a JSON {type(loaded).__name__}, not an object")
+                raise UnreadableFile(f"{rundir.RESULT_FILE} holds a JSON {type(loaded).__name__}, not an object")
             result = dict(loaded)
             status = str(result.get("status", "unknown")).lower()[:40]
             if status != COMPLETED:
                 error = result.get("error")
-                reasons.append(f"result.json: {status}" + (f" ({str(error)[:300]})" if error else ""))
+                reasons.append(f"{rundir.RESULT_FILE}: {status}" + (f" ({str(error)[:300]})" if error else ""))
         except (json.JSONDecodeError, *_READ_ERRORS) as exc:
             result, unreadable = {}, True
-            reasons.append(f"result.json unreadable: {_why(exc)}")
+            reasons.append(f"{rundir.RESULT_FILE} unreadable: {_why(exc)}")
             status = "unreadable"
     else:
         status = "missing"
         epochs = _logged_epochs(curves)
         reasons.append(
-            "no result.json (still running, or killed before writing it)"
-            + (f"; metrics.csv has {epochs} validation epochs" if epochs else "")
+            f"no {rundir.RESULT_FILE} (still running, or killed before writing it)"
+            + (f"; {rundir.METRICS_FILE} has {epochs} validation epochs" if epochs else "")
         )
     if unreadable:
         status = "unreadable"
@@ -385,26 +386,26 @@ def _read_header(into: RunCollection, text: str, origin: str, baseline: Any = No
 
 def _manifest_status_record(entry: Mapping[str, Any], run_dir: Path, sweep: str) -> RunRecord:
     """A manifest entry whose directory holds no result.json (or does not exist)."""
-    manifest_status = str(entry.get("status", "pending")).lower()
+    manifest_status = str(entry.get("status", rundir.PENDING)).lower()
     exists = run_dir.is_dir()
     record = read_run_dir(run_dir, source=f"sweep {sweep}") if exists else None
     if record is not None and record.status == "unreadable":
         return record
-    if manifest_status in ("pending", "running", "stopped"):
+    if manifest_status in rundir.UNSTARTED_STATUSES:
         status = manifest_status
         reason = {
-            "pending": "not started (manifest: pending)",
-            "running": "still running (manifest: running)",
-            "stopped": "stopped early by the sweep (manifest: stopped)",
-        }[manifest_status]
+            rundir.PENDING: "not started",
+            rundir.RUNNING: "still running",
+            rundir.STOPPED: "stopped early by the sweep",
+        }[manifest_status] + f" (manifest: {manifest_status})"
     else:
         status = "missing"
-        where = "run directory is absent" if not exists else "result.json is absent"
+        where = "run directory is absent" if not exists else f"{rundir.RESULT_FILE} is absent"
         reason = f"manifest says {manifest_status[:40]} but {where}"
     if record is not None:
         epochs = _logged_epochs(record.curves)
         if epochs:
-            reason += f"; metrics.csv has {epochs} validation epochs"
+            reason += f"; {rundir.METRICS_FILE} has {epochs} validation epochs"
         record.status, record.reason = status, reason
         return record
     return RunRecord(name=str(entry.get("name", run_dir.name)), params={}, status=status,
@@ -460,7 +461,7 @@ def _collect_sweep(sweep_dir: Path, into: RunCollection) -> None:
                 "folder: not read", source))
             continue
         listed.add(resolved)
-        if (run_dir / "result.json").is_file():
+        if (run_dir / rundir.RESULT_FILE).is_file():
             record = read_run_dir(run_dir, source=source)
         else:
             record = _manifest_status_record(entry, run_dir, name)
@@ -476,7 +477,7 @@ def _collect_sweep(sweep_dir: Path, into: RunCollection) -> None:
     extra = [
         child
         for child in sorted(sweep_dir.iterdir())
-        if child.is_dir() and (child / "config.yaml").is_file() and child.resolve() not in listed
+        if child.is_dir() and (child / rundir.CONFIG_FILE).is_file() and child.resolve() not in listed
         and root in child.resolve().parents
     ]
     for child in extra:
@@ -490,7 +491,7 @@ def _collect_sweep(sweep_dir: Path, into: RunCollection) -> None:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or (path / "result.json").is_file()
+    return (path / rundir.CONFIG_FILE).is_file() or (path / rundir.RESULT_FILE).is_file()
 
 
 def _is_table_metric(column: str) -> bool:

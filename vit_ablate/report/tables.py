@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from vit_ablate import rundir
 from vit_ablate.report import stats
 from vit_ablate.report.groups import Analysis, Comparison, Group
 
@@ -376,6 +377,6 @@ def render_runs_csv(analysis: Analysis, runs: Sequence[Any], metric_value, keys:
         for column in metrics:
             value = metric_value(run) if column == analysis.metric else table.get(column)
             row[column] = repr(float(value)) if value is not None else ""
-        row["reason"] = "" if run.status == "completed" else run.reason
+        row["reason"] = "" if run.status == rundir.COMPLETED else run.reason
         rows.append(row)
     return _write_csv(rows, columns)

@@ -56,7 +56,7 @@ from vit_ablate.config import ConfigError
 from vit_ablate.io import atomic_write_json, atomic_write_text
 from vit_ablate.sweep import engine
 from vit_ablate.sweep.engine import SweepSpec
-from vit_ablate.sweep.local import RUN_DIR_ENV, LocalLauncher, SweepRunner, gpu_slots, now
+from vit_ablate.sweep.local import LocalLauncher, SweepRunner, gpu_slots, now
 from vit_ablate.sweep.summary import SweepSummary, summarize
 
 OFFLINE_MODES = ("offline", "disabled", "dryrun")
@@ -90,7 +90,7 @@ class AgentLauncher(LocalLauncher):
     """Starts each run the way ``wandb agent`` does (environment, parameter file, argv)."""
 
     kind = "wandb"
-    strip_env = (RUN_DIR_ENV, "WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")
+    strip_env = (rundir.RUN_DIR_ENV, "WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH")
 
     def __init__(self, sweep_id: str, output_dir: str | os.PathLike):
         self.sweep_id = sweep_id
@@ -223,7 +223,7 @@ def _run_online(spec: SweepSpec, template: List[str], workers: int, count: Optio
     atomic_write_text(sweep_dir / spec.path.name, spec.text)
     atomic_write_json(sweep_dir / "sweep.json", manifest)
 
-    env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
+    env = {k: v for k, v in os.environ.items() if k != rundir.RUN_DIR_ENV}
     procs = []
     for k, (gpu, n) in enumerate(zip(gpu_slots(workers, gpus), _agent_counts(count, workers))):
         if n == 0:
