@@ -111,13 +111,23 @@ def test_a_saved_config_stays_valid_on_another_machine():
     saved = to_container(load_config(overrides=["trainer.accelerator=cuda", "init.path=/elsewhere/w.ckpt"], validate=False))
     cfg = from_container(saved)
     assert (cfg.trainer.accelerator, cfg.init.path) == ("cuda", "/elsewhere/w.ckpt")
+    # `config show` and a sweep's up-front check accept it; a run about to start here refuses it
+    assert load_config(overrides=["init.path=/elsewhere/w.ckpt", "trainer.accelerator=cuda"]).init.path == "/elsewhere/w.ckpt"
     with pytest.raises(ConfigError, match="init.path='/elsewhere/w.ckpt' does not exist"):
-        load_config(overrides=["init.path=/elsewhere/w.ckpt"])
+        load_config(overrides=["init.path=/elsewhere/w.ckpt"], machine=True)
 
 
 def test_limit_batches_take_a_fraction_or_a_whole_count():
     cfg = load_config(overrides=["trainer.limit_train_batches=4", "trainer.limit_val_batches=0.25"])
     assert (cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (4, 0.25)
+    # Lightning reads int 1 as one batch and float 1.0 as all of them: the config keeps the difference
+    one, all_ = load_config(overrides=["trainer.limit_val_batches=1"]), load_config(overrides=["trainer.limit_val_batches=1.0"])
+    assert (type(one.trainer.limit_val_batches), type(all_.trainer.limit_val_batches)) == (int, float)
+    assert (one.trainer.limit_val_batches, all_.trainer.limit_val_batches) == (1, 1.0)
+    with pytest.raises(ConfigError, match="for 5 batches write trainer.limit_val_batches=5"):
+        load_config(overrides=["trainer.limit_val_batches=5.0"])
+    with pytest.raises(ConfigError, match="trainer.limit_val_batches=some"):
+        load_config(overrides=["trainer.limit_val_batches=some"])
     with pytest.raises(ConfigError, match="trainer.limit_train_batches=2.5 is neither a fraction"):
         load_config(overrides=["trainer.limit_train_batches=2.5"])
 

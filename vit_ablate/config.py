@@ -131,8 +131,10 @@ class TrainerConfig:
     sync_batchnorm: bool = setting(True, "SyncBatchNorm for the conv stem under DDP")
     deterministic: bool = setting(False, "deterministic kernels (slower)")
     # Lightning reads a value in [0, 1] as a fraction of the batches and a whole number above 1 as a count
-    limit_train_batches: Optional[float] = setting(None, "training batches per epoch: a fraction in [0, 1] or a whole count; null = all", valid=NON_NEGATIVE)
-    limit_val_batches: Optional[float] = setting(None, "validation batches: a fraction in [0, 1] or a whole count; null = all", valid=NON_NEGATIVE)
+    # Any, not float: Lightning reads an int as a count of batches and a float as a fraction, so 1 and
+    # 1.0 mean one batch and all of them; a float schema would turn the first into the second
+    limit_train_batches: Any = setting(None, "training batches per epoch: a fraction in [0.0, 1.0] or a whole count (1 = one batch); null = all", valid=NON_NEGATIVE)
+    limit_val_batches: Any = setting(None, "validation batches: a fraction in [0.0, 1.0] or a whole count (1 = one batch); null = all", valid=NON_NEGATIVE)
     check_val_every_n_epoch: int = setting(1, "validate every N epochs", valid=POSITIVE)
     log_every_n_steps: int = setting(50, "logger interval in steps", valid=POSITIVE)
     progress_bar: bool = setting(True, "show Lightning's progress bar")
@@ -333,7 +335,7 @@ DATA_DERIVED_KEYS = ("model.num_classes", "model.img_size")
 
 
 def load_config(
-    files: Sequence[str | Path] = (), overrides: Sequence[str] = (), validate: bool = True
+    files: Sequence[str | Path] = (), overrides: Sequence[str] = (), validate: bool = True, machine: bool = False
 ) -> DictConfig:
     """Merge defaults ← each YAML file in order ← dotted overrides, take the model keys the data
     determines from the data where nothing set them, then validate.
@@ -350,6 +352,7 @@ def load_config(
     _derive_from_data(cfg, given)
     if validate:
         validate_config(cfg)
+    if machine:
         check_machine(cfg)
     return cfg
 
@@ -579,11 +582,13 @@ def validate_config(cfg: DictConfig, registries: bool = True) -> None:
         )
     for key in ("trainer.limit_train_batches", "trainer.limit_val_batches"):
         value = OmegaConf.select(cfg, key)
-        if value is not None and value > 1 and not float(value).is_integer():
-            raise ConfigError(
-                f"{key}={value} is neither a fraction in [0, 1] of the batches nor a whole number of them; "
-                f"e.g. {key}={int(value)}"
-            )
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a fraction in [0.0, 1.0] of the batches or a whole number of them, e.g. {key}=0.25 or {key}=10")
+        if isinstance(value, float) and value > 1:
+            whole = f"; for {int(value)} batches write {key}={int(value)}" if value.is_integer() else f"; e.g. {key}={int(value)}"
+            raise ConfigError(f"{key}={value} is neither a fraction in [0.0, 1.0] of the batches nor a whole number of them{whole}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas={_format(list(cfg.optim.betas))} must hold two numbers, e.g. [0.9, 0.999]")
     if cfg.trainer.max_epochs <= 0 and cfg.trainer.max_steps <= 0:

@@ -47,6 +47,8 @@ class Range:
 
     def nearest(self, value: float, default: Any) -> Any:
         """The valid value nearest ``value`` where a closed bound is nearest, else the key's default."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return default  # not a number at all (a key typed Any): nothing is "nearest"
         if not self.low_open and value < self.low and math.isfinite(self.low):
             nearest = self.low
         elif not self.high_open and value > self.high and math.isfinite(self.high):
