@@ -34,7 +34,9 @@ def cmd_train(args) -> int:
     from vit_ablate.config import load_config
 
     files, overrides = split_items(args.items)
-    cfg = load_config(files, overrides)  # before Lightning is imported: a bad config fails at once
+    # before Lightning is imported: a bad config fails at once; and this machine must hold what the run
+    # needs (init.path, the GPUs), which `config show` and a sweep's up-front check do not ask
+    cfg = load_config(files, overrides, machine=True)
     from vit_ablate.training.run import train
 
     result = train(cfg)
