@@ -38,6 +38,7 @@ from vit_ablate.io import (
     FolderBusy,
     FolderLock,
     StorageError,
+    atomic_write_json,
     atomic_write_text,
     finite_or_none,
     remove_stale_temporaries,
@@ -528,12 +529,13 @@ def _record(trainer, run_dir: Path, result: Dict[str, Any]) -> None:
     that the result records."""
     if not trainer.is_global_zero:
         return
+    path = rundir.RunDir(run_dir).result
     try:
-        rundir.write_result(run_dir, result)
+        atomic_write_json(path, result)  # what rundir.write_result does; called here so tests can intercept it
     except OSError as exc:
         if result.get("status") != rundir.FAILED:
             raise
-        log(f"could not record the failure in {rundir.RunDir(run_dir).result}: {exc.strerror or exc}")
+        log(f"could not record the failure in {path}: {exc.strerror or exc}")
 
 
 def resume_checkpoint(run_dir: Path) -> Optional[str]:
