@@ -385,7 +385,7 @@ def analyse(
     primary: Optional[ContrastResult] = None
     secondary: List[ContrastResult] = []
     for k, spec in enumerate(collection.contrasts):
-        result = evaluate_contrast(spec, rows, by, reference_of, seed=[seed, 4, k])
+        result = evaluate_contrast(spec, rows, by, reference_of, seed=[seed, 4, k], metric=metric)
         if spec.role == "primary":
             primary = result
         else:

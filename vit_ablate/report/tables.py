@@ -163,6 +163,13 @@ def table_rows(analysis: Analysis) -> List[Dict[str, Any]]:
     return rows
 
 
+def display_verdict(r, units: "Units") -> str:
+    """The fixed-word verdict with an equivalence margin in the report's units (points, not 0.01)."""
+    if r.verdict.startswith("equivalent within") and r.spec.margin is not None:
+        return f"equivalent within ±{units.magnitude(r.spec.margin)}"
+    return r.verdict
+
+
 def contrast_rows(analysis: Analysis) -> List[Dict[str, Any]]:
     """The declared contrasts as CSV rows (appended to report.csv under a ``contrast`` column)."""
     rows = []
@@ -300,7 +307,7 @@ def render_markdown(
         r = analysis.primary
         parts.append(f"Declared on line {r.spec.line} of {md_escape(r.spec.origin)}: `{md_escape(r.spec.text)}`")
         parts.append("")
-        parts.append(f"**Verdict: {md_escape(r.verdict)}.** {md_escape(primary_line)}")
+        parts.append(f"**Verdict: {md_escape(display_verdict(r, Units(analysis.is_fraction)))}.** {md_escape(primary_line)}")
     else:
         parts.append(
             "None declared: the sweep file has no `# primary:` line, so this report gives no verdict; "

@@ -19,7 +19,7 @@ from typing import List
 
 from vit_ablate.report.contrasts import ALPHA, ContrastResult
 from vit_ablate.report.groups import Analysis, Comparison, Group
-from vit_ablate.report.tables import Units, fmt_p
+from vit_ablate.report.tables import Units, display_verdict, fmt_p
 
 __all__ = ["verdict_lines", "comparison_verdict", "contrast_sentence", "primary_verdict", "ALPHA"]
 
@@ -171,7 +171,12 @@ def contrast_sentence(r: ContrastResult, analysis: Analysis) -> str:
     if r.expect and r.kind != "equivalence":
         sign = ">" if r.expect == "greater" else "<"
         expect = f"; the paper's direction: {'interaction' if r.kind == 'interaction' else 'A − B'} {sign} 0"
-    verdict = r.verdict
+    verdict = display_verdict(r, units)
+    if verdict == "contradicted" and r.kind == "equivalence":
+        deciding = r.p_t if r.spec.role == "primary" else r.p_t_adjusted
+        verdict += f" (not equivalent: the difference itself is significant, paired t p={fmt_p(deciding)}" + (
+            " after Holm)" if r.spec.role == "secondary" else ")"
+        )
     if verdict.startswith("inconclusive"):
         clause = _power_clause(r, units)
         verdict += f" ({clause})" if clause else ""
