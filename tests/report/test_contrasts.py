@@ -96,7 +96,7 @@ def test_interaction_is_the_per_seed_difference_of_differences(tmp_path: Path):
     assert r.per_seed == pytest.approx([0.0178, 0.0148, -0.0082], abs=1e-9)
     assert r.p_t == pytest.approx(scipy_stats.ttest_1samp([0.0178, 0.0148, -0.0082], 0).pvalue)
     assert r.verdict == "inconclusive at n = 3"
-    assert "the paper gives no effect size" in report.primary and "80% power at this n and spread needs" in report.primary
+    assert "no paper effect size in this metric" in report.primary and "80% power at this n and spread needs" in report.primary
     # The short form over two two-level keys is the same contrast.
     (tmp_path / "pool_lr.yaml").write_text((tmp_path / "pool_lr.yaml").read_text().replace(
         "interaction model.pool=cls vs model.pool=gap by optim.lr=8e-4 vs optim.lr=3e-4",

@@ -130,7 +130,7 @@ def _power_clause(r: ContrastResult, units: Units) -> str:
             f"({r.effect_source}) given {spread}"
         )
     elif r.kind != "equivalence":
-        parts.append("the paper gives no effect size, so no power to detect it can be stated")
+        parts.append("no paper effect size in this metric (declare one with effect=), so no power to detect it can be stated")
     if math.isfinite(r.detectable) and r.kind != "equivalence":
         parts.append(
             f"80% power at this n and spread needs a true effect of ≥{units.magnitude(r.detectable)}"
