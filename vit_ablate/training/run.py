@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 import vit_ablate
 from vit_ablate import rundir
-from vit_ablate.config import ConfigError, config_digest, experiment_digest, from_container, to_container, to_yaml
+from vit_ablate.config import ConfigError, check_batches, config_digest, experiment_digest, from_container, to_container, to_yaml
 from vit_ablate.data import build_datamodule
 from vit_ablate.io import (
     FolderBusy,
@@ -197,22 +197,11 @@ class BatchPlan:
 
 
 def plan_batches(cfg: DictConfig, world_size: int) -> BatchPlan:
-    """Derive the per-device batch and gradient accumulation from the global ``data.batch_size``."""
-    batch = cfg.data.batch_size
-    if batch % world_size:
-        raise ConfigError(
-            f"data.batch_size={batch} (the global batch) is not divisible by the {world_size} devices "
-            f"(trainer.devices × trainer.num_nodes); use a multiple of {world_size}"
-        )
-    per_device = batch // world_size
-    micro = cfg.data.micro_batch_size or per_device
-    if micro > per_device:
-        micro = per_device
-    if per_device % micro:
-        raise ConfigError(
-            f"the per-device batch {per_device} (data.batch_size={batch} / {world_size} devices) is not "
-            f"divisible by data.micro_batch_size={micro}"
-        )
+    """Derive the per-device batch and gradient accumulation from the global ``data.batch_size``
+    (``config.check_batches`` names what does not divide, with the nearest values that do)."""
+    check_batches(cfg, world_size)
+    per_device = cfg.data.batch_size // world_size
+    micro = min(cfg.data.micro_batch_size or per_device, per_device)
     return BatchPlan(world_size, per_device, micro, per_device // micro)
 
 
