@@ -131,3 +131,13 @@ def test_transfer_to_64px_keeps_a_scale_independent_task(pos, pool):
             table = large.pos_embed.placement.table.weight
             table[0, 1:] = table[0, 1 + torch.randperm(64, generator=torch.Generator().manual_seed(0))]
         assert accuracy(large, 64) <= 0.75
+
+
+def test_relative_upsampling_stays_within_the_old_tables_range():
+    """The outermost new offsets lie beyond the old table: they take its border values, not a bicubic
+    overshoot of them."""
+    table = torch.arange(-3, 4, dtype=torch.float32)[:, None]  # a 1×4 grid's offsets −3 … 3, value = offset
+    resampled = relative_offsets_to_grid(table, (1, 4), (1, 8))
+    assert resampled.shape == (15, 1)
+    assert resampled.min().item() >= -3.0 - 1e-6 and resampled.max().item() <= 3.0 + 1e-6
+    assert resampled[0].item() == pytest.approx(-3.0) and resampled[-1].item() == pytest.approx(3.0)

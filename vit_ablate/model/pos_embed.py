@@ -447,8 +447,10 @@ def relative_offsets_to_grid(table: torch.Tensor, old_grid: Grid, new_grid: Grid
     new_dy = torch.arange(-(nh - 1), nh, dtype=torch.float64)
     new_dx = torch.arange(-(nw - 1), nw, dtype=torch.float64)
     # grid_sample's coordinates run from −1 (first cell) to 1 (last cell) with align_corners=True
-    y = (new_dy * h / nh) / max(h - 1, 1)
-    x = (new_dx * w / nw) / max(w - 1, 1)
+    # clamped: an upsampled grid's outermost displacements lie a fraction of a cell beyond the old table,
+    # where bicubic weights would extrapolate past its border values
+    y = ((new_dy * h / nh) / max(h - 1, 1)).clamp(-1.0, 1.0)
+    x = ((new_dx * w / nw) / max(w - 1, 1)).clamp(-1.0, 1.0)
     sample_at = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1)[None]  # 1, 2H'−1, 2W'−1, (x, y)
     sampled = F.grid_sample(image, sample_at, mode="bicubic", padding_mode="border", align_corners=True)[0]
     sampled = sampled.permute(1, 2, 0).reshape(-1, dim)  # (dy', dx') raster, C
