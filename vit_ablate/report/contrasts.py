@@ -34,7 +34,6 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -42,6 +41,7 @@ import numpy as np
 
 from vit_ablate import rundir
 from vit_ablate.report import stats
+from vit_ablate.report.references import header_tokens
 from vit_ablate.report.values import canon, sort_key
 
 __all__ = [
@@ -111,14 +111,7 @@ def _assignment(token: str) -> Optional[Tuple[str, str]]:
 
 def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
     where = f"line {lineno} of {origin}: {role}: "
-    lexer = shlex.shlex(body, posix=True)
-    lexer.whitespace += ","
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    try:
-        tokens = list(lexer)
-    except ValueError as exc:
-        raise ValueError(f"{where}cannot parse {body.strip()!r}: {exc}") from None
+    tokens = header_tokens(body, where)
     if not tokens:
         raise ValueError(f"{where}empty; expected one of {', '.join(KINDS)} (e.g. paired model.pos_embed=none vs model.pos_embed=1d)")
     kind = tokens[0].lower()

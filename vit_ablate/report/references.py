@@ -30,17 +30,22 @@ _REFERENCE_RE = re.compile(r"^\s*#\s*reference\s*:(?P<body>.*)$", re.IGNORECASE)
 _BASELINE_RE = re.compile(r"^\s*#\s*baseline\s*:(?P<body>.*)$", re.IGNORECASE)
 
 
-def parse_assignments(text: str, where: str = "") -> Dict[str, str]:
-    """``'a.b=1 c="x y"'`` (or comma-separated) → ``{"a.b": "1", "c": "x y"}``; quotes as in a shell."""
-    # Commas separate assignments only outside quotes: a source="Table 1 (ViT-S/16, GAP)" keeps its own.
+def header_tokens(text: str, where: str = "") -> List[str]:
+    """A sweep-file header line's words, split on spaces and commas outside quotes (shell quoting), so
+    a source="Table 1 (ViT-S/16, GAP)" keeps its own comma; an unbalanced quote is a ValueError."""
     lexer = shlex.shlex(text, posix=True)
     lexer.whitespace += ","
     lexer.whitespace_split = True
     lexer.commenters = ""
     try:
-        tokens = list(lexer)
-    except ValueError as exc:  # an unbalanced quote
+        return list(lexer)
+    except ValueError as exc:
         raise ValueError(f"{where}cannot parse {text.strip()!r}: {exc}") from None
+
+
+def parse_assignments(text: str, where: str = "") -> Dict[str, str]:
+    """``'a.b=1 c="x y"'`` (or comma-separated) → ``{"a.b": "1", "c": "x y"}``; quotes as in a shell."""
+    tokens = header_tokens(text, where)
     out: Dict[str, str] = {}
     for token in tokens:
         key, sep, value = token.partition("=")
