@@ -14,7 +14,7 @@ BAD_COMMAND_LINES = [
     (["modle.pos_embed=2d"], "unknown config key 'modle", "model"),
     (["model.pos_embed=2D"], "model.pos_embed='2D' is not valid", "did you mean '2d'"),
     (["model.depth=deep"], "model.depth", "deep"),
-    (["model.pool=mean"], "model.pool='mean' is not valid", "cls, gap, map"),
+    (["model.pool=mean"], "model.pool='mean' is not valid", "cls, gap, gap_fc_norm, map"),
     (["model.pos_embed=none", "model.pos_embed_at=every_layer"], "model.pos_embed_at='every_layer'", "supports input"),
     (["model.img_size=30"], "model.img_size=30 but data 'synthetic' gives 32", "set model.img_size=32"),
     (["data.name=imagefolder", "model.img_size=30"], "model.variant='Ti/16' cuts the image into 16×16-pixel patches", "16 does not divide 30"),

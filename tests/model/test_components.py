@@ -7,6 +7,7 @@ import torch
 
 from vit_ablate import build_model
 from vit_ablate.model import AXES, POSITION_EMBEDDINGS, resolve_spec
+from vit_ablate.model.pooling import POOLINGS
 
 TINY = {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "img_size": 16, "num_classes": 5, "head_zero_init": False}
 STEM_SETTINGS = {"patch": {"patch_size": 4}, "conv": {"patch_size": 4}, "hybrid": {"patch_size": 4, "hybrid_layers": [1]}}
@@ -18,18 +19,44 @@ def _valid_pos_combinations():
             yield pos, at
 
 
-COMBINATIONS = [
-    (stem, pos, at, norm, pool, head)
-    for stem in AXES["model.stem"].names()
-    for (pos, at) in _valid_pos_combinations()
-    for norm, pool, head in itertools.product(
-        AXES["model.norm"].names(), AXES["model.pool"].names(), AXES["model.head"].names()
-    )
-]
+def _all_pairs(factors):
+    """A small set of rows in which every pair of values of every two factors occurs at least once.
+
+    Greedy, deterministic: from the full product, repeatedly keep the row that covers most pairs not
+    yet covered. A fault in one component, or in the meeting of two, is met by some row; the whole
+    product (hundreds of rows) adds no power for such faults and costs minutes.
+    """
+    rows = list(itertools.product(*factors))
+    def pairs(row):
+        return {(i, row[i], j, row[j]) for i, j in itertools.combinations(range(len(row)), 2)}
+    uncovered = set().union(*(pairs(r) for r in rows))
+    chosen = []
+    while uncovered:
+        best = max(rows, key=lambda r: len(pairs(r) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
 
 
-def test_the_combination_grid_covers_every_name():
-    assert len(COMBINATIONS) == 3 * 11 * 2 * 3 * 2  # 11 valid (pos_embed, pos_embed_at) pairs
+# (position embedding, placement) is one factor, so each valid placement meets every pooling (whose
+# prefix token the tables must skip) and every stem (whose grid sizes the tables)
+FACTORS = (
+    tuple(AXES["model.stem"].names()),
+    tuple(_valid_pos_combinations()),
+    tuple(AXES["model.norm"].names()),
+    tuple(AXES["model.pool"].names()),
+    tuple(AXES["model.head"].names()),
+)
+COMBINATIONS = [(stem, pos, at, norm, pool, head) for stem, (pos, at), norm, pool, head in _all_pairs(FACTORS)]
+
+
+def test_the_combinations_cover_every_pair_of_names():
+    full = list(itertools.product(*FACTORS))
+    assert len(full) == 3 * 11 * 2 * 4 * 2  # 11 valid (pos_embed, pos_embed_at) pairs
+    rows = [(stem, (pos, at), norm, pool, head) for stem, pos, at, norm, pool, head in COMBINATIONS]
+    for i, j in itertools.combinations(range(len(FACTORS)), 2):
+        assert {(r[i], r[j]) for r in rows} == set(itertools.product(FACTORS[i], FACTORS[j]))
+    assert len(COMBINATIONS) <= len(full) // 8
     for key, registry in AXES.items():
         column = {"model.stem": 0, "model.pos_embed": 1, "model.pos_embed_at": 2, "model.norm": 3, "model.pool": 4, "model.head": 5}[key]
         assert {c[column] for c in COMBINATIONS} == set(registry.names())
@@ -65,6 +92,32 @@ def test_only_used_parameters_are_created():
     post = build_model({**base, "norm": "post"})
     assert not any(p.numel() for p in post.pool.norm.parameters())  # post-norm: no final LayerNorm
     assert build_model({**base, "head": "linear"}).head.fc.in_features == TINY["dim"]
+
+
+def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse():
+    torch.manual_seed(0)
+    dim = 8
+    tokens = torch.randn(2, 5, dim) * torch.arange(1.0, 6.0).view(1, 5, 1) + torch.arange(5.0).view(1, 5, 1)
+    norm = torch.nn.LayerNorm(dim, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+
+    def layer_norm(x):  # by hand, biased variance as LayerNorm
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-6) * norm.weight + norm.bias
+
+    with torch.no_grad():
+        paper = POOLINGS.get("gap")(dim, 2, 16, norm)(tokens)
+        timm_gap = POOLINGS.get("gap_fc_norm")(dim, 2, 16, norm)(tokens)
+        assert torch.allclose(paper, layer_norm(tokens).mean(dim=1), atol=1e-5)
+        assert torch.allclose(timm_gap, layer_norm(tokens.mean(dim=1)), atol=1e-5)
+        assert (paper - timm_gap).abs().max() > 0.1  # a real difference, not rounding
+    # their LayerNorms carry different names, so a checkpoint of one never loads into the other
+    base = {**TINY, "patch_size": 4}
+    assert {"pool.encoder_norm.weight"} <= _names(build_model({**base, "pool": "gap"}))
+    assert {"pool.norm.weight"} <= _names(build_model({**base, "pool": "gap_fc_norm"}))
 
 
 def test_zero_initialised_head_gives_zero_logits():

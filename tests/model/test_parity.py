@@ -21,11 +21,12 @@ def _max_logit_diff(ours, theirs, images):
     "timm_name, our_cfg, timm_args",
     [
         ("vit_base_patch16_224", {}, {}),
-        ("vit_base_patch16_224", {"pool": "gap"}, {"class_token": False, "global_pool": "avg"}),
+        ("vit_base_patch16_224", {"pool": "gap"}, {"class_token": False, "global_pool": "avg", "fc_norm": False}),
+        ("vit_base_patch16_224", {"pool": "gap_fc_norm"}, {"class_token": False, "global_pool": "avg"}),
         ("vit_base_patch16_224", {"pool": "map"}, {"class_token": False, "global_pool": "map"}),
         ("vit_base_r50_s16_224", {"stem": "hybrid", "hybrid_stage": 3}, {"num_classes": 1000}),
     ],
-    ids=["pre-cls-1d-patch", "gap", "map", "hybrid-stage3"],
+    ids=["pre-cls-1d-patch", "gap", "gap_fc_norm", "map", "hybrid-stage3"],
 )
 def test_logits_match_timm(timm_name, our_cfg, timm_args):
     torch.manual_seed(0)
@@ -39,8 +40,9 @@ def test_logits_match_timm(timm_name, our_cfg, timm_args):
     assert _max_logit_diff(ours, fresh, images) <= 1e-4
 
 
-def test_timm_kwargs_build_the_same_shape():
-    ours = build_model({"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pool": "gap"})
+@pytest.mark.parametrize("pool", ["gap", "gap_fc_norm"])
+def test_timm_kwargs_build_the_same_shape(pool):
+    ours = build_model({"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pool": pool})
     theirs = timm.models.vision_transformer.VisionTransformer(**timm_kwargs(ours))
     load_timm_weights(ours, theirs.state_dict())
     assert _max_logit_diff(ours, theirs, torch.randn(4, 3, 32, 32)) <= 1e-5

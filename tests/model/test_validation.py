@@ -13,7 +13,7 @@ TINY = {"dim": 32, "depth": 1, "heads": 4, "mlp_dim": 64, "img_size": 32, "patch
     "override, fragments",
     [
         ({"pos_embed": "2D"}, ["model.pos_embed='2D'", "none, relative, rope2d, sincos2d", "did you mean '2d'"]),
-        ({"pool": "mean"}, ["model.pool='mean'", "cls, gap, map"]),
+        ({"pool": "mean"}, ["model.pool='mean'", "cls, gap, gap_fc_norm, map"]),
         ({"norm": "sandwich"}, ["model.norm='sandwich'", "post, pre"]),
         ({"head": "mlp2"}, ["model.head='mlp2'", "did you mean 'mlp'"]),
         ({"stem": "patches"}, ["model.stem='patches'", "did you mean 'patch'"]),

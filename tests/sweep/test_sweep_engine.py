@@ -186,7 +186,7 @@ def test_unknown_key_and_value_rejected_before_any_run(tmp_path, capsys):
         run_sweep(path, output_dir=out)
     message = str(raised.value)
     assert "model.pos_embd" in message and "did you mean 'model.pos_embed'" in message
-    assert "model.pool='mean'" in message and "cls, gap, map" in message
+    assert "model.pool='mean'" in message and "cls, gap, gap_fc_norm, map" in message
     assert "no run was started" in message
     assert not out.exists()
     # the CLI turns it into exit status 2

@@ -5,7 +5,7 @@ Where each axis lives:
     model.pos_embed     pos_embed.py   none | 1d | 2d | relative | sincos2d | rope2d
     model.pos_embed_at  pos_embed.py   input | every_layer | every_layer_shared
     model.norm          blocks.py      pre | post
-    model.pool          pooling.py     cls | gap | map
+    model.pool          pooling.py     cls | gap | gap_fc_norm | map
     model.head          heads.py       linear | mlp
     model.variant       presets.py     Ti, S, B, L, H  ×  /patch
 """

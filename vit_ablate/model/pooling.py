@@ -1,8 +1,12 @@
 """How the token sequence becomes one vector (``model.pool``), paper Appendix D.3.
 
-Each pooling owns what it needs: ``cls`` owns the class token (so ``gap`` creates none) and every
+Each pooling owns what it needs: ``cls`` owns the class token (so the GAPs create none) and every
 pooling applies the final LayerNorm where its reference implementation does: on the class token
-(eq. 4: y = LN(z_L^0)), after averaging (timm's ``fc_norm`` for GAP), or before attention pooling.
+(eq. 4: y = LN(z_L^0)), on every token before averaging (``gap``: the paper's GAP, whose reference code
+ends the encoder with ``encoder_norm`` on all tokens and then takes the mean), after averaging
+(``gap_fc_norm``: timm's ``global_pool="avg"`` with ``fc_norm``), or before attention pooling. The two
+GAPs differ whenever the LayerNorm's inputs differ across tokens: the mean of normalised tokens is not
+the normalised mean.
 """
 
 from __future__ import annotations
@@ -62,10 +66,29 @@ class ClassTokenPooling(Pooling):
 
 @POOLINGS.register("gap")
 class GlobalAveragePooling(Pooling):
-    """Mean of the patch tokens; no class token exists at all (D.3)."""
+    """The paper's GAP (D.3): the final LayerNorm on every patch token, then their mean; no class token.
+
+    The LayerNorm is called ``encoder_norm`` as in the reference code (google-research/vision_transformer,
+    big_vision), which also keeps checkpoints of the two GAPs from loading into each other silently.
+    """
+
+    timm_names = {"encoder_norm.": "norm."}
+    timm_kwargs = {"class_token": False, "global_pool": "avg", "fc_norm": False}
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
+        nn.Module.__init__(self)
+        self.encoder_norm = final_norm
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder_norm(tokens).mean(dim=1)
+
+
+@POOLINGS.register("gap_fc_norm")
+class MeanThenNormPooling(Pooling):
+    """timm's GAP: the mean of the patch tokens, then the final LayerNorm (timm's ``fc_norm``)."""
 
     timm_names = {"norm.": "fc_norm."}
-    timm_kwargs = {"class_token": False, "global_pool": "avg"}
+    timm_kwargs = {"class_token": False, "global_pool": "avg", "fc_norm": True}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.norm(tokens.mean(dim=1))

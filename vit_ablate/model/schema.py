@@ -29,7 +29,7 @@ class ModelConfig:
     in_chans: int = setting(3, "input channels", valid=POSITIVE)
     num_classes: int = setting(1000, "classes of the head; unset on the command line and in the files = the data's class count", valid=POSITIVE)
     norm: str = setting("pre", "LayerNorm placement (model/blocks.py): pre = paper eq. 2-3, post = LN(x + f(x))", valid="pre | post")
-    pool: str = setting("cls", "image representation (model/pooling.py): class token, global average or attention pooling", valid="cls | gap | map")
+    pool: str = setting("cls", "image representation (model/pooling.py): class token, global average (the paper's: LayerNorm on each token, then the mean; gap_fc_norm: timm's mean, then LayerNorm) or attention pooling", valid="cls | gap | gap_fc_norm | map")
     head: str = setting("linear", "classifier (model/heads.py): mlp = tanh pre-logits", valid="linear | mlp")
     head_hidden_dim: Optional[int] = setting(None, "mlp head width; null = dim (paper §3.1 pre-logits)", valid=POSITIVE)
     head_zero_init: bool = setting(True, "zero-initialise the head (paper §3.1, fine-tuning)")
