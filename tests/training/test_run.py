@@ -14,7 +14,7 @@ import torch
 
 from vit_ablate.config import ConfigError, load_config
 from vit_ablate.training import module as module_lib
-from vit_ablate.training.run import plan_batches, train
+from vit_ablate.training.run import plan_batches, resolve_devices, train
 
 
 def _cfg(args, *extra):
@@ -84,6 +84,25 @@ def _state(path):
 
 
 @pytest.mark.slow
+def test_device_placement_through_lightnings_public_accelerator_interface():
+    # the interface resolve_devices relies on; a Lightning release that renames it fails here, by name
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+
+    for accelerator in (CPUAccelerator, CUDAAccelerator, MPSAccelerator):
+        for method in ("is_available", "auto_device_count", "parse_devices", "get_parallel_devices"):
+            assert callable(getattr(accelerator, method, None)), f"{accelerator.__name__}.{method}"
+    cpu = ["trainer.accelerator=cpu"]
+    assert resolve_devices(load_config(overrides=cpu + ["trainer.devices=1"])).devices == 1
+    assert resolve_devices(load_config(overrides=cpu + ["trainer.devices=3"])).devices == 3  # DDP on CPU processes
+    assert resolve_devices(load_config(overrides=cpu + ["trainer.devices=auto"])).devices == 1
+    placement = resolve_devices(load_config(overrides=["trainer.accelerator=auto"]))
+    assert placement.cuda == torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        assert placement.devices == 1
+        with pytest.raises(ConfigError, match="no cuda device"):
+            resolve_devices(load_config(overrides=["trainer.accelerator=cuda"]))
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path):
     args = [*fast_args, "trainer.max_epochs=4", "data.synthetic.num_train=2048"]
     reference = train(_cfg(args, "name=reference"))

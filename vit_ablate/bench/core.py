@@ -509,12 +509,12 @@ class Bench(DataSection, GpuSections):
         visits of the callback (everything Lightning does per batch: fetch, hooks, training_step,
         backward, clipping, optimizer, scheduler, logging, callbacks); a plain step's time is the
         plain loop's share of the visit. Trainer setup and teardown are outside every interval."""
-        import lightning as L
         from lightning.pytorch.callbacks import Callback
         from lightning.pytorch.loggers import CSVLogger
 
         from vit_ablate.training.callbacks import DivergenceCallback, EpochRecorder, EpochSeeding
         from vit_ablate.training.module import SCHEDULES, ViTModule
+        from vit_ablate.training.trainer import build_trainer
 
         cfg = self.cfg
         device = self.device
@@ -612,27 +612,22 @@ class Bench(DataSection, GpuSections):
                     loggers.append(TensorBoardLogger(save_dir=tmp, name="tensorboard", version=""))
                 except Exception:  # tensorboard not installed
                     pass
-            trainer = L.Trainer(
-                default_root_dir=tmp,
+            trainer = build_trainer(
+                cfg, tmp,
+                # as run.py, less ModelCheckpoint/RankRecord (epoch-end / first-batch only). EpochRecorder
+                # is a Checkpoint, so Lightning adds no default ModelCheckpoint. Lockstep comes last.
+                [EpochSeeding(cfg.seed), DivergenceCallback(), EpochRecorder(rundir.RunDir(tmp).metrics), lockstep],
+                loggers,
                 max_epochs=1,
                 max_steps=total,
                 accelerator=accelerator,
                 devices=devices,
-                precision=cfg.trainer.precision,
+                num_nodes=1,
                 gradient_clip_val=clip,
-                gradient_clip_algorithm="norm",
                 accumulate_grad_batches=1,
-                deterministic=cfg.trainer.deterministic,
+                limit_train_batches=1.0,
                 limit_val_batches=0,
-                log_every_n_steps=cfg.trainer.log_every_n_steps,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                use_distributed_sampler=False,
-                logger=loggers or False,
-                # as run.py, less ModelCheckpoint/RankRecord (epoch-end / first-batch only). EpochRecorder
-                # is a Checkpoint, so Lightning adds no default ModelCheckpoint. Lockstep comes last.
-                callbacks=[EpochSeeding(cfg.seed), DivergenceCallback(), EpochRecorder(rundir.RunDir(tmp).metrics), lockstep],
+                check_val_every_n_epoch=1,
             )
             trainer.fit(lit, train_dataloaders=_FixedBatches(images, labels, total))
         synchronize(device)

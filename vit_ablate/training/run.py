@@ -28,7 +28,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 import vit_ablate
 from vit_ablate import rundir
@@ -53,6 +53,7 @@ from vit_ablate.training.callbacks import (
     TrimLoggedEpochs,
 )
 from vit_ablate.training.module import ViTModule, scaled_lr
+from vit_ablate.training.trainer import build_trainer
 
 FINAL_STATUSES = rundir.FINAL_STATUSES  # outcomes that a rerun keeps; the others are resumed or retried
 RUN_DIR_ENV = rundir.RUN_DIR_ENV
@@ -212,15 +213,37 @@ class Placement:
 
 
 def resolve_devices(cfg: DictConfig) -> Placement:
-    """How many processes per node Lightning will start for ``trainer.devices``, and on what."""
-    from lightning.pytorch.accelerators import CUDAAccelerator
-    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+    """How many processes per node Lightning will start for ``trainer.devices``, and on what.
 
-    connector = _AcceleratorConnector(
-        devices=cfg.trainer.devices, accelerator=cfg.trainer.accelerator, strategy="auto", num_nodes=cfg.trainer.num_nodes
-    )
-    devices = len(connector._parallel_devices) if connector._parallel_devices else 1
-    return Placement(devices, isinstance(connector.accelerator, CUDAAccelerator))
+    Through the accelerators' public static interface (``is_available``, ``auto_device_count``,
+    ``parse_devices``, ``get_parallel_devices``), choosing ``auto`` and ``gpu`` as the Trainer does:
+    CUDA where there is one, else MPS, else the CPU.
+    """
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+
+    name = str(cfg.trainer.accelerator)
+    if name in ("auto", "gpu"):
+        if CUDAAccelerator.is_available():
+            name = "cuda"
+        elif MPSAccelerator.is_available():
+            name = "mps"
+        else:
+            name = "cpu" if name == "auto" else "cuda"  # gpu without one: CUDA's own error below
+    accelerator = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "mps": MPSAccelerator}.get(name)
+    if accelerator is None:
+        raise ConfigError(f"trainer.accelerator={name!r}: vit-ablate runs on cpu, cuda (gpu) or mps")
+    if name != "cpu" and not accelerator.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator!r}: no {name} device on this machine (use trainer.accelerator=cpu or auto)")
+    devices = cfg.trainer.devices
+    if isinstance(devices, ListConfig):
+        devices = list(devices)
+    if devices == "auto":
+        devices = accelerator.auto_device_count()
+    try:
+        parallel = accelerator.get_parallel_devices(accelerator.parse_devices(devices))
+    except Exception as error:  # Lightning's MisconfigurationException names the devices it lacks
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices!r} on {name}: {error}") from None
+    return Placement(max(len(parallel), 1), name == "cuda")
 
 
 def use_sync_batchnorm(cfg: DictConfig, placement: Placement) -> bool:
@@ -410,30 +433,13 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
     loggers = _loggers(cfg, run_dir)
     callbacks = [EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints]
     callbacks += [TrimLoggedEpochs(lg) for lg in loggers if isinstance(lg, KeptCSVLogger)]
-    trainer = L.Trainer(
-        default_root_dir=str(run_dir),
-        max_epochs=cfg.trainer.max_epochs if cfg.trainer.max_epochs > 0 else -1,
-        max_steps=cfg.trainer.max_steps,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
+    trainer = build_trainer(
+        cfg, run_dir, callbacks, loggers,
         strategy=_strategy(cfg, devices),
         precision=precision,
         sync_batchnorm=use_sync_batchnorm(cfg, placement),
         accumulate_grad_batches=plan.accumulation,
-        gradient_clip_val=cfg.optim.grad_clip,
-        gradient_clip_algorithm="norm",
-        deterministic=cfg.trainer.deterministic,
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        limit_val_batches=cfg.trainer.limit_val_batches,
-        check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
         enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the data modules shard themselves, without padding
-        logger=loggers or False,
-        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
 
