@@ -14,12 +14,26 @@ KNOWN_ANSWER = [
 ]
 
 
+def _train(tmp_path, pos_embed):
+    overrides = [*KNOWN_ANSWER[1:], f"output_dir={tmp_path}", f"name={pos_embed}", f"model.pos_embed={pos_embed}"]
+    return train(load_config(overrides=overrides, files=KNOWN_ANSWER[:1]))
+
+
+# One quickstart run each (85-150 s alone on 2 cores); the suite's 600-s limit is for hangs, and a
+# busy machine has stretched such a run past it, so these two get a limit of their own.
 @pytest.mark.slow
-def test_position_embedding_learns_and_no_embedding_stays_under_the_ceiling(tmp_path):
-    with_1d = train(load_config(overrides=[*KNOWN_ANSWER[1:], f"output_dir={tmp_path}", "name=1d", "model.pos_embed=1d"], files=KNOWN_ANSWER[:1]))
-    without = train(load_config(overrides=[*KNOWN_ANSWER[1:], f"output_dir={tmp_path}", "name=none", "model.pos_embed=none"], files=KNOWN_ANSWER[:1]))
-    assert with_1d["status"] == without["status"] == "completed"
+@pytest.mark.timeout(1800)
+def test_a_position_embedding_learns_the_position_dependent_task(tmp_path):
+    with_1d = _train(tmp_path, "1d")
+    assert with_1d["status"] == "completed"
     assert with_1d["test"]["test/acc1"] >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_no_position_embedding_stays_under_the_position_free_ceiling(tmp_path):
+    without = _train(tmp_path, "none")
+    assert without["status"] == "completed"
     ceiling = SyntheticDataModule.position_free_ceiling()
     assert ceiling == 0.25
     # the bound holds in expectation; 3 binomial standard deviations on 2048 test images
