@@ -52,7 +52,7 @@ COMBINATIONS = [(stem, pos, at, norm, pool, head) for stem, (pos, at), norm, poo
 
 def test_the_combinations_cover_every_pair_of_names():
     full = list(itertools.product(*FACTORS))
-    assert len(full) == 3 * 11 * 2 * 4 * 2  # 11 valid (pos_embed, pos_embed_at) pairs
+    assert len(full) == 3 * 14 * 2 * 4 * 2  # 14 valid (pos_embed, pos_embed_at) pairs
     rows = [(stem, (pos, at), norm, pool, head) for stem, pos, at, norm, pool, head in COMBINATIONS]
     for i, j in itertools.combinations(range(len(FACTORS)), 2):
         assert {(r[i], r[j]) for r in rows} == set(itertools.product(FACTORS[i], FACTORS[j]))

@@ -29,7 +29,7 @@ def test_no_position_embedding_sees_a_bag_of_patches(pool):
     with torch.no_grad():
         assert (bag(images) - bag(shuffled)).abs().max() < 1e-5  # logits: invariant
     prefix = bag.num_prefix_tokens
-    for pos in ("none", "1d", "2d", "relative", "sincos2d", "rope2d"):
+    for pos in POSITION_EMBEDDINGS.names():
         model = build_model({**TINY, "pos_embed": pos, "pool": pool}).eval()
         with torch.no_grad():
             for name, param in model.named_parameters():  # tables start at std 0.02: make them count
@@ -69,6 +69,33 @@ def test_relative_bias_uses_the_prefix_slot_for_the_class_token():
     relative = model.blocks[0].attn.position
     assert relative.table.shape == (2 * 16, 8)  # 31 offsets + one slot for class-token pairs
     assert (relative.index[0] == 31).all() and (relative.index[:, 0] == 31).all()
+
+
+def test_each_relative_diagnostic_changes_one_thing():
+    torch.manual_seed(0)
+    base = {**TINY, "pool": "gap"}  # a 4×4 grid, head dim 8
+    raster = build_model({**base, "pos_embed": "relative"}).blocks[0].attn.position
+    # 2-D offsets: two pairs share a table entry exactly when they share the displacement (dy, dx)
+    two_d = build_model({**base, "pos_embed": "relative_2d_offsets"}).blocks[0].attn.position
+    assert two_d.table.shape == (7 * 7, 8)
+    entries = {}
+    for i in range(16):
+        for j in range(16):
+            entries.setdefault((j // 4 - i // 4, j % 4 - i % 4), set()).add(int(two_d.index[i, j]))
+    assert all(len(e) == 1 for e in entries.values()) and len(set().union(*entries.values())) == len(entries) == 49
+    # patches 0 → 3 are (0, +3) apart and 1 → 4 are (+1, −1): one raster offset, two displacements
+    assert raster.index[0, 3] == raster.index[1, 4] and two_d.index[0, 3] != two_d.index[1, 4]
+    # head bias: one learned scalar per head and raster offset, whatever the queries and keys
+    head_bias = build_model({**base, "pos_embed": "relative_head_bias"}).blocks[0].attn.position
+    q = torch.randn(2, 4, 16, 8)
+    _, _, bias = head_bias(q, q, 8**-0.5)
+    _, _, other = head_bias(torch.randn_like(q), torch.randn_like(q), 8**-0.5)
+    assert bias.shape == (1, 4, 16, 16) and torch.equal(bias, other)
+    assert bias[0, 2, 1, 4] == head_bias.table[raster.index[1, 4], 2]
+    # large init: the paper's table, ten times the spread (0.2 vs 0.02; 248 draws each)
+    large = build_model({**base, "pos_embed": "relative_large_init"}).blocks[0].attn.position
+    assert large.table.shape == raster.table.shape
+    assert 0.17 < large.table.std().item() < 0.23 and 0.017 < raster.table.std().item() < 0.023
 
 
 def test_2d_embedding_of_patch_rc_is_row_table_then_column_table():

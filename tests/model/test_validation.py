@@ -12,7 +12,7 @@ TINY = {"dim": 32, "depth": 1, "heads": 4, "mlp_dim": 64, "img_size": 32, "patch
 @pytest.mark.parametrize(
     "override, fragments",
     [
-        ({"pos_embed": "2D"}, ["model.pos_embed='2D'", "none, relative, rope2d, sincos2d", "did you mean '2d'"]),
+        ({"pos_embed": "2D"}, ["model.pos_embed='2D'", "none, relative, relative_2d_offsets, relative_head_bias, relative_large_init, rope2d, sincos2d", "did you mean '2d'"]),
         ({"pool": "mean"}, ["model.pool='mean'", "cls, gap, gap_fc_norm, map"]),
         ({"norm": "sandwich"}, ["model.norm='sandwich'", "post, pre"]),
         ({"head": "mlp2"}, ["model.head='mlp2'", "did you mean 'mlp'"]),

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from vit_ablate import build_model
-from vit_ablate.model.pos_embed import relative_offsets_to_grid, resample_position_tensors
+from vit_ablate.model.pos_embed import RelativeLogits, relative_offsets_to_grid, resample_position_tensors
 from vit_ablate.model.transfer import SourceWeights, apply_source
 
 from .helpers import TINY, accuracy, train_on_halves
 
 KINDS = [("1d", "input"), ("1d", "every_layer"), ("1d", "every_layer_shared"), ("2d", "input"), ("2d", "every_layer"),
-         ("relative", "input"), ("sincos2d", "input"), ("rope2d", "input"), ("none", "input")]
+         ("relative", "input"), ("sincos2d", "input"), ("rope2d", "input"), ("none", "input"),
+         ("relative_2d_offsets", "input"), ("relative_head_bias", "input"), ("relative_large_init", "input")]
 
 
 def _transfer(source: torch.nn.Module, cfg: dict, grid) -> torch.nn.Module:
@@ -100,6 +101,23 @@ def test_relative_table_maps_each_offset_through_its_displacement():
     assert torch.allclose(relative_offsets_to_grid(table, (old, old), (old, old)), table, rtol=0, atol=1e-12)
     constant = relative_offsets_to_grid(torch.full((2 * old * old - 1, 3), 0.7), (old, old), (7, 7))
     assert torch.allclose(constant, torch.full_like(constant, 0.7), atol=1e-6)
+
+
+def test_2d_offset_table_maps_each_displacement_to_the_same_image_displacement():
+    old, new, channels = 5, 10, 4
+    dy = torch.arange(-(old - 1), old, dtype=torch.float64)[:, None].expand(2 * old - 1, 2 * old - 1)
+    dx = torch.arange(-(old - 1), old, dtype=torch.float64)[None, :].expand(2 * old - 1, 2 * old - 1)
+    table = _smooth(dy, dx, channels).reshape(-1, channels).float()
+    target = RelativeLogits((new, new), 0, channels, two_d=True)
+    moved = target.resample_tensors({"table": table}, (old, old))["table"]
+    assert moved.shape == target.table.shape == ((2 * new - 1) ** 2, channels)
+    new_dy = torch.arange(-(new - 1), new, dtype=torch.float64)[:, None].expand(2 * new - 1, 2 * new - 1)
+    new_dx = torch.arange(-(new - 1), new, dtype=torch.float64)[None, :].expand(2 * new - 1, 2 * new - 1)
+    expected = _smooth(new_dy * old / new, new_dx * old / new, channels)
+    inside = ((new_dy * old / new).abs() <= old - 2) & ((new_dx * old / new).abs() <= old - 2)
+    assert (moved.reshape(2 * new - 1, 2 * new - 1, channels).double() - expected)[inside].abs().max() < 0.01
+    # without a stated grid, the square source grid is read from the shape
+    assert torch.equal(target.resample_tensors({"table": table}, None)["table"], moved)
 
 
 def test_relative_prefix_slot_is_kept():

@@ -391,18 +391,15 @@ class RelativeLogits(GridTable):
 
     no_weight_decay_names = ("table",)
 
-    def __init__(self, grid_size: Tuple[int, int], num_prefix: int, head_dim: int):
+    def __init__(self, grid_size: Tuple[int, int], num_prefix: int, head_dim: int, two_d: bool = False, init_std: float = 0.02):
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.num_prefix = num_prefix
-        patches = grid_size[0] * grid_size[1]
-        offsets = 2 * patches - 1
+        self.two_d = two_d
+        index, offsets = relative_offset_index(self.grid_size, num_prefix, two_d)
         # one extra slot for pairs involving a prefix token, only when there is one (none under gap/map)
         self.table = nn.Parameter(torch.zeros(offsets + (1 if num_prefix else 0), head_dim))
-        trunc_normal_(self.table, std=0.02)
-        pos = torch.arange(patches)
-        index = torch.full((num_prefix + patches, num_prefix + patches), offsets, dtype=torch.long)
-        index[num_prefix:, num_prefix:] = pos[None, :] - pos[:, None] + patches - 1
+        trunc_normal_(self.table, std=init_std)
         self.register_buffer("index", index, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float):
@@ -419,6 +416,15 @@ class RelativeLogits(GridTable):
         extra = 1 if self.num_prefix else 0
         if table.ndim != 2 or table.shape[1] != self.table.shape[1]:
             return out  # another head width: the caller's shape check names it
+        if self.two_d:
+            side = math.isqrt(table.shape[0] - extra)  # a square grid's (2S − 1)² displacements
+            old = tuple(old_grid) if old_grid else ((side + 1) // 2, (side + 1) // 2)
+            if (2 * old[0] - 1) * (2 * old[1] - 1) != table.shape[0] - extra:
+                raise ValueError(f"table: shape {tuple(table.shape)} is not the 2-D offsets of the source grid {old}")
+            offsets = (2 * old[0] - 1) * (2 * old[1] - 1)
+            image = table[:offsets].reshape(2 * old[0] - 1, 2 * old[1] - 1, -1)
+            out["table"] = torch.cat([displacements_to_grid(image, old, self.grid_size).reshape(-1, table.shape[1]), table[offsets:]], dim=0).to(table.dtype)
+            return out
         if (table.shape[0] - extra) % 2 != 1:
             raise ValueError(f"table: shape {tuple(table.shape)} is not 2N−1 offsets{' and a prefix slot' if extra else ''}")
         patches = (table.shape[0] - extra + 1) // 2
@@ -430,20 +436,32 @@ class RelativeLogits(GridTable):
         return out
 
 
-def relative_offsets_to_grid(table: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
-    """A 1-D relative table (2N−1 raster offsets, paper D.4) moved from ``old_grid`` to ``new_grid``.
+def relative_offset_index(grid_size: Grid, num_prefix: int, two_d: bool) -> Tuple[torch.Tensor, int]:
+    """(T, T) indices into an offset table and the number of patch offsets: 1-D raster offsets
+    j − i (paper D.4: 2N − 1 of them) or 2-D displacements (dy, dx) ((2H − 1)(2W − 1)). Pairs with a
+    prefix token point one past the patch offsets, at the prefix slot."""
+    h, w = grid_size
+    patches = h * w
+    pos = torch.arange(patches)
+    if two_d:
+        rows, cols = pos // w, pos % w
+        offsets = (2 * h - 1) * (2 * w - 1)
+        patch_index = (rows[None, :] - rows[:, None] + h - 1) * (2 * w - 1) + (cols[None, :] - cols[:, None] + w - 1)
+    else:
+        offsets = 2 * patches - 1
+        patch_index = pos[None, :] - pos[:, None] + patches - 1
+    index = torch.full((num_prefix + patches, num_prefix + patches), offsets, dtype=torch.long)
+    index[num_prefix:, num_prefix:] = patch_index
+    return index, offsets
 
-    A raster offset d = dy·W + dx stands for the image displacement (dy, dx) of the patch pairs that
-    have it. The old table is laid out as an image over (dy, dx) ∈ [−(H−1), H−1] × [−(W−1), W−1],
-    sampled bicubically at the same displacement in image units on the new grid (dy' · H/H', dx' · W/W',
-    clamped at the border), and each new raster offset gets the mean over the displacements it stands
-    for, weighted by how many patch pairs have each one.
-    """
+
+def displacements_to_grid(image: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
+    """A (2H − 1, 2W − 1, C) table over image displacements (dy, dx) moved to ``new_grid``'s
+    (2H' − 1, 2W' − 1, C): sampled bicubically at the same displacement in image units
+    (dy' · H/H', dx' · W/W'), clamped at the border."""
     (h, w), (nh, nw) = old_grid, new_grid
-    dim = table.shape[1]
-    dy = torch.arange(-(h - 1), h)[:, None]
-    dx = torch.arange(-(w - 1), w)[None, :]
-    image = table[(dy * w + dx + h * w - 1)].permute(2, 0, 1)[None].double()  # 1, C, 2H−1, 2W−1
+    dim = image.shape[-1]
+    image = image.permute(2, 0, 1)[None].double()  # 1, C, 2H−1, 2W−1
     new_dy = torch.arange(-(nh - 1), nh, dtype=torch.float64)
     new_dx = torch.arange(-(nw - 1), nw, dtype=torch.float64)
     # grid_sample's coordinates run from −1 (first cell) to 1 (last cell) with align_corners=True
@@ -453,7 +471,24 @@ def relative_offsets_to_grid(table: torch.Tensor, old_grid: Grid, new_grid: Grid
     x = ((new_dx * w / nw) / max(w - 1, 1)).clamp(-1.0, 1.0)
     sample_at = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1)[None]  # 1, 2H'−1, 2W'−1, (x, y)
     sampled = F.grid_sample(image, sample_at, mode="bicubic", padding_mode="border", align_corners=True)[0]
-    sampled = sampled.permute(1, 2, 0).reshape(-1, dim)  # (dy', dx') raster, C
+    return sampled.permute(1, 2, 0).reshape(2 * nh - 1, 2 * nw - 1, dim)
+
+
+def relative_offsets_to_grid(table: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
+    """A 1-D relative table (2N−1 raster offsets, paper D.4) moved from ``old_grid`` to ``new_grid``.
+
+    A raster offset d = dy·W + dx stands for the image displacement (dy, dx) of the patch pairs that
+    have it. The old table is laid out as an image over (dy, dx) ∈ [−(H−1), H−1] × [−(W−1), W−1],
+    moved to the new grid's displacements (``displacements_to_grid``), and each new raster offset gets
+    the mean over the displacements it stands for, weighted by how many patch pairs have each one.
+    """
+    (h, w), (nh, nw) = old_grid, new_grid
+    dim = table.shape[1]
+    dy = torch.arange(-(h - 1), h)[:, None]
+    dx = torch.arange(-(w - 1), w)[None, :]
+    sampled = displacements_to_grid(table[(dy * w + dx + h * w - 1)], old_grid, new_grid).reshape(-1, dim)
+    new_dy = torch.arange(-(nh - 1), nh, dtype=torch.float64)
+    new_dx = torch.arange(-(nw - 1), nw, dtype=torch.float64)
     pairs = ((nh - new_dy.abs())[:, None] * (nw - new_dx.abs())[None, :]).reshape(-1, 1)
     raster = ((new_dy[:, None] * nw + new_dx[None, :]).reshape(-1) + nh * nw - 1).long()
     total = torch.zeros(2 * nh * nw - 1, dim, dtype=torch.float64).index_add_(0, raster, sampled * pairs)
@@ -476,6 +511,81 @@ class Relative1d(PositionEmbedding):
 
     def make_attention_position(self, index: int) -> nn.Module:
         return RelativeLogits(self.ctx.grid_size, self.ctx.num_prefix_tokens, self.ctx.head_dim)
+
+
+# Diagnostic variants of D.4's relative attention (not in the paper). Where the paper's 1-D raster
+# version trails the learned 1-D table, each changes one thing, to say which closes the gap: the
+# offsets (2-D displacements (dy, dx): a raster offset of W − 1 stands both for (0, W − 1) and for
+# (1, −1), neighbours and far apart alike), the content dependence (a learned scalar per head and offset, as T5 and Swin,
+# instead of q · r), or the initial scale (r starting 10× larger, so the position term is not
+# negligible next to the content logits when training begins).
+
+
+class RelativeHeadBias(GridTable):
+    """A learned scalar per head and raster offset added to the attention logits (content-independent)."""
+
+    no_weight_decay_names = ("table",)
+
+    def __init__(self, grid_size: Tuple[int, int], num_prefix: int, heads: int):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.num_prefix = num_prefix
+        index, offsets = relative_offset_index(self.grid_size, num_prefix, two_d=False)
+        self.table = nn.Parameter(torch.zeros(offsets + (1 if num_prefix else 0), heads))
+        trunc_normal_(self.table, std=0.02)
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float):
+        return q, k, self.table[self.index].permute(2, 0, 1)[None].to(q.dtype)  # 1, h, T, T
+
+    def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
+        out = dict(tensors)
+        table = tensors.get("table")
+        if table is None or (tuple(table.shape) == tuple(self.table.shape) and old_grid in (None, self.grid_size)):
+            return out
+        extra = 1 if self.num_prefix else 0
+        patches = (table.shape[0] - extra + 1) // 2
+        old = tuple(old_grid) if old_grid else square_grid(patches, "table")
+        if table.ndim != 2 or 2 * old[0] * old[1] - 1 != table.shape[0] - extra:
+            raise ValueError(f"table: shape {tuple(table.shape)} does not hold the offsets of a {old[0]}×{old[1]} grid")
+        resampled = relative_offsets_to_grid(table[: 2 * patches - 1], old, self.grid_size)
+        out["table"] = torch.cat([resampled, table[2 * patches - 1 :]], dim=0).to(table.dtype)
+        return out
+
+
+@POSITION_EMBEDDINGS.register("relative_2d_offsets")
+class Relative2dOffsets(Relative1d):
+    """Diagnostic: D.4's relative attention over 2-D displacements (dy, dx) instead of raster offsets."""
+
+    @classmethod
+    def attention_flops(cls, ctx: PositionContext) -> int:
+        tokens = ctx.num_prefix_tokens + ctx.num_patches
+        h, w = ctx.grid_size
+        offsets = (2 * h - 1) * (2 * w - 1) + (1 if ctx.num_prefix_tokens else 0)
+        return 2 * tokens * ctx.dim * offsets
+
+    def make_attention_position(self, index: int) -> nn.Module:
+        return RelativeLogits(self.ctx.grid_size, self.ctx.num_prefix_tokens, self.ctx.head_dim, two_d=True)
+
+
+@POSITION_EMBEDDINGS.register("relative_head_bias")
+class RelativeHeadBias1d(Relative1d):
+    """Diagnostic: a content-independent bias per head and raster offset instead of q · r."""
+
+    @classmethod
+    def attention_flops(cls, ctx: PositionContext) -> int:
+        return 0  # a gather and an add
+
+    def make_attention_position(self, index: int) -> nn.Module:
+        return RelativeHeadBias(self.ctx.grid_size, self.ctx.num_prefix_tokens, self.ctx.heads)
+
+
+@POSITION_EMBEDDINGS.register("relative_large_init")
+class RelativeLargeInit(Relative1d):
+    """Diagnostic: D.4's 1-D relative attention with its offset table initialised 10× larger (std 0.2)."""
+
+    def make_attention_position(self, index: int) -> nn.Module:
+        return RelativeLogits(self.ctx.grid_size, self.ctx.num_prefix_tokens, self.ctx.head_dim, init_std=0.2)
 
 
 class Rotary2d(nn.Module):
