@@ -167,7 +167,7 @@ class GpuSections:
         del step, model, optimizer
 
     def _mfu_reference(self, out: Dict[str, Any]) -> None:
-        """MFU of the issue's reference model (ViT-B/16 at 224), bf16 and compiled when compile works."""
+        """MFU of the target's reference model (ViT-B/16 at 224), bf16 and compiled when compile works."""
         from vit_ablate.model import resolve_spec
 
         model_cfg = dict(self.mfu_reference)  # the paper-default model, nothing of the configured run

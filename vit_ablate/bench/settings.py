@@ -1,4 +1,4 @@
-"""The benchmark's constants: sections, the issue's targets, the component list, reference anchors."""
+"""The benchmark's constants: sections, the project's performance targets, the component list, reference anchors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Dict, Tuple
 
 SECTIONS = ("model", "components", "framework", "data", "gpu")
 
-# The issue's targets: a row is met when its ratio is at least this.
+# The project's performance targets: a row is met when its ratio is at least this.
 TARGETS = {
     "model": 1.00,  # ours / timm
     "components": 0.90,  # variant / default: each component costs at most 10 %
@@ -28,7 +28,7 @@ CPU_ANCHORS: Tuple[Tuple[Dict[str, int], float], ...] = (
     ({"img_size": 32, "patch_size": 8, "dim": 128, "depth": 4}, 1071.0),
 )
 
-MFU_REFERENCE = {"variant": "B/16", "img_size": 224, "num_classes": 1000}  # the issue's MFU target model
+MFU_REFERENCE = {"variant": "B/16", "img_size": 224, "num_classes": 1000}  # the model the MFU target is stated for
 ENV_ROUNDS = "VIT_ABLATE_BENCH_ROUNDS"
 ENV_WARMUP = "VIT_ABLATE_BENCH_WARMUP"
 ENV_COMPONENTS = "VIT_ABLATE_BENCH_COMPONENTS"
