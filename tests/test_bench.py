@@ -61,8 +61,10 @@ def _meta_model(cfg):
         {"variant": "Ti/4", "img_size": 32, "num_classes": 10},
         {"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pool": "gap"},
         {"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pos_embed": "relative", "pool": "map", "stem": "conv", "head": "mlp"},
+        {"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pos_embed": "relative_2d_offsets"},
+        {"variant": "Ti/4", "img_size": 32, "num_classes": 10, "pos_embed": "relative_head_bias", "pool": "gap_fc_norm"},
     ],
-    ids=["Ti16-224", "cifar-Ti4-32", "Ti4-gap", "relative-map-conv-mlp"],
+    ids=["Ti16-224", "cifar-Ti4-32", "Ti4-gap", "relative-map-conv-mlp", "relative_2d_offsets", "relative_head_bias-gap_fc_norm"],
 )
 def test_analytic_flops_match_torch_flop_counter(cfg):
     model = _meta_model(cfg)

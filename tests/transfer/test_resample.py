@@ -115,7 +115,9 @@ def test_2d_offset_table_maps_each_displacement_to_the_same_image_displacement()
     new_dx = torch.arange(-(new - 1), new, dtype=torch.float64)[None, :].expand(2 * new - 1, 2 * new - 1)
     expected = _smooth(new_dy * old / new, new_dx * old / new, channels)
     inside = ((new_dy * old / new).abs() <= old - 2) & ((new_dx * old / new).abs() <= old - 2)
-    assert (moved.reshape(2 * new - 1, 2 * new - 1, channels).double() - expected)[inside].abs().max() < 0.01
+    # bicubic in both axes: ≤ 0.014 measured on this function of amplitude 2; a displacement read half a
+    # cell off would err by ~0.2
+    assert (moved.reshape(2 * new - 1, 2 * new - 1, channels).double() - expected)[inside].abs().max() < 0.02
     # without a stated grid, the square source grid is read from the shape
     assert torch.equal(target.resample_tensors({"table": table}, None)["table"], moved)
 
