@@ -105,7 +105,7 @@ def test_train_help_explains_every_key_without_importing_torch():
         line = next((l for l in lines if l.startswith(f"  {key}=")), None)
         assert line is not None, key
         assert f.metadata["help"] and f.metadata["help"] in line, key
-    assert any(l.startswith("  model.pos_embed=2d ") and l.endswith("valid: none | 1d | 2d | relative | sincos2d | rope2d") for l in lines)
+    assert any(l.startswith("  model.pos_embed=2d ") and l.endswith("valid: none | 1d | 2d | relative | sincos2d | rope2d | relative_2d_offsets | relative_head_bias | relative_large_init") for l in lines)
     assert any(l.startswith("  optim.ema_decay=0.9998 ") and l.endswith("EMA decay per step; valid: [0, 1)") for l in lines)
 
 

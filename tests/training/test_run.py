@@ -83,12 +83,11 @@ def _state(path):
     return ckpt["state_dict"]
 
 
-@pytest.mark.slow
 def test_device_placement_through_lightnings_public_accelerator_interface():
     # the interface resolve_devices relies on; a Lightning release that renames it fails here, by name
-    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator, XLAAccelerator
 
-    for accelerator in (CPUAccelerator, CUDAAccelerator, MPSAccelerator):
+    for accelerator in (CPUAccelerator, CUDAAccelerator, MPSAccelerator, XLAAccelerator):
         for method in ("is_available", "auto_device_count", "parse_devices", "get_parallel_devices"):
             assert callable(getattr(accelerator, method, None)), f"{accelerator.__name__}.{method}"
     cpu = ["trainer.accelerator=cpu"]
@@ -103,6 +102,7 @@ def test_device_placement_through_lightnings_public_accelerator_interface():
             resolve_devices(load_config(overrides=["trainer.accelerator=cuda"]))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path):
     args = [*fast_args, "trainer.max_epochs=4", "data.synthetic.num_train=2048"]
     reference = train(_cfg(args, "name=reference"))

@@ -274,3 +274,23 @@ def test_a_sweep_folder_with_only_its_train_log_is_accepted(tmp_path, monkeypatc
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
     with pytest.raises(Exception, match="not a run directory"):
         check_run_dir(folder, cfg)
+
+
+def test_a_finished_gap_run_of_before_0_2_is_not_taken_for_the_papers_gap(tmp_path):
+    """vit_ablate 0.1 ran timm's mean-then-LayerNorm as pool=gap; its finished run is refused, not reused."""
+    from vit_ablate import rundir
+    from vit_ablate.config import ConfigError, to_yaml
+    from vit_ablate.training.run import check_run_dir, resolve_run_dir
+
+    cases = [("gap", "0.1.0", True), ("gap", "0.2.0", False), ("cls", "0.1.0", False), ("gap", "0.0.0+unknown", False)]
+    for index, (pool, version, refused) in enumerate(cases):
+        cfg = load_config(overrides=[f"output_dir={tmp_path}", f"name=run{index}", f"model.pool={pool}"], files=["experiments/quickstart.yaml"])
+        run_dir = resolve_run_dir(cfg)
+        run_dir.mkdir(parents=True)
+        (run_dir / rundir.CONFIG_FILE).write_text(to_yaml(cfg))
+        rundir.write_result(run_dir, {"status": rundir.COMPLETED, "version": version})
+        if refused:
+            with pytest.raises(ConfigError, match="gap_fc_norm"):
+                check_run_dir(run_dir, cfg)
+        else:
+            check_run_dir(run_dir, cfg)

@@ -7,7 +7,7 @@ import torch
 
 from vit_ablate import build_model
 from vit_ablate.model.pos_embed import RelativeLogits, relative_offsets_to_grid, resample_position_tensors
-from vit_ablate.model.transfer import SourceWeights, apply_source
+from vit_ablate.model.transfer import InitError, SourceWeights, apply_source
 
 from .helpers import TINY, accuracy, train_on_halves
 
@@ -161,3 +161,11 @@ def test_relative_upsampling_stays_within_the_old_tables_range():
     assert resampled.shape == (15, 1)
     assert resampled.min().item() >= -3.0 - 1e-6 and resampled.max().item() <= 3.0 + 1e-6
     assert resampled[0].item() == pytest.approx(-3.0) and resampled[-1].item() == pytest.approx(3.0)
+
+
+def test_a_timm_gap_source_into_the_papers_gap_is_refused_naming_gap_fc_norm():
+    cfg = {**TINY, "img_size": 32, "pool": "gap_fc_norm"}
+    source = build_model(cfg)
+    with pytest.raises(InitError, match="model.pool=gap_fc_norm"):
+        _transfer(source, {**cfg, "pool": "gap"}, (4, 4))
+    _transfer(source, cfg, (4, 4))  # into the same pooling it loads

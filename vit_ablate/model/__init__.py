@@ -3,6 +3,7 @@
 Where each axis lives:
     model.stem          stems.py       patch | hybrid | conv
     model.pos_embed     pos_embed.py   none | 1d | 2d | relative | sincos2d | rope2d
+                                       (diagnostics of relative: relative_2d_offsets | relative_head_bias | relative_large_init)
     model.pos_embed_at  pos_embed.py   input | every_layer | every_layer_shared
     model.norm          blocks.py      pre | post
     model.pool          pooling.py     cls | gap | gap_fc_norm | map

@@ -536,17 +536,20 @@ class RelativeHeadBias(GridTable):
         self.register_buffer("index", index, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float):
-        return q, k, self.table[self.index].permute(2, 0, 1)[None].to(q.dtype)  # 1, h, T, T
+        # contiguous: SDPA's fused kernels copy or pad a mask whose last dimension is strided
+        return q, k, self.table[self.index].permute(2, 0, 1)[None].to(q.dtype).contiguous()  # 1, h, T, T
 
     def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
         out = dict(tensors)
         table = tensors.get("table")
         if table is None or (tuple(table.shape) == tuple(self.table.shape) and old_grid in (None, self.grid_size)):
             return out
+        if table.ndim != 2 or table.shape[1] != self.table.shape[1]:
+            return out  # another head count: the caller's shape check names it
         extra = 1 if self.num_prefix else 0
         patches = (table.shape[0] - extra + 1) // 2
         old = tuple(old_grid) if old_grid else square_grid(patches, "table")
-        if table.ndim != 2 or 2 * old[0] * old[1] - 1 != table.shape[0] - extra:
+        if 2 * old[0] * old[1] - 1 != table.shape[0] - extra:
             raise ValueError(f"table: shape {tuple(table.shape)} does not hold the offsets of a {old[0]}×{old[1]} grid")
         resampled = relative_offsets_to_grid(table[: 2 * patches - 1], old, self.grid_size)
         out["table"] = torch.cat([resampled, table[2 * patches - 1 :]], dim=0).to(table.dtype)

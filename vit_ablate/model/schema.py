@@ -33,7 +33,7 @@ class ModelConfig:
     head: str = setting("linear", "classifier (model/heads.py): mlp = tanh pre-logits", valid="linear | mlp")
     head_hidden_dim: Optional[int] = setting(None, "mlp head width; null = dim (paper §3.1 pre-logits)", valid=POSITIVE)
     head_zero_init: bool = setting(True, "zero-initialise the head (paper §3.1, fine-tuning)")
-    pos_embed: str = setting("1d", "position embedding (model/pos_embed.py)", valid="none | 1d | 2d | relative | sincos2d | rope2d; diagnostics of relative: relative_2d_offsets | relative_head_bias | relative_large_init")
+    pos_embed: str = setting("1d", "position embedding (model/pos_embed.py; relative_* other than relative: diagnostic variants, not in the paper)", valid="none | 1d | 2d | relative | sincos2d | rope2d | relative_2d_offsets | relative_head_bias | relative_large_init")
     pos_embed_at: str = setting("input", "where position embeddings are added (model/pos_embed.py)", valid="input | every_layer | every_layer_shared")
     stem: str = setting("patch", "image to tokens (model/stems.py)", valid="patch | hybrid | conv")
     hybrid_stage: int = setting(3, "paper §3.1: 4 = ResNet-50 stage-4 output; 3 = stage 4 folded into stage 3", valid=(3, 4))

@@ -296,6 +296,10 @@ def apply_source(model: VisionTransformer, source: SourceWeights, exclude: Seque
         shown = "; ".join(why for _, why in problems[:4]) + (f"; … ({len(problems)} in all)" if len(problems) > 4 else "")
         module = problems[0][0].rsplit(".", 1)[0]
         hint = "" if other_depth else f", or keep such tensors at their fresh init with init.exclude=[{module}]"
+        if "pool.encoder_norm.weight" in dict(problems) and "pool.norm.weight" in resampled:
+            # the source's final LayerNorm follows the mean: it was trained as timm's GAP
+            hint = (": its LayerNorm sits after the mean, so it is timm's GAP — set model.pool=gap_fc_norm "
+                    "(before vit_ablate 0.2.0, model.pool=gap meant that)")
         raise InitError(f"{where} does not fit this model: {shown}. Match the model settings to the source's{hint}")
 
     with torch.no_grad():

@@ -113,6 +113,7 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
                 f"run directory {str(run_dir)!r} already holds a run of a different configuration; "
                 "pick another `name=` (or output_dir=) instead of overwriting it"
             )
+        _refuse_timm_gap_run(run_dir, cfg)
         return
     if _sweep_managed():
         return  # the sweep engine made this folder (and its train.log) for this run
@@ -122,6 +123,21 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         raise ConfigError(
             f"{str(run_dir)!r} exists and is not a run directory (it has files but no {rundir.CONFIG_FILE}); "
             "nothing was written there: pick another `name=` (or output_dir=)"
+        )
+
+
+def _refuse_timm_gap_run(run_dir: Path, cfg: DictConfig) -> None:
+    """Before 0.2.0 ``pool=gap`` was timm's mean-then-LayerNorm (now ``gap_fc_norm``); a run it finished
+    under the same config is not a run of today's ``gap`` (the paper's), so it is neither kept nor resumed."""
+    if cfg.model.pool != "gap":
+        return
+    version = str((rundir.read_result(run_dir) or {}).get("version") or "")
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    if numbers and "+unknown" not in version and (int(numbers[1]), int(numbers[2])) < (0, 2):
+        raise ConfigError(
+            f"run directory {str(run_dir)!r} holds a model.pool=gap run of vit_ablate {version}, whose gap was timm's "
+            "mean-then-LayerNorm (model.pool=gap_fc_norm since 0.2.0), not the paper's gap that this version runs; "
+            "pick another `name=` (or output_dir=)"
         )
 
 
@@ -216,22 +232,20 @@ def resolve_devices(cfg: DictConfig) -> Placement:
     """How many processes per node Lightning will start for ``trainer.devices``, and on what.
 
     Through the accelerators' public static interface (``is_available``, ``auto_device_count``,
-    ``parse_devices``, ``get_parallel_devices``), choosing ``auto`` and ``gpu`` as the Trainer does:
-    CUDA where there is one, else MPS, else the CPU.
+    ``parse_devices``, ``get_parallel_devices``), choosing ``auto`` and ``gpu`` in the Trainer's order:
+    ``auto`` takes a TPU, else MPS, else CUDA, else the CPU; ``gpu`` takes MPS, else CUDA.
     """
-    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator, XLAAccelerator
 
+    accelerators = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "mps": MPSAccelerator, "tpu": XLAAccelerator}
     name = str(cfg.trainer.accelerator)
     if name in ("auto", "gpu"):
-        if CUDAAccelerator.is_available():
-            name = "cuda"
-        elif MPSAccelerator.is_available():
-            name = "mps"
-        else:
-            name = "cpu" if name == "auto" else "cuda"  # gpu without one: CUDA's own error below
-    accelerator = {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "mps": MPSAccelerator}.get(name)
+        order = ("tpu", "mps", "cuda") if name == "auto" else ("mps", "cuda")
+        available = [n for n in order if accelerators[n].is_available()]
+        name = available[0] if available else ("cpu" if name == "auto" else "cuda")  # gpu without one: the error below
+    accelerator = accelerators.get(name)
     if accelerator is None:
-        raise ConfigError(f"trainer.accelerator={name!r}: vit-ablate runs on cpu, cuda (gpu) or mps")
+        raise ConfigError(f"trainer.accelerator={name!r}: vit-ablate runs on cpu, cuda (gpu), mps or tpu")
     if name != "cpu" and not accelerator.is_available():
         raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator!r}: no {name} device on this machine (use trainer.accelerator=cpu or auto)")
     devices = cfg.trainer.devices
