@@ -119,3 +119,26 @@ def test_config_and_model_schema_import_without_torch():
     code = "import sys, vit_ablate.config, vit_ablate.model.schema; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_no_private_lightning_api_is_used():
+    """Lightning's underscored names change without notice between releases; the package uses none:
+    no ``from lightning... import _X``, no import of an underscored lightning module, no ``._x_connector``."""
+    found: List[str] = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("lightning", "pytorch_lightning")):
+                if any(part.startswith("_") for part in node.module.split(".")):
+                    found.append(f"{where} imports from {node.module}")
+                found += [f"{where} imports {alias.name}" for alias in node.names if alias.name.startswith("_")]
+            elif isinstance(node, ast.Import):
+                found += [f"{where} imports {alias.name}" for alias in node.names
+                          if alias.name.startswith(("lightning", "pytorch_lightning")) and any(p.startswith("_") for p in alias.name.split("."))]
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and node.attr.endswith("_connector"):
+                found.append(f"{where} reads .{node.attr}")
+    assert not found, found
+    # and the check can fail: the call this package used to make
+    bad = ast.parse("from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector")
+    assert any(alias.name.startswith("_") for node in ast.walk(bad) if isinstance(node, ast.ImportFrom) for alias in node.names)
