@@ -64,6 +64,28 @@ def test_relative_logits_depend_only_on_the_offset():
     assert firsts.unique().numel() == 2 * n - 1
 
 
+@pytest.mark.parametrize("pos", ["relative", "relative_2d_offsets"])
+def test_relative_logits_and_table_gradient_match_the_pairwise_formula(pos):
+    """bias[b, h, i, j] = scale · q_i · r[index(i, j)], and the table's gradient is the same sum, by a loop."""
+    torch.manual_seed(0)
+    relative = build_model({**TINY, "pos_embed": pos, "pool": "cls"}).blocks[0].attn.position
+    tokens = relative.index.shape[0]
+    q = torch.randn(2, 3, tokens, 8)
+    weights = torch.randn(2, 3, tokens, tokens)
+    _, _, bias = relative(q, q, 0.5)
+    (bias * weights).sum().backward()
+    expected = torch.empty_like(bias)
+    expected_grad = torch.zeros_like(relative.table)
+    table = relative.table.detach()
+    for i in range(tokens):
+        for j in range(tokens):
+            slot = relative.index[i, j]
+            expected[:, :, i, j] = 0.5 * q[:, :, i] @ table[slot]
+            expected_grad[slot] += 0.5 * (weights[:, :, i, j, None] * q[:, :, i]).sum((0, 1))
+    assert torch.allclose(bias, expected, atol=1e-5)
+    assert torch.allclose(relative.table.grad, expected_grad, atol=1e-4)
+
+
 def test_relative_bias_uses_the_prefix_slot_for_the_class_token():
     model = build_model({**TINY, "pos_embed": "relative", "pool": "cls"})
     relative = model.blocks[0].attn.position

@@ -2,8 +2,10 @@
 
 Position information that lives inside attention (the relative bias of paper D.4, 2-D RoPE) is a small
 module handed in by the position-embedding component: it maps ``(q, k)`` to ``(q, k, additive_bias)``.
-The bias goes to SDPA as a float mask so a fused kernel still runs. An explicit-math path, used only
-when attention maps are recorded for analysis (paper Figures 6 and 7), computes the same numbers.
+The bias goes to SDPA as a float mask, except where the bias is learned and the tensors are on a CPU:
+there SDPA falls back to its unfused path to return the mask's gradient, and the explicit
+softmax(q·kᵀ·scale + bias)·v below is faster (results/bench/relative_attention_cpu.md). The explicit
+path also records the attention maps for analysis (paper Figures 6 and 7); both compute the same numbers.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ class Attention(nn.Module):
         if self.position is not None:
             q, k, bias = self.position(q, k, self.scale)
         dropout_p = self.attn_dropout if self.training else 0.0
-        if self.record_attention:
+        learned_bias_on_cpu = bias is not None and bias.requires_grad and q.device.type == "cpu"
+        if self.record_attention or learned_bias_on_cpu:
             logits = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
             weights = logits.softmax(dim=-1)
-            self.last_attention = weights.detach()
+            if self.record_attention:
+                self.last_attention = weights.detach()
             out = F.dropout(weights, dropout_p, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
