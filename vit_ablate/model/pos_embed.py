@@ -426,15 +426,21 @@ class RelativeLogits(GridTable):
             image = table[:offsets].reshape(2 * old[0] - 1, 2 * old[1] - 1, -1)
             out["table"] = torch.cat([displacements_to_grid(image, old, self.grid_size).reshape(-1, table.shape[1]), table[offsets:]], dim=0).to(table.dtype)
             return out
-        if (table.shape[0] - extra) % 2 != 1:
-            raise ValueError(f"table: shape {tuple(table.shape)} is not 2N−1 offsets{' and a prefix slot' if extra else ''}")
-        patches = (table.shape[0] - extra + 1) // 2
-        old = tuple(old_grid) if old_grid else square_grid(patches, "table")
-        if patches != old[0] * old[1]:
-            raise ValueError(f"table: shape {tuple(table.shape)} does not hold the offsets of a {old[0]}×{old[1]} grid")
-        resampled = relative_offsets_to_grid(table[: 2 * patches - 1], old, self.grid_size)
-        out["table"] = torch.cat([resampled, table[2 * patches - 1 :]], dim=0).to(table.dtype)
+        out["table"] = resample_raster_offsets(table, extra, old_grid, self.grid_size)
         return out
+
+
+def resample_raster_offsets(table: torch.Tensor, extra: int, old_grid: Optional[Grid], new_grid: Grid) -> torch.Tensor:
+    """A table of the 2N − 1 raster offsets of ``old_grid`` (rows; then ``extra`` prefix slots, kept)
+    moved to ``new_grid``'s offsets through the (dy, dx) each offset stands for (paper §3.2)."""
+    if (table.shape[0] - extra) % 2 != 1:
+        raise ValueError(f"table: shape {tuple(table.shape)} is not 2N−1 offsets{' and a prefix slot' if extra else ''}")
+    patches = (table.shape[0] - extra + 1) // 2
+    old = tuple(old_grid) if old_grid else square_grid(patches, "table")
+    if patches != old[0] * old[1]:
+        raise ValueError(f"table: shape {tuple(table.shape)} does not hold the offsets of a {old[0]}×{old[1]} grid")
+    resampled = relative_offsets_to_grid(table[: 2 * patches - 1], old, new_grid)
+    return torch.cat([resampled, table[2 * patches - 1 :]], dim=0).to(table.dtype)
 
 
 def relative_offset_index(grid_size: Grid, num_prefix: int, two_d: bool) -> Tuple[torch.Tensor, int]:
@@ -546,13 +552,7 @@ class RelativeHeadBias(GridTable):
             return out
         if table.ndim != 2 or table.shape[1] != self.table.shape[1]:
             return out  # another head count: the caller's shape check names it
-        extra = 1 if self.num_prefix else 0
-        patches = (table.shape[0] - extra + 1) // 2
-        old = tuple(old_grid) if old_grid else square_grid(patches, "table")
-        if 2 * old[0] * old[1] - 1 != table.shape[0] - extra:
-            raise ValueError(f"table: shape {tuple(table.shape)} does not hold the offsets of a {old[0]}×{old[1]} grid")
-        resampled = relative_offsets_to_grid(table[: 2 * patches - 1], old, self.grid_size)
-        out["table"] = torch.cat([resampled, table[2 * patches - 1 :]], dim=0).to(table.dtype)
+        out["table"] = resample_raster_offsets(table, 1 if self.num_prefix else 0, old_grid, self.grid_size)
         return out
 
 
