@@ -5,8 +5,10 @@
 ``run_bench(cfg, ...)`` measures the configured model and batch and returns a printable table
 (section, what, img/s, reference img/s, ratio, spread, target, met?); ``--json`` writes
 every number plus the environment (rewritten after each section, so a killed run keeps
-what it finished). Sections (``core.py`` describes each): model, components,
-framework, data, gpu (CUDA only), and ``ddp=N``. Misses are printed as misses.
+what it finished). Sections (``core.py`` describes each and runs them): model, components
+(``pool.py``), framework (``framework.py``), data (``data.py``), gpu (CUDA only) and ``ddp=N`` (``gpu.py``).
+Each is a function of the settings (``context.BenchContext``) and the report it adds to
+(``context.BenchReport``). Misses are printed as misses.
 
 Knobs without a CLI flag (environment variables): ``VIT_ABLATE_BENCH_ROUNDS`` (default 3),
 ``VIT_ABLATE_BENCH_WARMUP`` (default 2), ``VIT_ABLATE_BENCH_COMPONENTS`` ("core": the four with targets,
@@ -39,7 +41,6 @@ __all__ = [
 ]
 
 
-
 def benchmark(
     cfg,
     *,
@@ -49,17 +50,17 @@ def benchmark(
     json_path: Optional[str] = None,
     **options: Any,
 ):
-    """Run the benchmark; returns the ``Bench`` (``.results`` is the JSON content, ``.table()`` the text).
+    """Run the benchmark; returns the ``BenchReport`` (``.results`` is the JSON content, ``.rows`` the
+    table's rows, ``.table()`` the text).
 
-    ``options`` go to ``Bench``: rounds, warmup, components, peak_tflops, device, progress,
+    ``options`` go to ``make_context``: rounds, warmup, components, peak_tflops, device, progress,
     mfu_reference, mfu_batch, gpu_compile, gpu_on_cpu, feed (the data section's
     loader-fed training row; default on a GPU only).
     """
-    from vit_ablate.bench.core import Bench
+    from vit_ablate.bench.core import make_context, run_sections
 
-    bench = Bench(cfg, steps=steps, **options)
-    bench.run(sections, ddp=ddp, json_path=json_path)  # written after every section, atomically
-    return bench
+    ctx = make_context(cfg, steps=steps, **options)
+    return run_sections(ctx, sections, ddp=ddp, json_path=json_path)  # written after every section, atomically
 
 
 def run_bench(
