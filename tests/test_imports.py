@@ -138,7 +138,11 @@ def test_no_private_lightning_api_is_used():
                           if alias.name.startswith(("lightning", "pytorch_lightning")) and any(p.startswith("_") for p in alias.name.split("."))]
             elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and node.attr.endswith("_connector"):
                 found.append(f"{where} reads .{node.attr}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("_") and node.value.endswith("_connector"):
+                found.append(f"{where} names {node.value!r} (getattr of a private connector)")
     assert not found, found
     # and the check can fail: the call this package used to make
     bad = ast.parse("from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector")
     assert any(alias.name.startswith("_") for node in ast.walk(bad) if isinstance(node, ast.ImportFrom) for alias in node.names)
+    by_name = ast.parse('getattr(trainer, "_logger_connector", None)')  # and the getattr this package used to make
+    assert any(isinstance(n, ast.Constant) and n.value == "_logger_connector" for n in ast.walk(by_name))

@@ -164,13 +164,15 @@ class ViTModule(L.LightningModule):
         ``log_every_n_steps`` steps. Why ask: each call costs ~1 ms of host time (Lightning moves its
         result objects every time), the whole GPU step of a small ViT, and the epoch's mean training
         loss is accumulated on the device regardless."""
-        trainer = self._trainer
-        if trainer is None:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (a bare forward in a test or a notebook)
             return False
         if trainer.progress_bar_callback is not None:
             return True
-        # Lightning's own "is this a logging step" (private; should it move, log every step as before)
-        return bool(getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", True))
+        # Lightning's own rule for a logging step, from public attributes: before the optimizer step,
+        # global_step counts the steps done, so this is its "(batches that stepped + 1) % n == 0"
+        return (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.should_stop
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
