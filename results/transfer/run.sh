@@ -9,8 +9,8 @@
 #   fine     B at 48 px from init.path=pre's last.ckpt (1-D table resampled 8×8 → 12×12; init.exclude=[head]:
 #            a new zero-initialised head)
 #   scratch  B at 48 px from a random init, the same budget (FINE_EPOCHS epochs), the same seed
-# Expected cost on an idle 2-core CPU: about 30 minutes (an estimate scaled from the CPU protocol's
-# timings, results/PROTOCOLS.md, with 2.2× the tokens at 48 px; not measured).
+# Cost, measured on the idle 2-core CPU (seed 0, 2026-11-25): 23m26s for the whole script (pre 337 s,
+# fine 487 s, scratch 492 s of training runs, the rest few-shot and start-up). Results: results/transfer/README.md.
 #
 #   results/transfer/run.sh --dry-run     # every step on 64 images, 2 steps each (about a minute)
 #   nohup results/transfer/run.sh > runs/transfer.log 2>&1 &
