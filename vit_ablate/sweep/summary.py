@@ -107,9 +107,12 @@ def describe_run(sweep_dir: Path, sweep: str, entry: Mapping[str, Any], metric: 
            "wall_time_s": round(sum(a.seconds for a in attempts), 1) if attempts else result.get("wall_time_s")}
     if attempts and status not in rundir.FINAL_STATUSES:
         run["log_tail"] = log_tail(paths.log, attempts[-1].offset)
-    if status == rundir.RUNNING:
-        holder = paths.lock.read_text().strip() if paths.lock.is_file() else ""
-        run["pid"] = int(holder) if holder.isdigit() else None  # the training process holds its run's lock
+    if status == rundir.RUNNING:  # the training process holds its run directory's lock, with its pid
+        try:
+            holder = paths.lock.read_text().strip()
+        except OSError:
+            holder = ""
+        run["pid"] = int(holder) if holder.isdigit() else None
     return run
 
 
