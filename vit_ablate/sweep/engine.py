@@ -1,15 +1,12 @@
-"""Sweep files, their validation, the W&B agent's command macros and the proposals. Nothing here
+"""Sweep files, their validation, the W&B agent's command macros and the proposals; nothing here
 starts a process.
 
-``load_sweep`` reads the YAML file as ``wandb sweep`` reads it (``yaml.safe_load``) with its
-``# reference:``/``# baseline:`` header comments, and inserts the CLI's ``key=value`` overrides into
-the command right after ``${args_no_hyphens}``. ``validate_sweep`` checks everything it can before a
-run starts (W&B's schema, the macros, every parameter name and value through
-``vit_ablate.config.load_config`` with the argv the agent would build) and raises one ``ConfigError``
-listing every problem. ``expand_command`` substitutes the macros as ``wandb agent`` does.
-``propose`` asks W&B's open-source ``sweeps`` package (the engine the W&B server runs) for the next
-parameter set, seeded by the sweep's name and the proposal's index so that a proposal is
-reproducible; ``runs_to_stop`` asks it which runs hyperband ``early_terminate`` stops.
+``load_sweep`` reads the file as ``wandb sweep`` does (``yaml.safe_load``), with its header comments.
+``validate_sweep`` checks W&B's schema, the macros, and every parameter name and value through
+``vit_ablate.config.load_config`` with the argv the agent would build, before any run starts.
+``expand_command`` substitutes the macros as ``wandb agent`` does. ``propose`` and ``runs_to_stop``
+ask W&B's open-source ``sweeps`` package (the engine the W&B server runs) for the next parameter set,
+seeded by the sweep's name and the proposal's index, and for the runs hyperband stops.
 """
 
 from __future__ import annotations
@@ -92,11 +89,8 @@ class SweepSpec:
 
 
 def insert_overrides(command: Optional[Sequence[Any]], overrides: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
-    """``[..., "${args_no_hyphens}", rest...]`` → ``[..., "${args_no_hyphens}", *overrides, *extra, rest...]``.
-
-    After the sweep's parameters, so an override wins over the experiment file (and the parameters);
-    at the end when the command has no ``${args_no_hyphens}``.
-    """
+    """``[..., "${args_no_hyphens}", rest...]`` → ``[..., "${args_no_hyphens}", *overrides, *extra, rest...]``:
+    after the sweep's parameters, so they win (at the end without ``${args_no_hyphens}``)."""
     command = list(command or [])
     added = [*overrides, *extra]
     for index, chunk in enumerate(command):
@@ -231,9 +225,6 @@ def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[L
         problems.append("sweep file: `parameters` must map at least one parameter name to its values")
         parameters = {}
 
-    if config.get("command") is not None and not isinstance(config.get("command"), list):
-        problems.append("sweep file: `command` must be a list, e.g. [vit-ablate, train, FILE.yaml, \"${args_no_hyphens}\"]")
-        template = []
     template = list(template) if template is not None else spec.command
     for chunk in map(str, template):
         if chunk.startswith("${") and chunk.endswith("}") and chunk[2:-1] not in MACROS and not _ENVVAR_MACRO.match(chunk):
@@ -249,10 +240,6 @@ def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[L
     for name, pconfig in parameters.items():
         if not isinstance(pconfig, dict):
             continue  # the schema check above reports it
-        if "parameters" in pconfig:
-            problems.append(f"parameter {name!r}: nested `parameters` blocks are not supported; name each key in "
-                            f"full, e.g. `{name}.<key>:`")
-            continue
         try:
             representative[name] = _representative_values(name, pconfig)
         except Exception as exc:  # a distribution the schema let through but sweeps cannot sample

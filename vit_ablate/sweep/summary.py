@@ -146,9 +146,6 @@ class SweepSummary:
     runs: List[Dict[str, Any]] = field(default_factory=list)  # read_sweep's
     notes: List[str] = field(default_factory=list)
 
-    def __str__(self) -> str:  # pragma: no cover - convenience
-        return self.text
-
 
 def format_seconds(seconds: Optional[float]) -> str:
     if seconds is None:
@@ -176,9 +173,9 @@ def summarize(manifest: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], sw
     params = list(dict.fromkeys(key for run in runs for key in run.get("params") or {}))
     rows = []
     for run in runs:
+        values = [(run.get("params") or {}).get(p, "") for p in params]
         value = (run.get("metrics") or {}).get(metric)
-        rows.append([str(run.get("name")),
-                     *(f"{v:g}" if isinstance(v, float) else str(v) for v in ((run.get("params") or {}).get(p, "") for p in params)),
+        rows.append([str(run.get("name")), *(f"{v:g}" if isinstance(v, float) else str(v) for v in values),
                      str(run.get("status")), f"{value:.4f}" if isinstance(value, (int, float)) else "-",
                      format_seconds(run.get("wall_time_s"))])
     counts = {status: 0 for status in STATUSES}

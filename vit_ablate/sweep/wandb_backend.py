@@ -1,24 +1,16 @@
 """The W&B backend: the same sweep file, proposals made by the W&B server, runs started by ``wandb agent``.
 
-The uploaded ``command`` is the file's with, right after ``${args_no_hyphens}``, the CLI's overrides
-and ``logging.wandb=true output_dir=<--output-dir>``, so every run logs to W&B and writes its run
-directory to ``<output-dir>/sweep-<id>/<run id>/`` (``vit_ablate.training.run.resolve_run_dir``).
-
-Online (``WANDB_MODE`` unset or ``online``): ``wandb.sweep`` creates the sweep (``project``/``entity``
-from the file, else ``$WANDB_PROJECT``/``$WANDB_ENTITY``, else project ``vit-ablate``), or
-``--sweep-id`` joins one, whose command must then be that same command. ``--workers N`` starts N
-``wandb agent`` processes, each with its share of ``--count`` and its GPUs (dealt as locally); when
-they return, ``sweep.json`` lists the run directories found, so a W&B sweep reads like a local one.
-
-Offline (``WANDB_MODE=offline`` or ``disabled``) there is no server to propose runs, and
-``wandb.sweep`` needs one: the local runner makes the proposals (with the ``sweeps`` package, the
-engine the server runs) and starts each run as ``wandb agent``'s ``Agent._command_run`` would:
-``WANDB_SWEEP_ID``, ``WANDB_RUN_ID`` and ``WANDB_SWEEP_PARAM_PATH`` in its environment, the uploaded
-command with the agent's macros. Training logs into an offline W&B run that ``wandb sync`` uploads.
-
-tests/sweep/test_sweep_wandb.py runs both without a server (online with stand-ins for ``wandb.sweep``
-and the agent); a real server's proposals, hyperband stops, signal forwarding and requeue of a
-preempted run are not exercised.
+The uploaded ``command`` is the file's with, after ``${args_no_hyphens}``, the CLI's overrides and
+``logging.wandb=true output_dir=<--output-dir>``: every run logs to W&B and writes its run directory
+to ``<output-dir>/sweep-<id>/<run id>/``. Online, ``wandb.sweep`` creates the sweep (or ``--sweep-id``
+joins one with that same command) and ``--workers N`` ``wandb agent`` processes run it, each with its
+share of ``--count`` and its GPUs; their run directories are then listed in ``sweep.json``. Offline
+(``WANDB_MODE=offline``), with no server to propose runs, the local runner proposes them with the
+``sweeps`` package (the engine the server runs) and starts each as ``wandb agent``'s
+``Agent._command_run`` would: ``WANDB_SWEEP_ID``, ``WANDB_RUN_ID`` and ``WANDB_SWEEP_PARAM_PATH`` in
+its environment, the macros expanded; training logs into an offline W&B run that ``wandb sync``
+uploads. tests/sweep/test_sweep_wandb.py runs both (online with stand-ins for ``wandb.sweep`` and the
+agent); a real server's proposals, hyperband stops and requeues are not exercised.
 """
 
 from __future__ import annotations
