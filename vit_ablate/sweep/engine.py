@@ -29,6 +29,7 @@ import yaml
 
 from vit_ablate import rundir
 from vit_ablate.config import ConfigError
+from vit_ablate.sweep.summary import result_metrics
 
 # The macros ``wandb agent`` knows (wandb/wandb_agent.py, wandb/sdk/launch/sweeps/utils.py).
 MACROS = ("env", "interpreter", "program", "args", "args_no_equals", "args_no_hyphens", "args_no_boolean_flags",
@@ -390,9 +391,8 @@ def to_sweep_run(entry: Mapping[str, Any], run_dir: Optional[Path], metric: str,
     summary: Dict[str, Any] = {}
     history: List[Dict[str, Any]] = []
     if run_dir is not None:
-        result = rundir.read_result(run_dir) or {}
-        for section in ("final", "test"):
-            summary.update({k: v for k, v in (result.get(section) or {}).items() if isinstance(v, (int, float))})
+        metrics = result_metrics(rundir.read_result(run_dir) or {}, metric)
+        summary = {k: v for k, v in metrics.items() if v is not None}
         history = rundir.read_metrics(run_dir) if with_history else []
         if history and metric not in summary and metric in history[-1]:
             summary[metric] = history[-1][metric]
