@@ -4,13 +4,11 @@ tested with it; real training is tested with ``vit-ablate train`` itself.
     python fake_train.py acc=0.5 epochs=5 sleep=0.2 mode=ok|crash|fail
 
 It writes ``metrics.csv`` (one row per "epoch", ``val/acc1`` = ``acc``) and ``result.json`` into
-``$VIT_ABLATE_RUN_DIR`` (or ``output_dir/sweep-$WANDB_SWEEP_ID/$WANDB_RUN_ID``), holding the run
-directory's lock while it runs as training does, resumes from the epochs already in ``metrics.csv``,
-and on SIGTERM writes ``status: interrupted`` and exits 130.
+``$VIT_ABLATE_RUN_DIR`` (or ``output_dir/sweep-$WANDB_SWEEP_ID/$WANDB_RUN_ID``), resumes from the
+epochs already in ``metrics.csv``, and on SIGTERM writes ``status: interrupted`` and exits 130.
 ``mode=crash`` exits 3 without a result.json; ``mode=fail`` writes ``status: failed``.
 """
 
-import atexit
 import csv
 import json
 import os
@@ -18,16 +16,12 @@ import signal
 import sys
 import time
 
-from vit_ablate.io import FolderLock
-
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
 if os.environ.get("VIT_ABLATE_RUN_DIR"):
     run_dir = os.environ["VIT_ABLATE_RUN_DIR"]
 else:
     run_dir = os.path.join(args.get("output_dir", "runs"), f"sweep-{os.environ['WANDB_SWEEP_ID']}", os.environ["WANDB_RUN_ID"])
 os.makedirs(run_dir, exist_ok=True)
-lock = FolderLock(run_dir).acquire()  # its pid in <run_dir>/.lock, as `vit-ablate train` holds it
-atexit.register(lock.release)
 with open(os.path.join(run_dir, "config.yaml"), "w") as handle:  # as training writes its resolved config
     handle.write("".join(f"{key}: {value}\n" for key, value in sorted(args.items())))
 acc = float(args.get("acc", 0.5))

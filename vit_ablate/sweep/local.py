@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from vit_ablate import rundir
 from vit_ablate.config import ConfigError
@@ -89,8 +89,10 @@ except OSError:  # pragma: no cover
     _LIBC = None
 
 
-def _child_setup(parent: int) -> None:
-    """Runs in the child between fork and exec: SIGTERM when the engine dies (PR_SET_PDEATHSIG)."""
+def _child_setup(parent: int, header: Callable[[int], str]) -> None:
+    """Runs in the child between fork and exec: the attempt's header, with the child's own pid, as the
+    first line of its output; SIGTERM when the engine dies (PR_SET_PDEATHSIG)."""
+    os.write(1, header(os.getpid()).encode())
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:  # the engine died before prctl took effect
@@ -169,7 +171,7 @@ class _Active:
     paths: rundir.RunDir
     slot: int
     log: Any  # train.log, open for appending
-    output_offset: int  # where this attempt's output starts in train.log
+    output_offset: int  # where this attempt starts in train.log
     result_before: Optional[Tuple[int, int]]  # result.json's mtime and size before the attempt
     started: float
     proc: Any = None
@@ -308,14 +310,13 @@ class SweepRunner:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         attempt = len(read_attempts(paths.log, self.spec.name, entry["name"])) + 1
+        header = lambda pid: attempt_header(self.spec.name, entry["name"], attempt, pid, argv)  # noqa: E731
         log = open(paths.log, "ab")
-        log.write(attempt_header(self.spec.name, entry["name"], attempt, argv).encode())
-        log.flush()
-        active = _Active(entry, paths, slot, log, log.tell(), _stat(paths.result), time.time())
+        active = _Active(entry, paths, slot, log, log.seek(0, os.SEEK_END), _stat(paths.result), time.time())
         parent = os.getpid()
         try:
             active.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True, preexec_fn=lambda: _child_setup(parent))
+                                           start_new_session=True, preexec_fn=lambda: _child_setup(parent, header))
         except OSError as exc:
             self._end(active, None, {"status": rundir.FAILED, "error": f"cannot start {argv[0]!r}: {exc}"})
             return

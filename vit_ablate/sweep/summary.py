@@ -2,9 +2,10 @@
 
 ``sweep.json`` lists the proposals; what became of each one lives in its run directory only: its
 status in ``result.json`` (written by training, or by the runner when the process ended without one
-or was stopped by hyperband) and its attempts in ``train.log``, where the runner writes a line before
-(``==== sweep <sweep> <run> attempt N at ...``) and after (``... ended: exit code C after S s``) each
-attempt's output. ``read_sweep`` joins the proposals with both.
+or was stopped by hyperband) and its attempts in ``train.log``, each framed by a line before its
+output (``==== sweep <sweep> <run> attempt N at <time> (pid P): <argv>``, written by the child
+itself before it executes the command) and one after it (``... ended: exit code C after S s``).
+``read_sweep`` joins the proposals with both.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from vit_ablate.io import finite_or_none
 
 MANIFEST = "sweep.json"
 STATUSES = rundir.SWEEP_STATUSES
+_STARTED = re.compile(r"attempt \d+ at (\S+?)(?: \(pid (\d+)\))?: ")
 _ENDED = re.compile(r"ended: exit code (-?\d+|None) after ([\d.]+)s$")
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def now(timespec: str = "seconds") -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec=timespec)
 
 
 # ------------------------------------------------------------------------------- attempts in train.log
-def attempt_header(sweep: str, run: str, number: int, argv: Sequence[str]) -> str:
-    return f"==== sweep {sweep} {run} attempt {number} at {now()}: {' '.join(argv)}\n"
+def attempt_header(sweep: str, run: str, number: int, pid: int, argv: Sequence[str]) -> str:
+    return f"==== sweep {sweep} {run} attempt {number} at {now('milliseconds')} (pid {pid}): {' '.join(argv)}\n"
 
 
 def attempt_footer(sweep: str, run: str, exit_code: Optional[int], seconds: float) -> str:
@@ -41,9 +43,18 @@ def attempt_footer(sweep: str, run: str, exit_code: Optional[int], seconds: floa
 @dataclass
 class Attempt:
     offset: int  # where its output starts in train.log
+    started_at: Optional[float] = None  # seconds since the epoch
+    pid: Optional[int] = None
     ended: bool = False  # false while it runs, and when the engine died during it
     exit_code: Optional[int] = None
     seconds: float = 0.0
+
+
+def _timestamp(text: str) -> Optional[float]:
+    try:
+        return _dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def read_attempts(log: Path, sweep: str, run: str) -> List[Attempt]:
@@ -58,9 +69,10 @@ def read_attempts(log: Path, sweep: str, run: str) -> List[Attempt]:
                 if not line.startswith(prefix):
                     continue
                 rest = line[len(prefix):].decode(errors="replace").strip()
-                ended = _ENDED.match(rest)
+                started, ended = _STARTED.match(rest), _ENDED.match(rest)
                 if rest.startswith("attempt "):
-                    attempts.append(Attempt(offset))
+                    attempts.append(Attempt(offset, _timestamp(started[1]) if started else None,
+                                            int(started[2]) if started and started[2] else None))
                 elif ended and attempts:
                     attempts[-1].ended, attempts[-1].seconds = True, float(ended[2])
                     attempts[-1].exit_code = None if ended[1] == "None" else int(ended[1])
@@ -94,8 +106,9 @@ def describe_run(sweep_dir: Path, sweep: str, entry: Mapping[str, Any], metric: 
     """One proposal with what its run directory says became of it (see ``read_sweep``)."""
     paths = rundir.RunDir(Path(sweep_dir) / entry["dir"])
     attempts = read_attempts(paths.log, sweep, entry["name"])
-    in_progress = bool(attempts) and not attempts[-1].ended
-    result = {} if in_progress else rundir.read_result(paths.path) or {}
+    result = rundir.read_result(paths.path) or {}
+    if attempts and not attempts[-1].ended and not _written_since(paths.result, attempts[-1].started_at):
+        result = {}  # an earlier attempt's, and the last one has not ended
     if result.get("status"):
         status = str(result["status"])
     elif paths.path.is_dir():
@@ -107,13 +120,16 @@ def describe_run(sweep_dir: Path, sweep: str, entry: Mapping[str, Any], metric: 
            "wall_time_s": round(sum(a.seconds for a in attempts), 1) if attempts else result.get("wall_time_s")}
     if attempts and status not in rundir.FINAL_STATUSES:
         run["log_tail"] = log_tail(paths.log, attempts[-1].offset)
-    if status == rundir.RUNNING:  # the training process holds its run directory's lock, with its pid
-        try:
-            holder = paths.lock.read_text().strip()
-        except OSError:
-            holder = ""
-        run["pid"] = int(holder) if holder.isdigit() else None
+    if status == rundir.RUNNING:
+        run["pid"] = attempts[-1].pid if attempts else None
     return run
+
+
+def _written_since(path: Path, started_at: Optional[float]) -> bool:
+    try:
+        return started_at is None or path.stat().st_mtime >= started_at
+    except OSError:
+        return False
 
 
 def read_sweep(sweep_dir: str | os.PathLike) -> List[Dict[str, Any]]:
