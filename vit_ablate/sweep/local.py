@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -83,6 +84,7 @@ class LocalLauncher:
 
 
 # ---------------------------------------------------------------------------------------- processes
+_PR_SET_PDEATHSIG = 1
 try:
     _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
 except OSError:  # pragma: no cover
@@ -94,7 +96,7 @@ def _child_setup(parent: int, header: Callable[[int], str]) -> None:
     first line of its output; SIGTERM when the engine dies (PR_SET_PDEATHSIG)."""
     os.write(1, header(os.getpid()).encode())
     if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:  # the engine died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -310,7 +312,7 @@ class SweepRunner:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         attempt = len(read_attempts(paths.log, self.spec.name, entry["name"])) + 1
-        header = lambda pid: attempt_header(self.spec.name, entry["name"], attempt, pid, argv)  # noqa: E731
+        header = functools.partial(attempt_header, self.spec.name, entry["name"], attempt, argv=argv)
         log = open(paths.log, "ab")
         active = _Active(entry, paths, slot, log, log.seek(0, os.SEEK_END), _stat(paths.result), time.time())
         parent = os.getpid()
