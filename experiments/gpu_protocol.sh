@@ -79,17 +79,18 @@ sweep_file() {
   fi
 }
 
-# "finished total failed" of a sweep folder, from its manifest and the sweep file's grid.
+# "finished total failed" of a sweep folder, from its runs' statuses and the sweep file's grid.
 progress() {
   python - "$1" "$2" <<'EOF'
-import json, sys
+import sys
 from pathlib import Path
-from vit_ablate.sweep import engine
+from vit_ablate import rundir
+from vit_ablate.sweep import engine, read_sweep
 spec = engine.load_sweep(sys.argv[1])
-manifest = Path(sys.argv[2]) / spec.name / "sweep.json"
-runs = json.loads(manifest.read_text())["runs"] if manifest.is_file() else []
-finished = sum(1 for r in runs if r.get("status") in ("completed", "diverged", "stopped"))
-failed = sum(1 for r in runs if r.get("status") == "failed")
+sweep_dir = Path(sys.argv[2]) / spec.name
+runs = read_sweep(sweep_dir) if (sweep_dir / "sweep.json").is_file() else []
+finished = sum(1 for r in runs if r["status"] in rundir.FINAL_STATUSES + (rundir.STOPPED,))
+failed = sum(1 for r in runs if r["status"] == rundir.FAILED)
 print(finished, engine.grid_size(spec.config), failed)
 EOF
 }

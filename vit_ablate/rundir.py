@@ -26,6 +26,7 @@ __all__ = [
     "BEST_CHECKPOINT",
     "INIT_SUMMARY_FILE",
     "LOCK_FILE",
+    "LOG_FILE",
     "RUN_DIR_ENV",
     "COMPLETED",
     "DIVERGED",
@@ -54,12 +55,14 @@ LAST_CHECKPOINT = "last.ckpt"  # after every epoch: what a rerun resumes from
 BEST_CHECKPOINT = "best.ckpt"  # best val/acc1
 INIT_SUMMARY_FILE = "init_summary.json"  # with init.path: what was loaded, resampled, re-initialised
 LOCK_FILE = FolderLock.NAME  # the training process's pid while it runs
+LOG_FILE = "train.log"  # a sweep run's output, each attempt framed by the sweep runner's lines
 
 # Set by the local sweep engine so that the sweep file's `command` stays the one W&B's agent runs.
 RUN_DIR_ENV = "VIT_ABLATE_RUN_DIR"
 
 # ------------------------------------------------------------------------------------ statuses
-# What a run writes into its own result.json.
+# What training writes into a run's result.json (the sweep runner writes FAILED for a process that
+# ended without one, and STOPPED for a run that hyperband stopped).
 COMPLETED = "completed"
 DIVERGED = "diverged"
 FAILED = "failed"
@@ -69,12 +72,14 @@ RESULT_STATUSES = (COMPLETED, DIVERGED, FAILED, INTERRUPTED)
 FINAL_STATUSES = (COMPLETED, DIVERGED)
 RETRIED_STATUSES = (FAILED, INTERRUPTED)
 
-# A sweep manifest's own statuses for a run that has no result.json (yet).
+# The sweep's own statuses: PENDING (never started) and RUNNING (an attempt that has not ended) for a
+# run without a result.json of its own; STOPPED the runner writes into result.json. A sweep.json written
+# before the statuses moved out of it holds them per run, and report still reads those.
 PENDING = "pending"
 RUNNING = "running"
 STOPPED = "stopped"  # stopped early by the sweep (hyperband)
 UNSTARTED_STATUSES = (PENDING, RUNNING, STOPPED)
-# Every status a sweep manifest entry can hold, in the order a summary counts them.
+# Every status a sweep's run can have, in the order a summary counts them.
 SWEEP_STATUSES = RESULT_STATUSES + (STOPPED, RUNNING, PENDING)
 
 
@@ -121,6 +126,10 @@ class RunDir:
     @property
     def lock(self) -> Path:
         return self.path / LOCK_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_FILE
 
 
 def read_result(run_dir: str | os.PathLike) -> Optional[Dict[str, Any]]:

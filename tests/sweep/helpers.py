@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
+from vit_ablate.sweep import read_sweep
+
 REPO = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).resolve().parent / "fake_train.py"
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -45,11 +47,12 @@ def fake_command(*fixed: str) -> List[str]:
 
 
 def manifest(sweep_dir: Path) -> Dict[str, Any]:
+    """sweep.json as written: the proposals and the sweep's own records, no run statuses."""
     return json.loads((sweep_dir / "sweep.json").read_text())
 
 
 def statuses(sweep_dir: Path) -> Dict[str, str]:
-    return {r["name"]: r["status"] for r in manifest(sweep_dir)["runs"]}
+    return {r["name"]: r["status"] for r in read_sweep(sweep_dir)}
 
 
 def fingerprint(run_dir: Path) -> Dict[str, Any]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from vit_ablate import rundir
 from vit_ablate.config import ConfigError
-from vit_ablate.sweep import run_sweep
+from vit_ablate.sweep import read_sweep, run_sweep
 
 from .helpers import REPO, TINY, fake_command, fingerprint, manifest, statuses, write_sweep
 
@@ -39,7 +40,7 @@ def _wait_for(predicate, timeout=120.0, what="condition"):
 
 def _runs(sweep_dir: Path):
     try:
-        return manifest(sweep_dir)["runs"]
+        return read_sweep(sweep_dir)
     except (OSError, ValueError, KeyError):
         return []
 
@@ -50,7 +51,7 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
                        command=fake_command("epochs=2"))
     summary = run_sweep(path, output_dir=tmp_path / "runs", **FAST)
     sweep_dir = tmp_path / "runs" / "fails"
-    runs = {r["params"]["mode"]: r for r in manifest(sweep_dir)["runs"]}
+    runs = {r["params"]["mode"]: r for r in read_sweep(sweep_dir)}
     assert {m: r["status"] for m, r in runs.items()} == {"crash": "failed", "fail": "failed", "ok": "completed"}
     assert runs["crash"]["error"] == "exited with code 3 without writing result.json"
     assert "simulated crash" in runs["crash"]["log_tail"]
@@ -65,7 +66,7 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     ok_dir = sweep_dir / runs["ok"]["dir"]
     before = fingerprint(ok_dir)
     run_sweep(path, output_dir=tmp_path / "runs", **FAST)
-    again = {r["params"]["mode"]: r for r in manifest(sweep_dir)["runs"]}
+    again = {r["params"]["mode"]: r for r in read_sweep(sweep_dir)}
     assert again["crash"]["attempts"] == 2 and again["ok"]["attempts"] == 1
     assert fingerprint(ok_dir) == before
     assert (sweep_dir / "run-000" / "train.log").read_text().count("==== sweep fails run-000 attempt") == 2
@@ -119,7 +120,7 @@ def test_sigterm_to_the_engine_interrupts_runs_and_a_rerun_resumes(tmp_path):
 
     summary = run_sweep(path, output_dir=out, workers=2, **FAST)
     assert summary.ok, summary.text
-    final = manifest(sweep_dir)["runs"]
+    final = read_sweep(sweep_dir)
     assert [r["status"] for r in final] == ["completed"] * 4
     for run in running:  # resumed in place: every epoch once
         rows = (sweep_dir / run["dir"] / "metrics.csv").read_text().splitlines()[1:]
@@ -136,7 +137,7 @@ def test_random_proposals_are_persisted_and_never_redrawn(tmp_path):
     assert [n for n, _ in first] == ["run-000", "run-001"]
     # a proposal made but never started (engine killed right after proposing) is kept, not redrawn
     data = manifest(out / "rnd")
-    data["runs"].append({"name": "run-002", "dir": "run-002", "params": {"acc": 0.123}, "status": "pending"})
+    data["runs"].append({"name": "run-002", "dir": "run-002", "params": {"acc": 0.123}})
     (out / "rnd" / "sweep.json").write_text(json.dumps(data))
     summary = run_sweep(path, output_dir=out, **FAST)
     runs = manifest(out / "rnd")["runs"]
@@ -188,11 +189,14 @@ def test_an_experiment_file_changed_since_the_sweep_started_is_refused(tmp_path)
     (sweep_dir / "sweep.json").write_text(json.dumps({
         "sweep": "exp_sweep", "backend": "local", "config": yaml.safe_load(path.read_text()), "command": command,
         "base_config_digest": "digest-of-an-older-exp.yaml",
-        "runs": [{"name": "run-000", "dir": "run-000", "params": {"seed": 0}, "status": "completed", "attempts": 1}],
+        "runs": [{"name": "run-000", "dir": "run-000", "params": {"seed": 0}}],
     }))
+    rundir.write_result(sweep_dir / "run-000", {"status": rundir.COMPLETED, "final": {"val/acc1": 0.5}})  # it ran
+    before = fingerprint(sweep_dir / "run-000")
     with pytest.raises(ConfigError, match=r"exp.yaml \+ its overrides\) changed since 1 of its runs started"):
         run_sweep(path, output_dir=tmp_path / "runs", **FAST)
-    assert not (sweep_dir / "run-000").exists() and not (sweep_dir / "run-001").exists()
+    assert [p.name for p in (sweep_dir / "run-000").iterdir()] == ["result.json"] and not (sweep_dir / "run-001").exists()
+    assert fingerprint(sweep_dir / "run-000") == before
 
 
 # -------------------------------------------------------------------------- real training (slow)
@@ -202,7 +206,7 @@ def test_four_run_sweep_on_synthetic_data_completes(tmp_path):
     summary = run_sweep(path, overrides=TINY, output_dir=tmp_path / "runs", workers=4, **FAST)
     sweep_dir = tmp_path / "runs" / "tiny"
     assert summary.ok, summary.text
-    runs = manifest(sweep_dir)["runs"]
+    runs = read_sweep(sweep_dir)
     assert [(r["name"], r["params"]) for r in runs] == [
         ("run-000", {"model.pos_embed": "none", "seed": 0}), ("run-001", {"model.pos_embed": "none", "seed": 1}),
         ("run-002", {"model.pos_embed": "1d", "seed": 0}), ("run-003", {"model.pos_embed": "1d", "seed": 1}),
@@ -248,8 +252,8 @@ def test_sigkill_of_the_engine_then_rerun_resumes_without_touching_finished_runs
     summary = run_sweep(path, overrides=TINY, output_dir=out, workers=2, **FAST)
     assert summary.ok, summary.text
     data = manifest(sweep_dir)
-    assert [r["status"] for r in data["runs"]] == ["completed"] * 4
-    assert [r["attempts"] for r in data["runs"]] == [1, 1, 2, 1]
+    assert [r["status"] for r in read_sweep(sweep_dir)] == ["completed"] * 4
+    assert [r["attempts"] for r in read_sweep(sweep_dir)] == [1, 1, 2, 1]
     for name, before in finished.items():
         assert fingerprint(sweep_dir / name) == before  # mtime and sha256 unchanged
     for name in ("run-002", "run-003"):
@@ -267,7 +271,8 @@ def test_a_finished_sweep_leaves_no_lock_and_writes_strict_json(tmp_path):
     def refuse(constant):
         raise ValueError(f"sweep.json holds {constant}")
 
-    runs = {r["params"]["acc"]: r for r in json.loads((sweep_dir / "sweep.json").read_text(), parse_constant=refuse)["runs"]}
+    json.loads((sweep_dir / "sweep.json").read_text(), parse_constant=refuse)
+    runs = {r["params"]["acc"]: r for r in read_sweep(sweep_dir)}
     assert runs[0.5]["metrics"]["val/acc1"] == 0.5
     assert runs["nan"]["metrics"].get("best/val/acc1") is None  # NaN became null
 
@@ -279,7 +284,7 @@ def test_a_manifest_entry_whose_dir_leaves_the_sweep_folder_is_refused(tmp_path,
     run_sweep(path, output_dir=out, **FAST)
     sweep_json = out / "esc" / "sweep.json"
     data = json.loads(sweep_json.read_text())
-    data["runs"][0].update(dir=escape, status="pending")
+    data["runs"][0].update(dir=escape)
     sweep_json.write_text(json.dumps(data))
     outside = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ConfigError, match=f"dir={escape!r}, which is not a folder inside the sweep folder"):

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from vit_ablate.sweep import run_sweep
+from vit_ablate.sweep import read_sweep, run_sweep
 from vit_ablate.sweep.engine import load_sweep, validate_sweep
 from vit_ablate.sweep.wandb_backend import wandb_command
 
@@ -44,7 +44,7 @@ def test_offline_backend_writes_an_offline_wandb_run(tmp_path, monkeypatch):
     data = manifest(next(out.glob("sweep-*")))
     sweep_dir = out / f"sweep-{data['sweep_id']}"
     assert data["backend"] == "wandb" and data["command"][-2:] == ["logging.wandb=true", f"output_dir={out}"]
-    good, bad = data["runs"]
+    good, bad = read_sweep(sweep_dir)
     assert good["params"] == {"data.name": "synthetic"} and good["status"] == "completed"
     assert bad["status"] == "failed" and "no-images-here' does not exist" in bad["log_tail"]
     assert summary.counts == {**summary.counts, "completed": 1, "failed": 1} and not summary.ok
@@ -101,7 +101,7 @@ def test_online_backend_with_a_stand_in_server_and_agents(tmp_path, monkeypatch)
     data = manifest(out / "sweep-abc12345")
     assert data["sweep_id"] == "abc12345" and data["backend"] == "wandb"
     assert sorted(r["params"]["acc"] for r in data["runs"]) == [0.1, 0.2, 0.3]
-    assert {r["status"] for r in data["runs"]} == {"completed"} and summary.ok
+    assert {r["status"] for r in read_sweep(out / "sweep-abc12345")} == {"completed"} and summary.ok
 
     # joining a sweep whose command differs (other overrides or output dir) is refused
     class FakeApi:

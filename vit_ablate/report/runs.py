@@ -461,7 +461,9 @@ def _collect_sweep(sweep_dir: Path, into: RunCollection) -> None:
                 "folder: not read", source))
             continue
         listed.add(resolved)
-        if (run_dir / rundir.RESULT_FILE).is_file():
+        # A run's status is its result.json's; a sweep.json written before that held one per run, which
+        # still says what became of a run that left no result.json.
+        if (run_dir / rundir.RESULT_FILE).is_file() or ("status" not in entry and run_dir.is_dir()):
             record = read_run_dir(run_dir, source=source)
         else:
             record = _manifest_status_record(entry, run_dir, name)

@@ -6,12 +6,13 @@
     vit-ablate sweep sweeps/pos_embed.yaml --backend wandb        # W&B creates the sweep, agents run it
 
 Modules: ``engine`` (the file, validation, the agent's macros, proposals through W&B's open-source
-``sweeps`` package), ``local`` (the runner: subprocesses, manifest, crash safety), ``wandb_backend``
-(``wandb.sweep`` + ``wandb agent``; an emulated agent when ``WANDB_MODE=offline``), ``summary``.
+``sweeps`` package), ``local`` (the runner: subprocesses, resuming), ``wandb_backend`` (``wandb.sweep``
+and ``wandb agent``; an emulated agent when ``WANDB_MODE=offline``), ``summary`` (a sweep directory
+read back: ``read_sweep``; the text printed at the end).
 
-The CLI's ``key=value`` overrides are inserted into the command right after ``${args_no_hyphens}``,
-for both backends (for W&B they become part of the uploaded command), so they apply to every run and
-win over the sweep's parameters; an override of a swept key is rejected.
+The CLI's ``key=value`` overrides go into the command right after ``${args_no_hyphens}`` for both
+backends, so they apply to every run and win over the sweep's parameters; overriding a swept key is
+an error.
 """
 
 from __future__ import annotations
@@ -21,24 +22,16 @@ from typing import Optional, Sequence
 
 from vit_ablate.config import ConfigError
 from vit_ablate.sweep.engine import SweepSpec, load_sweep, validate_sweep
-from vit_ablate.sweep.summary import SweepSummary
+from vit_ablate.sweep.summary import SweepSummary, read_sweep
 
-__all__ = ["run_sweep", "SweepSummary", "SweepSpec", "load_sweep", "validate_sweep"]
+__all__ = ["run_sweep", "read_sweep", "SweepSummary", "SweepSpec", "load_sweep", "validate_sweep"]
 
 BACKENDS = ("local", "wandb")
 
 
-def run_sweep(
-    file: str | os.PathLike,
-    backend: str = "local",
-    workers: int = 1,
-    count: Optional[int] = None,
-    overrides: Sequence[str] = (),
-    sweep_id: Optional[str] = None,
-    output_dir: str | os.PathLike = "runs",
-    gpus: Optional[str] = None,
-    **runner_kwargs,
-) -> SweepSummary:
+def run_sweep(file: str | os.PathLike, backend: str = "local", workers: int = 1, count: Optional[int] = None,
+              overrides: Sequence[str] = (), sweep_id: Optional[str] = None, output_dir: str | os.PathLike = "runs",
+              gpus: Optional[str] = None, **runner_kwargs) -> SweepSummary:
     """Validate the sweep file (every problem in one ``ConfigError``, before any run starts), then run it.
 
     ``local``: runs go to ``<output_dir>/<sweep name>/run-NNN`` (sweep name: the file's ``name``, else
@@ -63,6 +56,5 @@ def run_sweep(
     from vit_ablate.sweep.local import SweepRunner
 
     notes = validate_sweep(spec, backend="local")
-    runner = SweepRunner(spec, output_dir=output_dir, workers=workers, count=count, gpus=gpus, notes=notes,
-                         **runner_kwargs)
-    return runner.run()
+    return SweepRunner(spec, output_dir=output_dir, workers=workers, count=count, gpus=gpus, notes=notes,
+                       **runner_kwargs).run()

@@ -1,28 +1,12 @@
-"""Sweep files, their validation, the W&B agent's command macros and the proposals.
+"""Sweep files, their validation, the W&B agent's command macros and the proposals; nothing here
+starts a process.
 
-Nothing here starts a process. The pieces, in the order a sweep uses them:
-
-``load_sweep``        the YAML file (read with ``yaml.safe_load``, as ``wandb sweep`` reads it), its
-                      name, its ``# reference:``/``# baseline:`` header comments and the effective
-                      command: the file's ``command`` with the CLI's ``key=value`` overrides inserted
-                      right after ``${args_no_hyphens}`` (the same list is uploaded to W&B).
-``validate_sweep``    everything that can be checked before a run starts: the W&B JSON schema (via the
-                      open-source ``sweeps`` package, which is the engine the W&B server runs), the
-                      command's macros, and every parameter name and value, by building the exact
-                      argv the agent would run and passing its ``train`` arguments through
-                      ``vit_ablate.config.load_config``. All problems are collected into one
-                      ``ConfigError``.
-``expand_command``    ``${env} ${interpreter} ${program} ${args} ${args_no_hyphens} ${args_json}
-                      ${args_json_file} ${envvar:NAME}`` exactly as ``wandb agent`` substitutes them;
-                      it calls wandb's own ``create_sweep_command``/``create_sweep_command_args`` and
-                      replicates the ten-line loop of ``wandb.wandb_agent.Agent._command_run`` around
-                      them (tests/sweep compare the result with that method's).
-``propose``           the next parameter set from ``sweeps.next_run`` (grid / random / bayes are
-                      W&B's own code), with Python's and numpy's RNGs seeded from the sweep's name and
-                      the proposal's index, so a proposal is reproducible; the runner persists each one
-                      the moment it is made, so a restart never proposes a run differently.
-``runs_to_stop``      hyperband ``early_terminate`` through ``sweeps.stop_runs``, on each run's
-                      per-epoch ``val/...`` history read from its ``metrics.csv``.
+``load_sweep`` reads the file as ``wandb sweep`` does (``yaml.safe_load``), with its header comments.
+``validate_sweep`` checks W&B's schema, the macros, and every parameter name and value through
+``vit_ablate.config.load_config`` with the argv the agent would build, before any run starts.
+``expand_command`` substitutes the macros as ``wandb agent`` does. ``propose`` and ``runs_to_stop``
+ask W&B's open-source ``sweeps`` package (the engine the W&B server runs) for the next parameter set,
+seeded by the sweep's name and the proposal's index, and for the runs hyperband stops.
 """
 
 from __future__ import annotations
@@ -45,43 +29,14 @@ import yaml
 
 from vit_ablate import rundir
 from vit_ablate.config import ConfigError
-
-__all__ = [
-    "SweepSpec",
-    "load_sweep",
-    "validate_sweep",
-    "expand_command",
-    "train_arguments",
-    "check_run_params",
-    "base_config_digest",
-    "propose",
-    "proposal_seed",
-    "grid_size",
-    "to_sweep_run",
-    "runs_to_stop",
-    "read_history",
-    "read_result",
-    "MACROS",
-]
+from vit_ablate.sweep.summary import result_metrics
 
 # The macros ``wandb agent`` knows (wandb/wandb_agent.py, wandb/sdk/launch/sweeps/utils.py).
-MACROS = (
-    "env",
-    "interpreter",
-    "program",
-    "args",
-    "args_no_equals",
-    "args_no_hyphens",
-    "args_no_boolean_flags",
-    "args_json",
-    "args_json_file",
-    "args_dict",
-    "args_append_hydra",
-    "args_override_hydra",
-)
+MACROS = ("env", "interpreter", "program", "args", "args_no_equals", "args_no_hyphens", "args_no_boolean_flags",
+          "args_json", "args_json_file", "args_dict", "args_append_hydra", "args_override_hydra")
 _ENVVAR_MACRO = re.compile(r"^\$\{envvar:[A-Z0-9_]*\}$")
-_ENVVAR_ANYWHERE = re.compile(r"\$\{envvar:[A-Z0-9_]*\}")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_FLOAT_WITH_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 # More combinations than this are validated one parameter at a time (the others at their first value).
 MAX_VALIDATED_COMBINATIONS = 2048
@@ -129,28 +84,18 @@ class SweepSpec:
         return insert_overrides(self.config.get("command"), self.overrides)
 
     @property
-    def metric(self) -> Dict[str, str]:
-        metric = self.config.get("metric") or {}
-        return {"name": str(metric.get("name", "val/acc1")), "goal": str(metric.get("goal", "maximize"))}
-
-    @property
-    def run_cap(self) -> Optional[int]:
-        cap = self.config.get("run_cap")
-        return int(cap) if cap else None
+    def metric(self) -> str:
+        """The name of the metric the sweep optimises (and hyperband compares)."""
+        return str((self.config.get("metric") or {}).get("name", "val/acc1"))
 
 
 def insert_overrides(command: Optional[Sequence[Any]], overrides: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
-    """``[..., "${args_no_hyphens}", rest...]`` → ``[..., "${args_no_hyphens}", *overrides, *extra, rest...]``.
-
-    After the sweep's parameters, so an override wins over the experiment file (and the parameters);
-    at the end when the command has no ``${args_no_hyphens}``.
-    """
+    """``[..., "${args_no_hyphens}", rest...]`` → ``[..., "${args_no_hyphens}", *overrides, *extra, rest...]``:
+    after the sweep's parameters, so they win (at the end without ``${args_no_hyphens}``)."""
     command = list(command or [])
     added = [*overrides, *extra]
-    if not added:
-        return command
     for index, chunk in enumerate(command):
-        if str(chunk) == "${args_no_hyphens}":
+        if added and str(chunk) == "${args_no_hyphens}":
             return command[: index + 1] + added + command[index + 1 :]
     return command + added
 
@@ -176,19 +121,14 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepS
         parse_contrast_comments(text, str(path))  # a malformed declared test fails now, not at report time
     except ValueError as exc:
         raise ConfigError(f"sweep file {str(path)!r}: {exc}") from None
-    raw_name = str(config.get("name") or path.stem)
-    name = _SAFE_NAME.sub("-", raw_name).strip("-.") or path.stem
+    name = _SAFE_NAME.sub("-", str(config.get("name") or path.stem)).strip("-.") or path.stem
     return SweepSpec(path=path, text=text, config=config, name=name, overrides=list(overrides),
                      references=references, baseline=baseline)
 
 
 # -------------------------------------------------------------------------------------------- macros
-def expand_command(
-    command: Optional[Sequence[Any]],
-    params: Mapping[str, Any],
-    program: Optional[str] = None,
-    args_json_file: Optional[str] = None,
-) -> List[str]:
+def expand_command(command: Optional[Sequence[Any]], params: Mapping[str, Any], program: Optional[str] = None,
+                   args_json_file: Optional[str] = None) -> List[str]:
     """The argv ``wandb agent`` runs for a run with these parameter values.
 
     A copy of ``wandb.wandb_agent.Agent._command_run``'s command branch: wandb's own
@@ -203,18 +143,13 @@ def expand_command(
     sweep_vars: Dict[str, Any] = sweep_utils.create_sweep_command_args(
         {"args": {key: {"value": value} for key, value in params.items()}}
     )
-    sweep_vars["interpreter"] = ["python"]
-    sweep_vars["program"] = [program]
-    sweep_vars["args_json_file"] = [args_json_file]
+    sweep_vars.update(interpreter=["python"], program=[program], args_json_file=[args_json_file])
     if platform.system() != "Windows":
         sweep_vars["env"] = ["/usr/bin/env"]
     argv: List[str] = []
-    for chunk in sweep_command:
-        chunk = str(chunk)
-        if chunk.startswith("${") and chunk.endswith("}"):
-            argv += sweep_vars.get(chunk[2:-1]) or []
-        else:
-            argv += [chunk]
+    for chunk in map(str, sweep_command):
+        is_macro = chunk.startswith("${") and chunk.endswith("}")
+        argv += (sweep_vars.get(chunk[2:-1]) or []) if is_macro else [chunk]
     return argv
 
 
@@ -224,14 +159,16 @@ def train_arguments(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]
     from vit_ablate.config import split_items  # the CLI's own rule: items with "=" are overrides
 
     seen_program = False
-    for index, item in enumerate(argv):
-        base = os.path.basename(str(item))
-        if base in ("vit-ablate", "vit_ablate") or "vit_ablate" in str(item):
+    for index, item in enumerate(map(str, argv)):
+        if os.path.basename(item) in ("vit-ablate", "vit_ablate") or "vit_ablate" in item:
             seen_program = True
         elif seen_program and item == "train":
-            files, overrides = split_items([str(a) for a in argv[index + 1 :]])
-            return files, overrides
+            return split_items([str(a) for a in argv[index + 1 :]])
     return None
+
+
+def _train_arguments_for(spec: SweepSpec, template: Sequence[Any], params: Mapping[str, Any]):
+    return train_arguments(expand_command(template, params, spec.config.get("program"), "args.json"))
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -243,26 +180,23 @@ def _representative_values(name: str, config: Mapping[str, Any]) -> List[Any]:
 
     with _quiet():
         param = HyperParameter(name, dict(config))
-    if param.type in (HyperParameter.CONSTANT,):
+    if param.type == HyperParameter.CONSTANT:
         return [param.config["value"]]
     if param.type in (HyperParameter.CATEGORICAL, HyperParameter.CATEGORICAL_PROB):
         return list(param.config["values"])
     if param.type == HyperParameter.INT_UNIFORM:
         return sorted({int(param.config["min"]), int(param.config["max"])})
     values: List[Any] = []
-    for x in (0.0, 0.5, 1.0):
-        value = param.ppf(x)
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, float) and not math.isfinite(value):
-            value = param.ppf(1e-3 if x == 0.0 else 1 - 1e-3)
-            value = value.item() if isinstance(value, np.generic) else value
+    for x, inside in ((0.0, 1e-3), (0.5, 0.5), (1.0, 1 - 1e-3)):
+        value = _plain(param.ppf(x))
+        if isinstance(value, float) and not math.isfinite(value):  # an unbounded distribution's end
+            value = _plain(param.ppf(inside))
         if value not in values:
             values.append(value)
     return values
 
 
-def _load(files: Sequence[str], overrides: Sequence[str], validate: bool) -> Optional[str]:
+def _config_error(files: Sequence[str], overrides: Sequence[str], validate: bool = True) -> Optional[str]:
     from vit_ablate.config import load_config
 
     try:
@@ -272,10 +206,6 @@ def _load(files: Sequence[str], overrides: Sequence[str], validate: bool) -> Opt
     return None
 
 
-def _format_params(params: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items())
-
-
 def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[List[str]] = None) -> List[str]:
     """Check the sweep file, its command and every parameter before any run starts.
 
@@ -283,92 +213,56 @@ def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[L
     backend adds ``logging.wandb=true output_dir=...``). Raises one ``ConfigError`` listing every
     problem found; returns notes (e.g. "custom program: its parameters are not checked") otherwise.
     """
-    problems: List[str] = []
-    notes: List[str] = []
     config = spec.config
-
-    # 1. W&B's JSON schema (unknown top-level keys, bad method, bad distributions, ...).
-    sweeps = _sweeps()
     with _quiet():
-        violations = sweeps.schema_violations_from_proposed_config(config)
-    problems += [f"sweep file: {v}" for v in violations]
-    method = config.get("method")
-    if method == "custom" and backend == "local":
+        problems = [f"sweep file: {v}" for v in _sweeps().schema_violations_from_proposed_config(config)]
+    notes: List[str] = []
+    if config.get("method") == "custom" and backend == "local":
         problems.append("sweep file: method 'custom' needs a W&B server; use grid, random or bayes locally")
-    if method in ("random", "bayes") and backend == "local" and not config.get("run_cap"):
-        notes.append(f"method {method!r} without run_cap: the sweep runs until --count is reached or it is stopped")
+    if config.get("method") in ("random", "bayes") and backend == "local" and not config.get("run_cap"):
+        notes.append(f"method {config['method']!r} without run_cap: the sweep runs until --count is reached or it is stopped")
     parameters = config.get("parameters")
     if not isinstance(parameters, dict) or not parameters:
         problems.append("sweep file: `parameters` must map at least one parameter name to its values")
         parameters = {}
-    for name, value in parameters.items():
-        if isinstance(value, dict) and "parameters" in value:
-            problems.append(
-                f"parameter {name!r}: nested `parameters` blocks are not supported; name each key in full, "
-                f"e.g. `{name}.<key>:`"
-            )
 
-    # 2. The command: a list of strings whose macros the agent knows.
-    command = config.get("command")
-    if command is not None and not isinstance(command, list):
-        problems.append("sweep file: `command` must be a list, e.g. [vit-ablate, train, FILE.yaml, \"${args_no_hyphens}\"]")
-        template = []
-    else:
-        template = list(template) if template is not None else spec.command
-    for chunk in template:
-        text = str(chunk)
-        if text.startswith("${") and text.endswith("}"):
-            if text[2:-1] not in MACROS and not _ENVVAR_MACRO.match(text):
-                problems.append(f"command: unknown macro {text!r} (the W&B agent would drop it); known: "
-                                + ", ".join("${" + m + "}" for m in MACROS))
-        elif "${" in _ENVVAR_ANYWHERE.sub("", text):
-            problems.append(f"command: {text!r}: a macro must be a list item of its own (the agent only "
-                            "replaces items that are exactly ${...}, and ${envvar:NAME} anywhere)")
-    if "${program}" in [str(c) for c in template] and not config.get("program"):
-        problems.append("command: it uses ${program} but the sweep file has no `program`")
+    template = list(template) if template is not None else spec.command
+    for chunk in map(str, template):
+        if chunk.startswith("${") and chunk.endswith("}") and chunk[2:-1] not in MACROS and not _ENVVAR_MACRO.match(chunk):
+            problems.append(f"command: unknown macro {chunk!r} (the W&B agent would drop it); known: "
+                            + ", ".join("${" + m + "}" for m in MACROS))
 
-    # 3. The CLI overrides: key=value, not a swept key.
     for item in spec.overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"override {item!r} is not of the form key=value")
-        elif key.strip() in parameters:
-            problems.append(f"override {item!r} sets {key.strip()!r}, which the sweep varies: every run would be the same")
+        key = item.partition("=")[0].strip()
+        if key in parameters:
+            problems.append(f"override {item!r} sets {key!r}, which the sweep varies: every run would be the same")
 
-    # 4. Parameter names and values, through the config schema, with the argv the agent would build.
     representative: Dict[str, List[Any]] = {}
     for name, pconfig in parameters.items():
-        if not isinstance(pconfig, dict) or "parameters" in pconfig:
-            continue
+        if not isinstance(pconfig, dict):
+            continue  # the schema check above reports it
         try:
-            values = _representative_values(name, pconfig)
+            representative[name] = _representative_values(name, pconfig)
         except Exception as exc:  # a distribution the schema let through but sweeps cannot sample
             problems.append(f"parameter {name!r}: {exc}")
             continue
-        if not values:
-            problems.append(f"parameter {name!r} has no values")
-            continue
-        representative[name] = values
-        for value in values:
-            if isinstance(value, str) and _looks_like_float(value):
-                problems.append(
-                    f"parameter {name!r}: {value!r} is a string to YAML (and to W&B, which reads the file "
-                    f"with PyYAML): write it with a dot and a signed exponent, e.g. {float(value):.1e}".replace("e-0", "e-")
-                )
+        for value in representative[name]:
+            if isinstance(value, str) and _FLOAT_WITH_EXPONENT.match(value.strip()):
+                problems.append(f"parameter {name!r}: {value!r} is a string to YAML (and to W&B, which reads the "
+                                f"file with PyYAML): write it with a dot and a signed exponent, e.g. "
+                                + f"{float(value):.1e}".replace("e-0", "e-"))
 
-    first = {name: values[0] for name, values in representative.items()}
-    train_args = train_arguments(expand_command(template, first, config.get("program"), "args.json")) if template else None
+    first = {name: values[0] for name, values in representative.items() if values}
+    train_args = _train_arguments_for(spec, template, first) if template else None
     if template and train_args is None:
         notes.append("the command does not run `vit-ablate train`: parameter names and values are not checked")
-    if train_args is not None:
+    elif train_args is not None:
         flags = [a for a in train_args[1] if a.startswith("-")]
         if flags:
-            problems.append(
-                f"command: `vit-ablate train` takes key=value, not {flags[0]!r}: use \"${{args_no_hyphens}}\" "
-                "(the agent's ${args} writes --key=value)"
-            )
-    if train_args is not None and not problems_block_config(problems):
-        problems += _validate_parameters(spec, template, representative)
+            problems.append(f"command: `vit-ablate train` takes key=value, not {flags[0]!r}: use "
+                            "\"${args_no_hyphens}\" (the agent's ${args} writes --key=value)")
+        if not any(p.startswith("command:") for p in problems):  # else the argv itself is wrong
+            problems += _validate_parameters(spec, template, representative)
 
     if problems:
         unique = list(dict.fromkeys(problems))
@@ -379,91 +273,41 @@ def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[L
     return notes
 
 
-def problems_block_config(problems: Sequence[str]) -> bool:
-    """A command that cannot be expanded makes the parameter checks meaningless."""
-    return any(p.startswith("command:") for p in problems)
-
-
-def _looks_like_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return bool(re.match(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$", text.strip()))
-
-
 def _validate_parameters(spec: SweepSpec, template: List[str], representative: Dict[str, List[Any]]) -> List[str]:
-    problems: List[str] = []
-    program = spec.config.get("program")
-
-    def args_for(params: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
-        argv = expand_command(template, params, program, "args.json")
-        parsed = train_arguments(argv)
-        assert parsed is not None
-        return parsed
-
-    # a) The experiment files and the fixed overrides alone (command literals and the CLI's), one by one.
-    files, fixed = args_for({})
-    error = _load(files, [], validate=False)
+    """The experiment files with the fixed overrides, then each parameter value alone (one message per
+    unknown key), then whole configurations: every combination (a grid runs them all), or, when there
+    are too many, each value with the other parameters at their first value."""
+    files, fixed = _train_arguments_for(spec, template, {})
+    error = _config_error(files, fixed, validate=False)
     if error:
         return [error]  # e.g. the experiment file does not exist: nothing else can be checked
-    usable_fixed = []
-    for item in fixed:
-        error = _load(files, [item], validate=False)
-        if error:
-            problems.append(error.replace("(on the command line)", f"(override {item!r})"))
-        else:
-            usable_fixed.append(item)
-    if len(usable_fixed) != len(fixed):
-        # Rebuild the template without the bad fixed overrides so the parameters can still be checked.
-        template = [c for c in template if str(c) not in set(fixed) - set(usable_fixed)]
-
-    # b) Each parameter on its own: its name is a config key and each value has the right type.
+    problems: List[str] = []
     good: Dict[str, List[Any]] = {}
     for name, values in representative.items():
-        ok = True
+        errors = []
         for value in values:
-            files, overrides = args_for({name: value})
-            error = _load(files, overrides, validate=False)
+            error = _config_error(*_train_arguments_for(spec, template, {name: value}), validate=False)
             if error:
-                problems.append(error.replace("(on the command line)", f"(sweep parameter {name!r})"))
-                ok = False
+                errors.append(error.replace("(on the command line)", f"(sweep parameter {name!r})"))
                 if "unknown config key" in error:
-                    break  # one message per unknown key, not one per value
-        if ok:
+                    break
+        problems += errors
+        if not errors:
             good[name] = values
 
-    # c) Whole configurations: every combination (a grid runs them all), or, when there are too many,
-    #    each value with the other parameters at their first value.
-    if good:
-        names = list(good)
-        total = math.prod(len(v) for v in good.values())
-        if total <= MAX_VALIDATED_COMBINATIONS:
-            combos: Iterator[Tuple[Any, ...]] = itertools.product(*(good[n] for n in names))
-        else:
-            base = [good[n][0] for n in names]
-            combos = iter(
-                [tuple(base)]
-                + [tuple(v if j == i else base[j] for j in range(len(names))) for i, n in enumerate(names) for v in good[n][1:]]
-            )
-        seen: Dict[str, str] = {}
-        for combo in combos:
-            params = dict(zip(names, combo))
-            files, overrides = args_for(params)
-            error = _load(files, overrides, validate=True)
-            if error and error not in seen:
-                seen[error] = _format_params(params)
-        problems += [f"{error} (with {where})" for error, where in seen.items()]
-    return problems
-
-
-def check_run_params(spec: SweepSpec, params: Mapping[str, Any], template: Optional[List[str]] = None) -> Optional[str]:
-    """The config error a proposed run would hit, or ``None`` (also ``None`` for a custom program)."""
-    template = template if template is not None else spec.command
-    parsed = train_arguments(expand_command(template, params, spec.config.get("program"), "args.json"))
-    if parsed is None:
-        return None
-    return _load(parsed[0], parsed[1], validate=True)
+    names = list(good)
+    if math.prod(len(v) for v in good.values()) <= MAX_VALIDATED_COMBINATIONS:
+        combos: Iterator[Tuple[Any, ...]] = itertools.product(*good.values())
+    else:
+        base = tuple(good[n][0] for n in names)
+        combos = itertools.chain([base], (base[:i] + (v,) + base[i + 1 :] for i, n in enumerate(names) for v in good[n][1:]))
+    seen: Dict[str, str] = {}
+    for combo in combos if names else ():
+        params = dict(zip(names, combo))
+        error = _config_error(*_train_arguments_for(spec, template, params))
+        if error and error not in seen:
+            seen[error] = " ".join(f"{k}={v}" for k, v in params.items())
+    return problems + [f"{error} (with {where})" for error, where in seen.items()]
 
 
 def base_config_digest(spec: SweepSpec, template: Optional[List[str]] = None) -> Optional[str]:
@@ -472,8 +316,7 @@ def base_config_digest(spec: SweepSpec, template: Optional[List[str]] = None) ->
     experiment file edited halfway through a sweep would make its runs incomparable."""
     from vit_ablate.config import config_digest, load_config
 
-    template = template if template is not None else spec.command
-    parsed = train_arguments(expand_command(template, {}, spec.config.get("program"), "args.json"))
+    parsed = _train_arguments_for(spec, template if template is not None else spec.command, {})
     if parsed is None:
         return None
     try:
@@ -507,18 +350,14 @@ def propose(config: Mapping[str, Any], runs: Sequence[Any], seed: int) -> Option
     sweeps = _sweeps()
     with seeded(seed), _quiet():
         run = sweeps.next_run(dict(config), list(runs), validate=True)
-    if run is None:
-        return None
-    return {name: _plain(entry["value"]) for name, entry in run.config.items()}
+    return None if run is None else {name: _plain(entry["value"]) for name, entry in run.config.items()}
 
 
 def _plain(value: Any) -> Any:
     """numpy scalars → Python, so the manifest (JSON) and ``str()`` formatting match W&B's."""
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+    return [_plain(v) for v in value] if isinstance(value, list) else value
 
 
 def grid_size(config: Mapping[str, Any]) -> Optional[int]:
@@ -528,26 +367,14 @@ def grid_size(config: Mapping[str, Any]) -> Optional[int]:
     runs: List[Any] = []
     sweeps = _sweeps()
     with _quiet():
-        while True:
-            run = sweeps.next_run(dict(config), runs, validate=False)
-            if run is None:
-                break
+        while (run := sweeps.next_run(dict(config), runs, validate=False)) is not None:
             runs.append(run)
     cap = config.get("run_cap")
     return min(len(runs), int(cap)) if cap else len(runs)
 
 
-# ------------------------------------------------------------------------------------ run read-back
-def is_folder_name(name: str) -> bool:
-    """One path component: not empty, ``.``/``..``, absolute, or holding a separator."""
-    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
-
-
-read_result = rundir.read_result
-read_history = rundir.read_metrics
-
-
-# Manifest status → the state a W&B run in that situation would have.
+# ----------------------------------------------------------------------------------------- hyperband
+# A run's status → the state a W&B run in that situation would have.
 _RUN_STATE = {
     rundir.PENDING: "pending",
     rundir.RUNNING: "running",
@@ -560,18 +387,16 @@ _RUN_STATE = {
 
 
 def to_sweep_run(entry: Mapping[str, Any], run_dir: Optional[Path], metric: str, with_history: bool = True):
-    """A manifest entry (plus its run directory's metrics) as a ``sweeps.SweepRun``."""
-    sweeps = _sweeps()
+    """A run (name, params, status) plus its run directory's metrics as a ``sweeps.SweepRun``."""
     summary: Dict[str, Any] = {}
     history: List[Dict[str, Any]] = []
     if run_dir is not None:
-        result = read_result(run_dir) or {}
-        for section in ("final", "test"):
-            summary.update({k: v for k, v in (result.get(section) or {}).items() if isinstance(v, (int, float))})
-        if with_history:
-            history = read_history(run_dir)
-            if history and metric not in summary and metric in history[-1]:
-                summary[metric] = history[-1][metric]
+        metrics = result_metrics(rundir.read_result(run_dir) or {}, metric)
+        summary = {k: v for k, v in metrics.items() if v is not None}
+        history = rundir.read_metrics(run_dir) if with_history else []
+        if history and metric not in summary and metric in history[-1]:
+            summary[metric] = history[-1][metric]
+    sweeps = _sweeps()
     with _quiet():
         return sweeps.SweepRun(
             name=str(entry["name"]),
@@ -588,5 +413,4 @@ def runs_to_stop(config: Mapping[str, Any], runs: Sequence[Any]) -> List[str]:
         return []
     sweeps = _sweeps()
     with _quiet():
-        stop = sweeps.stop_runs(dict(config), list(runs), validate=False)
-    return [run.name for run in stop]
+        return [run.name for run in sweeps.stop_runs(dict(config), list(runs), validate=False)]
