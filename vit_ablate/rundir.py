@@ -62,7 +62,8 @@ RUN_DIR_ENV = "VIT_ABLATE_RUN_DIR"
 
 # ------------------------------------------------------------------------------------ statuses
 # What training writes into a run's result.json (the sweep runner writes FAILED for a process that
-# ended without one, and STOPPED for a run that hyperband stopped).
+# ended without one, INTERRUPTED for one it stopped that wrote none, and STOPPED for a run that
+# hyperband stopped; it never overwrites COMPLETED or DIVERGED).
 COMPLETED = "completed"
 DIVERGED = "diverged"
 FAILED = "failed"
@@ -73,8 +74,8 @@ FINAL_STATUSES = (COMPLETED, DIVERGED)
 RETRIED_STATUSES = (FAILED, INTERRUPTED)
 
 # The sweep's own statuses: PENDING (never started) and RUNNING (an attempt that has not ended) for a
-# run without a result.json of its own; STOPPED the runner writes into result.json. A sweep.json written
-# before the statuses moved out of it holds them per run, and report still reads those.
+# run without a result.json of its own; STOPPED the runner writes into result.json (a sweep.json written
+# before the statuses moved out of it has its STOPPED runs' result.json rewritten so on the next invocation).
 PENDING = "pending"
 RUNNING = "running"
 STOPPED = "stopped"  # stopped early by the sweep (hyperband)

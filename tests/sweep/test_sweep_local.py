@@ -291,3 +291,22 @@ def test_a_manifest_entry_whose_dir_leaves_the_sweep_folder_is_refused(tmp_path,
         run_sweep(path, output_dir=out, **FAST)
     assert sorted(p.name for p in tmp_path.iterdir()) == outside
     assert json.loads(sweep_json.read_text()) == data  # not rewritten
+
+
+def test_the_runner_never_overwrites_a_finished_result_and_records_what_ended_without_one():
+    from vit_ablate.sweep.local import runner_record
+
+    def tail():
+        return "last lines"
+
+    completed = {"status": "completed", "final": {"val/acc1": 0.5}}
+    for stop in (None, "hyperband", "shutdown"):  # a finished result stays, whatever stopped the process
+        assert runner_record(completed, True, stop, 0, tail) is None
+        assert runner_record({"status": "diverged"}, False, stop, 1, tail) is None
+    stopped = runner_record({"status": "interrupted", "final": {"val/acc1": 0.3}}, True, "hyperband", 130, tail)
+    assert stopped["status"] == "stopped" and stopped["final"] == {"val/acc1": 0.3}  # its metrics kept
+    assert runner_record({"status": "failed", "error": "x"}, True, None, 1, tail) is None  # the run's own failure
+    assert runner_record({}, False, "shutdown", -15, tail) == {"status": "interrupted", "error": "the sweep was interrupted"}
+    # an older attempt's result.json does not speak for this attempt's crash
+    assert runner_record({"status": "interrupted"}, False, None, 3, tail) == {
+        "status": "failed", "error": "exited with code 3 without writing result.json", "log_tail": "last lines"}

@@ -53,6 +53,7 @@ NOT_INHERITED = (rundir.RUN_DIR_ENV, "WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_SW
 KEPT = rundir.FINAL_STATUSES + (rundir.STOPPED,)  # what a rerun does not start again
 PROPOSAL_KEYS = ("name", "dir", "params", "proposed_at", "run_id")  # what sweep.json holds of a run
 # Keys of the sweep file that may change between invocations of the same sweep (the others define it).
+HYPERBAND_STOP = "stopped early by hyperband (early_terminate)"
 MUTABLE_KEYS = ("run_cap", "early_terminate", "metric", "description", "name", "project", "entity")
 
 
@@ -94,11 +95,16 @@ except OSError:  # pragma: no cover
 def _child_setup(parent: int, header: Callable[[int], str]) -> None:
     """Runs in the child between fork and exec: the attempt's header, with the child's own pid, as the
     first line of its output; SIGTERM when the engine dies (PR_SET_PDEATHSIG)."""
+    # The engine's own SIGTERM/SIGINT handlers only note a signal, and exec would then drop it: the
+    # defaults make a signal that arrives before exec end the child.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # Popen called off the main thread: its handlers are the defaults
+            signal.signal(signum, signal.SIG_DFL)
     os.write(1, header(os.getpid()).encode())
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:  # the engine died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(128 + signal.SIGTERM)
 
 
 def detect_gpus() -> List[str]:
@@ -125,6 +131,23 @@ def gpu_slots(workers: int, gpus: Optional[str]) -> List[Optional[str]]:
     if workers >= len(ids):
         return [ids[k % len(ids)] for k in range(workers)]
     return [",".join(ids[k::workers]) for k in range(workers)]
+
+
+def runner_record(result: Mapping[str, Any], wrote: bool, stop_reason: Optional[str], code: int,
+                  tail: Callable[[], str]) -> Optional[Dict[str, Any]]:
+    """What the runner writes as result.json when a run's process has ended, or ``None`` to keep what
+    is there. ``result``: the run's result.json now; ``wrote``: whether this attempt wrote it. Only a
+    result that says nothing final is replaced: a completed or diverged run stays so, whoever wrote it
+    and whenever (hyperband may pick a run during its test phase)."""
+    if result.get("status") in rundir.FINAL_STATUSES:
+        return None
+    if stop_reason == "hyperband":
+        return {**result, "status": rundir.STOPPED, "error": HYPERBAND_STOP}
+    if wrote and result.get("status") in rundir.RESULT_STATUSES:
+        return None
+    if stop_reason == "shutdown":
+        return {"status": rundir.INTERRUPTED, "error": "the sweep was interrupted"}
+    return {"status": rundir.FAILED, "error": f"exited with code {code} without writing {rundir.RESULT_FILE}", "log_tail": tail()}
 
 
 @contextlib.contextmanager
@@ -236,7 +259,11 @@ class SweepRunner:
                     f"{path}: {self._base_changed_message()} since {len(started)} of its runs started; they would "
                     "not be comparable with new ones. Restore it, or start a new sweep (another `name:` or --output-dir)")
             manifest.update(fresh)
-            # What older versions also kept per run (status, attempts, ...) is read from the run directories.
+            # Older versions kept statuses here; hyperband's stop existed only here, so it moves to result.json.
+            for entry in manifest["runs"]:
+                if entry.get("status") == rundir.STOPPED and self.run_dir(entry).is_dir() and self._status(entry) not in KEPT:
+                    rundir.write_result(self.run_dir(entry), {**(rundir.read_result(self.run_dir(entry)) or {}),
+                                                              "status": rundir.STOPPED, "error": HYPERBAND_STOP})
             manifest["runs"] = [{k: entry[k] for k in PROPOSAL_KEYS if k in entry} for entry in manifest["runs"]]
         else:
             manifest = {**fresh, "created_at": now(), "runs": [], "invocations": []}
@@ -276,8 +303,10 @@ class SweepRunner:
 
     def _next_entry(self) -> Optional[Dict[str, Any]]:
         """A run of an earlier invocation to start again, else a new proposal, else ``None``."""
-        if self.queue:
-            return self.queue.pop(0)
+        while self.queue:  # re-read: a run may have finished since (by hand, or a process the engine outlived)
+            entry = self.queue.pop(0)
+            if self._status(entry) not in KEPT:
+                return entry
         runs, cap = self.manifest["runs"], self.spec.config.get("run_cap")
         params = None
         if not self.exhausted and not (cap and len(runs) >= int(cap)):
@@ -319,7 +348,7 @@ class SweepRunner:
         try:
             active.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True, preexec_fn=lambda: _child_setup(parent, header))
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError, TypeError, ValueError) as exc:  # a missing program, a bad argv
             self._end(active, None, {"status": rundir.FAILED, "error": f"cannot start {argv[0]!r}: {exc}"})
             return
         self.active[entry["name"]] = active
@@ -327,19 +356,10 @@ class SweepRunner:
         _log(f"{entry['name']} started (pid {active.proc.pid}{', GPU ' + gpu if gpu else ''}): {params}")
 
     def _finish(self, active: _Active, code: int) -> None:
-        """Keep the result.json the process wrote, unless hyperband stopped it; write one when it wrote none."""
         del self.active[active.entry["name"]]
-        wrote = _stat(active.paths.result) != active.result_before
-        result = rundir.read_result(active.paths.path) if wrote else None
-        if active.stop_reason == "hyperband":
-            record = {**(result or {}), "status": rundir.STOPPED, "error": "stopped early by hyperband (early_terminate)"}
-        elif result and result.get("status") in rundir.RESULT_STATUSES:
-            record = None
-        elif active.stop_reason == "shutdown":
-            record = {"status": rundir.INTERRUPTED, "error": "the sweep was interrupted"}
-        else:
-            record = {"status": rundir.FAILED, "error": f"exited with code {code} without writing {rundir.RESULT_FILE}",
-                      "log_tail": log_tail(active.paths.log, active.output_offset)}
+        record = runner_record(rundir.read_result(active.paths.path) or {},
+                               _stat(active.paths.result) != active.result_before, active.stop_reason, code,
+                               lambda: log_tail(active.paths.log, active.output_offset))
         self._end(active, code, record)
 
     def _end(self, active: _Active, code: Optional[int], record: Optional[Dict[str, Any]]) -> None:
