@@ -464,6 +464,7 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
         module.apply_init(run_dir if rank_zero_only.rank == 0 else None)  # every rank loads; rank 0 reports
     status, error, test_metrics, final = rundir.COMPLETED, None, {}, None
     started = time.time()
+    revision = git_revision()  # the code that starts the run, even if the checkout changes while it trains
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         if not recorder.started:  # resumed from the final epoch's checkpoint: nothing left to train
@@ -493,13 +494,15 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
         if isinstance(exc, ConfigError):
             raise
         problem = storage_problem(exc)
-        result = _result(cfg, status, problem or error, recorder, trainer, test_metrics, digest, started, precision)
+        result = _result(cfg, status, problem or error, recorder, trainer, test_metrics, digest, started, precision,
+                         revision=revision)
         _record(trainer, run_dir, result)
         if problem is None:
             raise
         log(f"failed: {problem}")  # a full or read-only disk: the message says it all, no traceback
         return result
-    result = _result(cfg, status, error, recorder, trainer, test_metrics, digest, started, precision, final)
+    result = _result(cfg, status, error, recorder, trainer, test_metrics, digest, started, precision, final,
+                     revision=revision)
     if status == rundir.COMPLETED and cfg.evaluate.fewshot:
         result["fewshot"] = _fewshot(cfg, module, datamodule, trainer)
     if trainer.is_global_zero:
@@ -581,7 +584,7 @@ def _fewshot(cfg: DictConfig, module: ViTModule, datamodule, trainer) -> Dict[st
 
 
 def _result(cfg, status, error, recorder: EpochRecorder, trainer, test_metrics, digest, started, precision,
-            final: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+            final: Optional[Dict[str, float]] = None, *, revision: Optional[str]) -> Dict[str, Any]:
     rows = recorder.rows
     best: Dict[str, Any] = {}
     if final is None:
@@ -608,7 +611,7 @@ def _result(cfg, status, error, recorder: EpochRecorder, trainer, test_metrics, 
         "config_digest": digest,
         "experiment_digest": experiment_digest(cfg),
         "version": vit_ablate.__version__,
-        "git_rev": git_revision(),
+        "git_rev": revision,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     # strict JSON has no NaN: a diverged run's non-finite metrics become null, each named here
