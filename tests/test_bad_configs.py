@@ -54,6 +54,12 @@ BAD_CONFIGS = [
     (["trainer.devices=0"], "trainer.devices=0", "trainer.devices=1"),
     (["trainer.devices=-2"], "trainer.devices=-2", "[0, 1]"),
     (["trainer.devices=[0,0]"], "trainer.devices=[0, 0]", "distinct"),
+    # a whole step replayed as one CUDA graph: what it cannot hold
+    (["trainer.cuda_graph=true", "trainer.compile=reduce-overhead"], "trainer.compile=reduce-overhead", "trainer.compile=default"),
+    (["trainer.cuda_graph=true", "trainer.precision=16-mixed"], "16-mixed", "bf16-mixed"),
+    (["trainer.cuda_graph=true", "trainer.devices=2"], "trainer.devices=2", "trainer.devices=1"),
+    (["trainer.cuda_graph=true", "optim.name=sgd"], "optim.name=sgd", "adamw"),
+    (["trainer.cuda_graph=true", "data.micro_batch_size=32"], "data.micro_batch_size=32", "accumulation"),
     (["trainer.strategy=dpp"], "trainer.strategy='dpp'", "did you mean 'ddp'"),
     (["augment.randaugment=foo"], "augment.randaugment='foo'", "rand-m10-n2"),
     (["augment.randaugment=rand-m9-x3"], "augment.randaugment='rand-m9-x3'", "rand-m10-n2"),

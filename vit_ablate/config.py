@@ -128,6 +128,9 @@ class TrainerConfig:
     # as CUDA graphs, which is what a small ViT on a GPU needs (its step is bound by kernel launches)
     compile: Any = setting(False, "torch.compile the training forward: true = default mode; reduce-overhead = CUDA graphs",
                        valid="false | true | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs")
+    # the whole step — forward, loss, backward, clipping, optimizer update — captured once and replayed
+    # as one CUDA graph (training/whole_step.py); on a CPU the same step runs eagerly
+    cuda_graph: bool = setting(False, "replay the whole training step as one CUDA graph (one GPU; adam/adamw)")
     sync_batchnorm: bool = setting(True, "SyncBatchNorm for the conv stem under DDP")
     deterministic: bool = setting(False, "deterministic kernels (slower)")
     # Lightning reads a value in [0, 1] as a fraction of the batches and a whole number above 1 as a count
@@ -589,6 +592,8 @@ def validate_config(cfg: DictConfig, registries: bool = True) -> None:
         if isinstance(value, float) and value > 1:
             whole = f"; for {int(value)} batches write {key}={int(value)}" if value.is_integer() else f"; e.g. {key}={int(value)}"
             raise ConfigError(f"{key}={value} is neither a fraction in [0.0, 1.0] of the batches nor a whole number of them{whole}")
+    if cfg.trainer.cuda_graph:
+        _check_cuda_graph(cfg)
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas={_format(list(cfg.optim.betas))} must hold two numbers, e.g. [0.9, 0.999]")
     if cfg.trainer.max_epochs <= 0 and cfg.trainer.max_steps <= 0:
@@ -606,6 +611,32 @@ def validate_config(cfg: DictConfig, registries: bool = True) -> None:
 
     if registries:
         _check_registries(cfg)
+
+
+def _check_cuda_graph(cfg: DictConfig) -> None:
+    """What a captured whole step cannot do: CUDA graphs twice, a loss scaler's host-side checks, a
+    gradient all-reduce between processes, or an optimizer that needs the host for its update."""
+    if compile_mode(cfg.trainer.compile) in ("reduce-overhead", "max-autotune"):
+        raise ConfigError(
+            f"trainer.cuda_graph=true already replays the step as a CUDA graph; trainer.compile={cfg.trainer.compile} "
+            "would capture the forward again: use trainer.compile=default (or max-autotune-no-cudagraphs) with it"
+        )
+    if cfg.trainer.precision == "16-mixed":
+        raise ConfigError("trainer.cuda_graph=true cannot replay 16-mixed's loss scaling (it inspects the gradients on the host); use bf16-mixed")
+    micro = cfg.data.micro_batch_size
+    if micro is not None and micro < cfg.data.batch_size:
+        raise ConfigError(
+            f"trainer.cuda_graph=true makes one update per batch; data.micro_batch_size={micro} < data.batch_size="
+            f"{cfg.data.batch_size} asks for gradient accumulation: drop data.micro_batch_size"
+        )
+    devices = devices_per_node(cfg)
+    if devices != 1 or cfg.trainer.num_nodes != 1:
+        raise ConfigError(
+            f"trainer.cuda_graph=true runs on one device; trainer.devices={cfg.trainer.devices} "
+            f"trainer.num_nodes={cfg.trainer.num_nodes} ask for more (or let Lightning choose): set trainer.devices=1"
+        )
+    if cfg.optim.name.lower() not in ("adam", "adamw"):
+        raise ConfigError(f"trainer.cuda_graph=true needs an optimizer that updates on the device (adam or adamw), not optim.name={cfg.optim.name}")
 
 
 def _check_registries(cfg: DictConfig) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -25,6 +26,7 @@ from vit_ablate.bench.table import Row, format_table
 from vit_ablate.bench.timing import Precision, make_optimizer, make_train_step, precision_of
 from vit_ablate.config import ConfigError, compile_mode, to_container
 from vit_ablate.model import ViTSpec, resolve_spec
+from vit_ablate.training.whole_step import WholeTrainStep
 
 __all__ = [
     "BenchContext",
@@ -201,15 +203,24 @@ def seeded_model(ctx: BenchContext, model_cfg: Dict[str, Any]) -> nn.Module:
 
 
 def model_train_step(ctx: BenchContext, model: nn.Module, images, labels, precision: Optional[Precision] = None,
-                     compile_model: Any = None) -> Callable[[], torch.Tensor]:
+                     compile_model: Any = None, whole_graph: bool = False) -> Callable[[], torch.Tensor]:
     """``model`` on the device in training mode with the run's optimizer, as a one-step closure.
-    ``compile_model``: None → the config's trainer.compile; else false, true or a torch.compile mode."""
+    ``compile_model``: None → the config's trainer.compile; else false, true or a torch.compile mode.
+    ``whole_graph``: the step of ``trainer.cuda_graph`` (forward to update captured as one CUDA graph)."""
     precision = precision or ctx.precision
     model = model.to(ctx.device, precision.param_dtype).train()
     mode = compile_mode(ctx.cfg.trainer.compile if compile_model is None else compile_model)
     forward = torch.compile(model, mode=mode) if mode is not None else model
     optimizer = make_optimizer(model, ctx.cfg)
-    return make_train_step(forward, optimizer, images, labels, precision, ctx.device)
+    if not whole_graph:
+        return make_train_step(forward, optimizer, images, labels, precision, ctx.device)
+    whole = WholeTrainStep(forward, model, F.cross_entropy, optimizer)
+
+    def step() -> torch.Tensor:
+        with precision.autocast(ctx.device):
+            return whole(images, labels)
+
+    return step
 
 
 def guarded(ctx: BenchContext, report: BenchReport, section: str, what: str, fn: Callable[[], None]) -> None:

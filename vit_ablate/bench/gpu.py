@@ -42,16 +42,19 @@ def section_gpu(ctx: BenchContext, report: BenchReport) -> None:
     report.results["gpu"] = out
     if peak is None:
         report.notes.append(f"gpu: no peak FLOP/s known for {out['device_name']!r}; set VIT_ABLATE_BENCH_PEAK_TFLOPS for MFU")
-    configs = [("fp32 eager", "32-true", False), ("bf16-mixed eager", "bf16-mixed", False)]
+    # (label, precision, torch.compile mode, whole step as one CUDA graph)
+    configs = [("fp32 eager", "32-true", False, False), ("bf16-mixed eager", "bf16-mixed", False, False),
+               # CUDA graphs: the remedy when the step is bound by kernel launches (a small ViT)
+               ("bf16-mixed whole step as one CUDA graph", "bf16-mixed", False, True)]
     if ctx.gpu_compile:
-        configs.append(("bf16-mixed + torch.compile", "bf16-mixed", True))
-        # CUDA graphs: the remedy when the step is bound by kernel launches (a small ViT)
-        configs.append(("bf16-mixed + torch.compile reduce-overhead", "bf16-mixed", "reduce-overhead"))
+        configs.append(("bf16-mixed + torch.compile", "bf16-mixed", True, False))
+        configs.append(("bf16-mixed + torch.compile reduce-overhead", "bf16-mixed", "reduce-overhead", False))
+        configs.append(("bf16-mixed + torch.compile + whole-step CUDA graph", "bf16-mixed", True, True))
     fp32 = None
-    for label, precision_name, compile_model in configs:
+    for label, precision_name, compile_model, whole_graph in configs:
         ctx.log(f"gpu: {label}")
         try:
-            result = _measure_alone(ctx, ctx.model_cfg, ctx.batch, precision_name, compile_model)
+            result = _measure_alone(ctx, ctx.model_cfg, ctx.batch, precision_name, compile_model, whole_graph)
         except Exception as exc:  # e.g. a compiler failure: reported on its row
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             out["configs"][label] = {"error": message}
@@ -79,7 +82,8 @@ def _peak(ctx: BenchContext) -> Tuple[Optional[float], str]:
     return device_peak_flops(name, ctx.peak_tflops)
 
 
-def _measure_alone(ctx: BenchContext, model_cfg: Dict[str, Any], batch: int, precision_name: str, compile_model: Any) -> Dict[str, Any]:
+def _measure_alone(ctx: BenchContext, model_cfg: Dict[str, Any], batch: int, precision_name: str, compile_model: Any,
+                   whole_graph: bool = False) -> Dict[str, Any]:
     """img/s, peak memory and MFU of one configuration, measured on its own (sequentially: a GPU
     is not shared, and peak memory must be the configuration's own)."""
     from vit_ablate.model import resolve_spec
@@ -94,7 +98,7 @@ def _measure_alone(ctx: BenchContext, model_cfg: Dict[str, Any], batch: int, pre
         before = torch.cuda.memory_allocated(device)
     images, labels = random_inputs(ctx, spec, batch, precision.param_dtype)
     model = seeded_model(ctx, model_cfg)
-    step = model_train_step(ctx, model, images, labels, precision=precision, compile_model=compile_model)
+    step = model_train_step(ctx, model, images, labels, precision=precision, compile_model=compile_model, whole_graph=whole_graph)
     with StepTimer(device) as first:
         loss0 = float(step())
     for _ in range(max(ctx.warmup, 3 if compile_model else 1) - 1):
@@ -114,7 +118,7 @@ def _measure_alone(ctx: BenchContext, model_cfg: Dict[str, Any], batch: int, pre
     peak_flops = _peak(ctx)[0]
     return {
         "img_s": measured.median, "img_s_rounds": measured.img_s, "batch": batch, "precision": precision_name,
-        "compile": compile_model, "first_step_s": first.seconds, "loss_step0": loss0,
+        "compile": compile_model, "whole_graph": whole_graph, "first_step_s": first.seconds, "loss_step0": loss0,
         "peak_memory_bytes": peak_bytes, "peak_memory_gib": peak_bytes / 2**30 if peak_bytes is not None else None,
         "train_flops_per_image": flops_img, "achieved_flop_s": measured.median * flops_img,
         "mfu": measured.median * flops_img / peak_flops if peak_flops else None,

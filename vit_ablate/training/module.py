@@ -30,6 +30,7 @@ from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 from vit_ablate.config import ConfigError, compile_mode, from_container, to_container
 from vit_ablate.model import build_model
 from vit_ablate.registry import Registry
+from vit_ablate.training.whole_step import ReplayingOptimizer, WholeTrainStep
 
 SCHEDULES: Registry = Registry("optim.schedule")
 
@@ -99,6 +100,10 @@ class ViTModule(L.LightningModule):
         # registered as a second submodule: checkpoints keep the model's own parameter names.
         mode = compile_mode(cfg.trainer.compile)
         object.__setattr__(self, "_train_forward", torch.compile(self.model, mode=mode) if mode else self.model)
+        # trainer.cuda_graph: the whole step (forward to optimizer update) is one replayed CUDA graph,
+        # stepped through Lightning's manual optimization (whole_step.py)
+        self.automatic_optimization = not cfg.trainer.cuda_graph
+        self._whole_step: Optional[WholeTrainStep] = None
         # An exponential moving average of the weights (timm); when on, it is what gets evaluated.
         self.ema = ModelEmaV3(self.model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
 
@@ -145,18 +150,35 @@ class ViTModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.mixup is not None:  # soft targets, label smoothing folded in
+            return self.soft_loss(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=self.cfg.augment.label_smoothing)
+
     def training_step(self, batch, batch_idx):
-        images, labels = batch
+        images, targets = batch
         if self.mixup is not None:
-            images, targets = self.mixup(images, labels)
-            loss = self.soft_loss(self._train_forward(images), targets)
+            images, targets = self.mixup(images, targets)
+        if self.automatic_optimization:
+            loss = self._loss(self._train_forward(images), targets)
         else:
-            loss = F.cross_entropy(self._train_forward(images), labels, label_smoothing=self.cfg.augment.label_smoothing)
+            loss = self._replayed_step(images, targets)
         finite = torch.isfinite(loss.detach())
         self.nonfinite_steps += (~finite).long()
         self.train_loss.update(torch.where(finite, loss.detach(), torch.zeros_like(loss)))
         if self._log_this_step():
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
+        return loss
+
+    def _replayed_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """trainer.cuda_graph: Lightning steps the optimizer (counting the step, running its hooks), the
+        optimizer's step runs the whole captured step, then the schedule advances as Lightning's would."""
+        optimizer = self.optimizers()
+        if self._whole_step is None:
+            inner = optimizer.optimizer.optimizer  # LightningOptimizer → ReplayingOptimizer → the real one
+            self._whole_step = WholeTrainStep(self._train_forward, self.model, self._loss, inner, grad_clip=self.cfg.optim.grad_clip)
+        loss = optimizer.step(closure=lambda: self._whole_step(images, targets))
+        self.lr_scheduler_step(self.lr_schedulers(), None)
         return loss
 
     def _log_this_step(self) -> bool:
@@ -217,6 +239,8 @@ class ViTModule(L.LightningModule):
         # timm excludes model.no_weight_decay() (position tables, class token) and every bias and
         # norm parameter from weight decay.
         optimizer = create_optimizer_v2(self.model, **optimizer_kwargs(self.cfg))
+        if not self.automatic_optimization:
+            optimizer = ReplayingOptimizer(optimizer)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1) if self.trainer.max_steps in (-1, None) else None
         warmup = optim.warmup_steps

@@ -26,7 +26,9 @@ def build_trainer(cfg: DictConfig, root_dir: str | Path, callbacks: Sequence[Any
         devices=trainer.devices,
         num_nodes=trainer.num_nodes,
         precision=trainer.precision,
-        gradient_clip_val=cfg.optim.grad_clip,
+        # with trainer.cuda_graph the clipping is inside the captured step (Lightning clips only in
+        # automatic optimization)
+        gradient_clip_val=None if trainer.cuda_graph else cfg.optim.grad_clip,
         gradient_clip_algorithm="norm",
         deterministic=trainer.deterministic,
         limit_train_batches=trainer.limit_train_batches,

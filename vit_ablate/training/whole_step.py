@@ -1,0 +1,210 @@
+"""The whole training step — forward, loss, backward, gradient clipping, optimizer update — as one
+callable that a CUDA device captures once as a CUDA graph and then replays (``trainer.cuda_graph``).
+
+Why: a small ViT's step on a GPU is bound by the host. ViT-Ti/4 at batch 128 on an H100 launches about
+830 kernels per step for about 6.5 ms of GPU work (results/bench/h100_step_profile.txt); a graph replay
+launches them all with one call. ``torch.compile(mode="reduce-overhead")`` graphs the forward and the
+backward only; here the loss and the optimizer's update are inside the graph too.
+
+Off CUDA (a CPU) the same step runs eagerly, operation for operation, so its arithmetic and its
+Lightning plumbing are tested anywhere.
+
+What a captured graph requires, and how this module provides it (PyTorch's "CUDA Graphs" notes):
+- static inputs: each call copies the batch into buffers captured once (training drops the last,
+  short batch, so every batch has one shape);
+- an optimizer that updates on the device without reading values back: ``capturable=True`` (Adam,
+  AdamW) and the learning rate as a device tensor, refilled from the param group before each replay,
+  so the host-side schedule (timm's) keeps driving it;
+- gradients allocated inside the capture: they are set to None first and the captured backward
+  writes (does not accumulate) them on each replay;
+- autocast without its weight-cast cache while capturing, or a cast cached earlier would be baked in;
+- warm-up iterations on a side stream before capture (lazy state, cuDNN choices, torch.compile's own
+  compilation). They change the weights, buffers and optimizer state, so those are restored after the
+  capture: the first replay is the run's first update. Optimizer state created by the warm-up restarts
+  at zero, its value before a first update for Adam and AdamW.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class WholeTrainStep:
+    """``step(images, targets) -> loss`` (detached): one full optimizer update on the batch.
+
+    ``forward`` maps images to logits (the model, or its ``torch.compile``d form); ``model`` owns the
+    parameters and buffers; ``loss_fn(logits, targets)`` is the training loss. Mixed precision follows
+    the autocast context the call is made in (Lightning's precision plugin, or the caller's own).
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        optimizer: torch.optim.Optimizer,
+        grad_clip: Optional[float] = None,
+        warmup_iters: int = 3,
+    ):
+        self.forward = forward
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.grad_clip = float(grad_clip) if grad_clip else None
+        self.warmup_iters = warmup_iters
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self._static_images: Optional[Tensor] = None
+        self._static_targets: Optional[Tensor] = None
+        self._static_loss: Optional[Tensor] = None
+        self._lrs: List[Tensor] = []
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
+        if images.device.type != "cuda":
+            return self._eager(images, targets)
+        if self.graph is None:
+            self._capture(images, targets)
+        if images.shape != self._static_images.shape or targets.shape != self._static_targets.shape:
+            raise ValueError(
+                f"trainer.cuda_graph replays a step captured for images {tuple(self._static_images.shape)} and "
+                f"targets {tuple(self._static_targets.shape)}; this batch has {tuple(images.shape)} and "
+                f"{tuple(targets.shape)} (every training batch must have the same shape)"
+            )
+        self._static_images.copy_(images, non_blocking=True)
+        self._static_targets.copy_(targets, non_blocking=True)
+        for lr, group in zip(self._lrs, self.optimizer.param_groups):
+            lr.fill_(float(group["lr"]))  # the schedule's value for this step; a float: no host sync
+        self.graph.replay()
+        return self._static_loss.clone()
+
+    # ------------------------------------------------------------------------------------------
+    def _parameters(self) -> List[Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _forward_backward_update(self, images: Tensor, targets: Tensor, autocast) -> Tensor:
+        with autocast():
+            loss = self.loss_fn(self.forward(images), targets)
+        loss.backward()
+        if self.grad_clip is not None:
+            # the same call Lightning makes for gradient_clip_val (global L2 norm, paper Table 3);
+            # on CUDA it scales by a device tensor, so nothing is read back
+            torch.nn.utils.clip_grad_norm_(self._parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def _eager(self, images: Tensor, targets: Tensor) -> Tensor:
+        loss = self._forward_backward_update(images, targets, contextlib.nullcontext)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _capture(self, images: Tensor, targets: Tensor) -> None:
+        device = images.device
+        groups = self.optimizer.param_groups
+        for group in groups:
+            if "capturable" not in group:
+                raise ValueError(
+                    f"trainer.cuda_graph needs an optimizer that updates on the device (capturable: adam, adamw); "
+                    f"{type(self.optimizer).__name__} is not"
+                )
+            group["capturable"] = True
+        for p in self._parameters():  # state restored from an eager run's checkpoint keeps its step on the host
+            state = self.optimizer.state.get(p, {})
+            if isinstance(state.get("step"), Tensor) and state["step"].device != p.device:
+                state["step"] = state["step"].to(p.device, torch.float32)
+
+        saved_model = {name: t.detach().clone() for name, t in self.model.state_dict(keep_vars=True).items()}
+        saved_state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items() if isinstance(v, Tensor)}
+                       for p in self._parameters() if p in self.optimizer.state}
+        lrs = [float(group["lr"]) for group in groups]
+        self._lrs = [torch.tensor(lr, dtype=torch.float32, device=device) for lr in lrs]
+        for lr, group in zip(self._lrs, groups):
+            group["lr"] = lr
+
+        autocast = _capture_safe_autocast(device)
+        self._static_images = images.detach().clone()
+        self._static_targets = targets.detach().clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_iters):
+                self._forward_backward_update(self._static_images, self._static_targets, autocast)
+                self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.current_stream(device).wait_stream(side)
+
+        self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients
+        torch.clear_autocast_cache()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_loss = self._forward_backward_update(self._static_images, self._static_targets, autocast)
+        self.graph = graph
+
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict(keep_vars=True).items():
+                tensor.detach().copy_(saved_model[name])
+            for p in self._parameters():
+                before = saved_state.get(p, {})
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if not isinstance(value, Tensor):
+                        continue
+                    if key in before:
+                        value.copy_(before[key])
+                    else:
+                        value.zero_()
+        for lr, group in zip(lrs, groups):
+            group["lr"] = lr  # the schedule writes floats; __call__ copies them into the captured tensors
+
+
+def _capture_safe_autocast(device: torch.device):
+    """The caller's autocast (if any) again, with the weight-cast cache off (required while capturing)."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext
+    dtype = torch.get_autocast_dtype(device.type)
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+class ReplayingOptimizer(torch.optim.Optimizer):
+    """What Lightning steps when the update happens inside :class:`WholeTrainStep`.
+
+    Lightning (manual optimization) calls ``step(closure)``; here that runs the closure — the whole
+    step, whose update the wrapped optimizer already made — so Lightning still counts the step, runs
+    its hooks and checkpoints the wrapped optimizer's state. Param groups and state are the wrapped
+    optimizer's own (a learning-rate schedule built on this object drives the wrapped one), in the
+    manner of timm's Lookahead.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):  # no super().__init__: nothing of its own to hold
+        self.optimizer = optimizer
+        self.defaults = optimizer.defaults
+        self._optimizer_step_pre_hooks: Dict[int, Callable] = OrderedDict()
+        self._optimizer_step_post_hooks: Dict[int, Callable] = OrderedDict()
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def step(self, closure: Callable[[], Tensor]) -> Tensor:
+        return closure()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def __repr__(self) -> str:
+        return f"ReplayingOptimizer({self.optimizer!r})"
