@@ -13,6 +13,7 @@ import os
 import socket
 import statistics
 import tempfile
+import traceback
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -92,6 +93,8 @@ def _measure_alone(ctx: BenchContext, model_cfg: Dict[str, Any], batch: int, pre
     spec = resolve_spec(model_cfg)
     precision = precision_of(precision_name)
     cuda = device.type == "cuda"
+    if compile_model:
+        torch._dynamo.reset()  # each configuration compiles on its own, not beside an earlier one's graphs
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -189,6 +192,7 @@ def _mfu_reference(ctx: BenchContext, report: BenchReport, out: Dict[str, Any]) 
             if not compiled_ok:
                 raise
             compiled_ok = False
+            out["mfu_compile_error"] = "".join(traceback.format_exception(exc))[-6000:]
             report.notes.append(f"gpu: torch.compile failed for the MFU model ({type(exc).__name__}: {exc}); measured eager")
             continue
         # outside the except block, so that the failed attempt's tensors can be released

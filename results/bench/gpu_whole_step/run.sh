@@ -7,6 +7,7 @@
 #   4. ViT-B/16 at 224: eager, torch.compile (traceback when it fails), whole-step graph (MFU).
 #
 #   OUT=/tmp/out CIFAR_ARCHIVE=.gpu/cifar10-jpeg.tar.gz results/bench/gpu_whole_step/run.sh
+#   SECTIONS="tests bench vit_b16" VIT_B16="compile+fused,compile@512" results/bench/gpu_whole_step/run.sh
 #
 # Needs torch, timm, lightning, torchmetrics and omegaconf (the device machine lacks omegaconf: its
 # wheel travels in .whl/). Cost: about 8 minutes of one H100/H200, start-up excluded.
@@ -21,7 +22,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
+SECTIONS=${SECTIONS:-tests epochs bench vit_b16}
+VIT_B16=${VIT_B16:-eager,graph,compile,compile+graph}
 mark() { echo "=== $(date +%T) $*"; }
+wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 mark environment
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
@@ -32,10 +36,8 @@ mark environment
 mark data
 mkdir -p /tmp/data && tar -xzf "$CIFAR_ARCHIVE" -C /tmp/data || exit 1
 
-mark tests
-timeout 180 python3 -m pytest -q -p no:cacheprovider tests/training/test_whole_step.py 2>&1 | tail -5 | tee "$OUT/tests.log"
+wanted tests && mark tests && timeout 180 python3 -m pytest -q -p no:cacheprovider tests/training/test_whole_step.py 2>&1 | tail -5 | tee "$OUT/tests.log"
 
-mark epochs
 train() {  # name, extra overrides...
   local name=$1; shift
   timeout 240 python3 -m vit_ablate train experiments/cifar10_vit_ti4.yaml data.name=imagefolder data.root=/tmp/data/cifar10 \
@@ -43,15 +45,16 @@ train() {  # name, extra overrides...
   echo "--- $name (exit $?)"; grep -E "completed|Error|error" "/tmp/runs_$name.log" | tail -3
   cp "/tmp/runs/$name/metrics.csv" "$OUT/epochs_$name.csv" 2>/dev/null && cat "$OUT/epochs_$name.csv"
 }
-train graph trainer.max_epochs=3 trainer.cuda_graph=true
-train eager trainer.max_epochs=2
-train compile_graph trainer.max_epochs=3 trainer.cuda_graph=true trainer.compile=true
-tail -n 30 /tmp/runs_*.log > "$OUT/train_logs.txt"
+if wanted epochs; then
+  mark epochs
+  train graph trainer.max_epochs=3 trainer.cuda_graph=true
+  train eager trainer.max_epochs=2
+  train compile_graph trainer.max_epochs=3 trainer.cuda_graph=true trainer.compile=true
+  tail -n 30 /tmp/runs_*.log > "$OUT/train_logs.txt"
+fi
 
-mark bench
-timeout 300 python3 -m vit_ablate bench experiments/cifar10_vit_ti4.yaml data.name=imagefolder data.root=/tmp/data/cifar10 \
-  --only components gpu --steps 30 --json "$OUT/bench.json" 2>&1 | tail -25
+wanted bench && mark bench && timeout 300 python3 -m vit_ablate bench experiments/cifar10_vit_ti4.yaml data.name=imagefolder data.root=/tmp/data/cifar10 \
+  --only ${BENCH_ONLY:-components gpu} --steps 30 --json "$OUT/bench.json" 2>&1 | tail -25
 
-mark vit_b16
-timeout 240 python3 results/bench/gpu_whole_step/vit_b16_probe.py --only eager,graph,compile,compile+graph 2>&1 | tee "$OUT/vit_b16.txt" | tail -40
+wanted vit_b16 && mark vit_b16 && timeout 240 python3 results/bench/gpu_whole_step/vit_b16_probe.py --only "$VIT_B16" 2>&1 | tee "$OUT/vit_b16.txt" | tail -40
 mark done

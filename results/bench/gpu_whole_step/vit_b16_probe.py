@@ -3,6 +3,9 @@ torch.compile'd step (its full traceback when compilation fails) and the whole s
 
     python3 results/bench/gpu_whole_step/vit_b16_probe.py [--batch 256] [--steps 10] [--only eager,compile,...]
 
+A variant is eager, compile, graph or compile+graph, optionally with +fused (AdamW's fused kernel)
+and @BATCH (another batch size), e.g. compile+fused@512.
+
 Each variant gets a fresh model with the same seed; 3 warm-up steps, then ``steps`` timed with CUDA
 events. MFU = img/s × training FLOPs per image (vit_ablate.bench.flops) ÷ the device's bf16 peak.
 """
@@ -28,11 +31,13 @@ VARIANTS = ("eager", "compile", "graph", "compile+graph")
 
 
 def measure(variant: str, model_cfg: dict, batch: int, steps: int, peak: float, device: torch.device) -> None:
+    if "@" in variant:
+        variant, batch = variant.split("@")[0], int(variant.split("@")[1])
     torch.manual_seed(0)
     model = build_model(dict(model_cfg)).to(device).train()
     spec = resolve_spec(dict(model_cfg))
     forward = torch.compile(model) if "compile" in variant else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True if "fused" in variant else None)
     whole = WholeTrainStep(forward, model, F.cross_entropy, optimizer, grad_clip=1.0)
     images = torch.randn(batch, 3, spec.img_size, spec.img_size, device=device)
     labels = torch.randint(0, spec.num_classes, (batch,), device=device)
