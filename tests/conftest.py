@@ -5,8 +5,36 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
+
+# The suite's one tiny ViT: 16 patches of 8×8 px on the 32-px synthetic images, one block of width 32.
+# A test names only what it changes (tiny_model(depth=2, pos_embed="2d")), so a reader sees at a glance
+# what the test depends on, and the model every package trains or builds is this one.
+TINY_MODEL: Dict[str, Any] = {"dim": 32, "depth": 1, "heads": 4, "mlp_dim": 64, "img_size": 32, "patch_size": 8, "num_classes": 8}
+
+
+class TinyModel:
+    """``tiny_model(**changes)``: the model section as a dict (``build_model`` takes it);
+    ``tiny_model.overrides(**changes)``: the same as ``model.key=value`` items (``load_config``, the CLI)."""
+
+    def __init__(self, base: Dict[str, Any]):
+        self.base = dict(base)
+
+    def __call__(self, **changes: Any) -> Dict[str, Any]:
+        return {**self.base, **changes}
+
+    def overrides(self, **changes: Any) -> List[str]:
+        def text(value: Any) -> str:
+            return str(value).lower() if isinstance(value, bool) else str(value)
+
+        return [f"model.{key}={text(value)}" for key, value in self(**changes).items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> TinyModel:
+    return TinyModel(TINY_MODEL)
 
 # shared/ lies beside the checkout (in CI too); VIT_ABLATE_CIFAR10_JPEG points elsewhere
 ARCHIVE = Path(

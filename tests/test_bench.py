@@ -18,11 +18,8 @@ from vit_ablate.bench.core import CORE_COMPONENTS, parse_components, sdpa_kernel
 from vit_ablate.config import ConfigError, load_config
 from vit_ablate.model import build_model
 
-TINY = [
-    "model.variant=Ti/8", "model.dim=32", "model.depth=1", "model.heads=2", "model.mlp_dim=64",
-    "model.img_size=32", "model.num_classes=8", "data.batch_size=8", "data.synthetic.num_train=128",
-]
-TINY_MODEL = {"variant": "Ti/8", "dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "img_size": 32, "num_classes": 8}
+BENCH_MODEL = dict(variant="Ti/8", heads=2)  # what the benchmarks change of the shared tiny model (conftest.py)
+BENCH_DATA = ["data.batch_size=8", "data.synthetic.num_train=128"]
 FAST = dict(rounds=2, warmup=1, progress=False)
 
 
@@ -37,13 +34,19 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
+def bench_args(tiny_model):
+    """Config overrides (and CLI arguments) of the benchmarks: the tiny model on a little synthetic data."""
+    return [*tiny_model.overrides(**BENCH_MODEL), *BENCH_DATA]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_model, bench_args):
     """Every section once (gpu through its CPU code path, ddp skipped for want of GPUs)."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    cfg = load_config([], TINY)
+    cfg = load_config([], bench_args)
     bench = benchmark(
         cfg, steps=2, json_path=str(path), ddp=2, sections=["model", "components", "framework", "data", "gpu"],
-        gpu_on_cpu=True, gpu_compile=False, mfu_reference=TINY_MODEL, mfu_batch=4, peak_tflops=1.0, feed=True, **FAST,
+        gpu_on_cpu=True, gpu_compile=False, mfu_reference=tiny_model(**BENCH_MODEL), mfu_batch=4, peak_tflops=1.0, feed=True, **FAST,
     )
     return bench, json.loads(path.read_text())
 
@@ -82,9 +85,9 @@ def test_vit_b16_matches_the_reference_gmacs():
     assert vit_flops(spec, training=True) / 1e9 == pytest.approx(105, rel=0.01)
 
 
-def test_cpu_sdpa_kernel_is_counted():
+def test_cpu_sdpa_kernel_is_counted(tiny_model):
     # torch's FlopCounterMode alone misses the CPU fused attention kernel; count_flops adds it
-    model = build_model({**TINY_MODEL, "dim": 64, "heads": 4})
+    model = build_model({**tiny_model(**BENCH_MODEL), "dim": 64, "heads": 4})
     images = torch.randn(2, 3, 32, 32)
     _, total, by_op = count_flops(lambda: model(images))
     assert any("attention" in op for op in by_op)
@@ -136,8 +139,8 @@ def test_ab_comparison_uses_identical_weights(full_run):
     assert abs(ours - math.log(8)) > 1e-4
 
 
-def test_components_timm_lacks_compare_with_our_default_and_cifar_falls_back(tmp_path):
-    cfg = load_config([], TINY + ["model.norm=post", "model.num_classes=10", "data.name=cifar10",
+def test_components_timm_lacks_compare_with_our_default_and_cifar_falls_back(tmp_path, bench_args):
+    cfg = load_config([], bench_args + ["model.norm=post", "model.num_classes=10", "data.name=cifar10",
                                   f"data.root={tmp_path / 'missing'}", "augment.random_crop_padding=4", "augment.hflip=true",
                                   "data.train_subset=64"])
     bench = benchmark(cfg, steps=1, sections=["model", "data"], **FAST)
@@ -152,22 +155,22 @@ def test_components_timm_lacks_compare_with_our_default_and_cifar_falls_back(tmp
     assert "STAND-IN" in bench.table()
 
 
-def test_cli_bench_writes_json(tmp_path, capsys):
+def test_cli_bench_writes_json(tmp_path, capsys, bench_args):
     from vit_ablate.cli import main
 
     out = tmp_path / "bench.json"
-    assert main(["bench", *TINY, "--steps", "1", "--json", str(out), "--only", "model"]) == 0
+    assert main(["bench", *bench_args, "--steps", "1", "--json", str(out), "--only", "model"]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["sections"] == ["model"] and data["model"]["loss_match"] is True
     assert "ours vs timm" in capsys.readouterr().out
-    assert main(["bench", *TINY, "--only", "modle"]) == 2  # unknown section: a usage error
+    assert main(["bench", *bench_args, "--only", "modle"]) == 2  # unknown section: a usage error
 
 
 # ------------------------------------------------------------------------------------------ parts
-def test_gpu_section_is_skipped_without_cuda():
+def test_gpu_section_is_skipped_without_cuda(bench_args):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    bench = benchmark(load_config([], TINY), steps=1, sections=["gpu"], **FAST)
+    bench = benchmark(load_config([], bench_args), steps=1, sections=["gpu"], **FAST)
     assert bench.rows[0].skipped and bench.results["gpu"]["skipped"]
 
 
@@ -180,11 +183,11 @@ def test_device_peaks():
     assert device_peak_flops("NVIDIA H100 PCIe", override_tflops=500)[0] == 500e12
 
 
-def test_sdpa_kernel_detection_on_cpu():
+def test_sdpa_kernel_detection_on_cpu(tiny_model):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     images = torch.randn(2, 3, 32, 32)
-    model = build_model(TINY_MODEL)
+    model = build_model(tiny_model(**BENCH_MODEL))
     assert sdpa_kernels_used(lambda: model(images), torch.device("cpu")) == ["cpu_fused"]
     with sdpa_kernel([SDPBackend.MATH]):
         assert sdpa_kernels_used(lambda: model(images), torch.device("cpu")) == ["math"]
@@ -234,7 +237,7 @@ def test_paired_ratio_is_robust_to_a_burst():
     assert pair["ratio"] == 3.0 and (pair["low"], pair["high"]) == (2.0, 4.0)
 
 
-def test_cli_only_gives_overrides_back_and_passes_options(monkeypatch):
+def test_cli_only_gives_overrides_back_and_passes_options(monkeypatch, bench_args):
     """`--only model key=value`: argparse hands the override to --only; the CLI must not lose it."""
     import vit_ablate.bench as bench_pkg
     from vit_ablate.cli import main
@@ -246,7 +249,7 @@ def test_cli_only_gives_overrides_back_and_passes_options(monkeypatch):
         return "table"
 
     monkeypatch.setattr(bench_pkg, "run_bench", fake_run_bench)
-    argv = ["bench", *TINY, "--only", "model", "components", "trainer.precision=32-true", "model.dim=48",
+    argv = ["bench", *bench_args, "--only", "model", "components", "trainer.precision=32-true", "model.dim=48",
             "--rounds", "5", "--peak-tflops", "123", "--no-compile"]
     assert main(argv) == 0
     assert seen["sections"] == ["model", "components"]

@@ -8,8 +8,10 @@ error that names the key and suggests the nearest valid spelling.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -337,6 +339,17 @@ def _merge(base: DictConfig, layer: DictConfig, where: str) -> DictConfig:
 DATA_DERIVED_KEYS = ("model.num_classes", "model.img_size")
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> DictConfig:
+    """The schema's defaults, built once: ``OmegaConf.structured`` is most of a ``load_config``'s cost,
+    and ``OmegaConf.merge`` copies its first argument, so the cached object is never modified."""
+    return OmegaConf.structured(RunConfig)
+
+
+def _fresh_defaults() -> DictConfig:
+    return copy.deepcopy(_defaults())
+
+
 def load_config(
     files: Sequence[str | Path] = (), overrides: Sequence[str] = (), validate: bool = True, machine: bool = False
 ) -> DictConfig:
@@ -345,12 +358,14 @@ def load_config(
 
     Raises ``ConfigError`` (never a bare OmegaConf error) naming the bad key and the nearest valid one.
     """
-    cfg = OmegaConf.structured(RunConfig)
     layers = [(_read_yaml(path), f"in {path}") for path in files]
     if overrides:
         layers.append((parse_overrides(overrides), "on the command line"))
+    cfg = _defaults()
     for layer, where in layers:
         cfg = _merge(cfg, layer, where)
+    if not layers:
+        cfg = _fresh_defaults()
     given = {key for layer, _ in layers for key in DATA_DERIVED_KEYS if OmegaConf.select(layer, key) is not None}
     _derive_from_data(cfg, given)
     if validate:
@@ -362,7 +377,7 @@ def load_config(
 
 def from_container(data: Mapping[str, Any], validate: bool = True) -> DictConfig:
     """A resolved config (e.g. a checkpoint's hyperparameters) back into the schema."""
-    cfg = _merge(OmegaConf.structured(RunConfig), OmegaConf.create(dict(data)), "in the saved config")
+    cfg = _merge(_defaults(), OmegaConf.create(dict(data)), "in the saved config")
     if validate:
         validate_config(cfg)
     return cfg

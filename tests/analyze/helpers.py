@@ -1,4 +1,4 @@
-"""Tiny models and checkpoint files for the analysis tests (no training needed)."""
+"""The analysis tests' tiny model and data, and checkpoint files (no training needed)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,12 @@ from typing import Dict, Optional
 
 import torch
 
-from vit_ablate.config import load_config, to_container
+from vit_ablate.config import to_container
 from vit_ablate.model import build_model
 
-# A 2-layer, 2-head ViT on the synthetic data's 32-px images: 4×4 patches of 8 px.
-TINY_MODEL = [
-    "model.variant=Ti/8",
-    "model.dim=32",
-    "model.depth=2",
-    "model.heads=2",
-    "model.mlp_dim=64",
-    "model.img_size=32",
-    "model.num_classes=8",
-]
+# What the analysis tests change of the shared tiny model (conftest.py: tiny_model): 2 layers of 2 heads
+# on the synthetic data's 32-px images, 4×4 patches of 8 px.
+RUN_MODEL = dict(variant="Ti/8", depth=2, heads=2)
 TINY_DATA = [
     "data.name=synthetic",
     "data.synthetic.num_train=96",
@@ -29,11 +22,6 @@ TINY_DATA = [
     "evaluate.fewshot_shots=[1,5]",
     "evaluate.fewshot_draws=2",
 ]
-
-
-def tiny_config(*overrides: str):
-    """The resolved run config of a tiny model on a small synthetic dataset."""
-    return load_config([], [*TINY_MODEL, *TINY_DATA, *overrides])
 
 
 def write_checkpoint(

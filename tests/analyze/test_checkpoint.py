@@ -10,10 +10,10 @@ import torch
 from vit_ablate.analyze.checkpoint import default_output_dir, load_checkpoint
 from vit_ablate.model import build_model
 
-from .helpers import tiny_config, write_checkpoint
+from .helpers import write_checkpoint
 
 
-def test_round_trip_gives_the_same_model(tmp_path: Path):
+def test_round_trip_gives_the_same_model(tmp_path: Path, tiny_config):
     cfg = tiny_config("model.pos_embed=2d")
     torch.manual_seed(1)
     model = build_model(cfg.model).eval()
@@ -28,7 +28,7 @@ def test_round_trip_gives_the_same_model(tmp_path: Path):
         assert torch.equal(loaded.model(images), model(images))
 
 
-def test_ema_weights_are_preferred_when_present(tmp_path: Path):
+def test_ema_weights_are_preferred_when_present(tmp_path: Path, tiny_config):
     cfg = tiny_config()
     torch.manual_seed(0)
     model, ema = build_model(cfg.model), build_model(cfg.model)
@@ -44,7 +44,7 @@ def test_ema_weights_are_preferred_when_present(tmp_path: Path):
         load_checkpoint(plain, weights="ema")
 
 
-def test_compiled_module_names_are_accepted(tmp_path: Path):
+def test_compiled_module_names_are_accepted(tmp_path: Path, tiny_config):
     cfg = tiny_config()
     model = build_model(cfg.model)
     extra = {f"model._orig_mod.{k}": v for k, v in model.state_dict().items()}
@@ -56,13 +56,13 @@ def test_compiled_module_names_are_accepted(tmp_path: Path):
     assert torch.equal(load_checkpoint(path).model.stem.proj.weight, model.stem.proj.weight)
 
 
-def test_checkpoint_without_config_is_another_format(tmp_path: Path):
+def test_checkpoint_without_config_is_another_format(tmp_path: Path, tiny_config):
     path = write_checkpoint(tmp_path / "old.ckpt", tiny_config(), with_config=False)
     with pytest.raises(ValueError, match=r"version/format.*hyper_parameters\['config'\]"):
         load_checkpoint(path)
 
 
-def test_tensors_that_do_not_fit_the_config_are_rejected(tmp_path: Path):
+def test_tensors_that_do_not_fit_the_config_are_rejected(tmp_path: Path, tiny_config):
     cfg = tiny_config()
     other = build_model(tiny_config("model.dim=48", "model.mlp_dim=96").model)
     path = write_checkpoint(tmp_path / "x.ckpt", cfg, other)
@@ -92,7 +92,7 @@ def test_files_that_are_not_checkpoints(tmp_path: Path):
         load_checkpoint(listing)
 
 
-def test_overrides_change_data_only(tmp_path: Path):
+def test_overrides_change_data_only(tmp_path: Path, tiny_config):
     path = write_checkpoint(tmp_path / "o.ckpt", tiny_config())
     loaded = load_checkpoint(path, overrides=["data.synthetic.num_val=12", "evaluate.fewshot_draws=5"], data_root="/some/where")
     assert loaded.config.data.synthetic.num_val == 12

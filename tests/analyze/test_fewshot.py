@@ -19,8 +19,6 @@ from vit_ablate.analyze.fewshot import (
 from vit_ablate.data import build_datamodule
 from vit_ablate.model import build_model
 
-from .helpers import tiny_config
-
 
 def _clusters(num_classes: int, per_class: int, dim: int, seed: int, centres=None):
     g = torch.Generator().manual_seed(seed)
@@ -97,7 +95,7 @@ def test_support_sets_are_nested_balanced_and_seeded():
         sample_support(labels, [0], draws=1, seed=0)
 
 
-def test_fewshot_from_datamodule_on_a_tiny_model():
+def test_fewshot_from_datamodule_on_a_tiny_model(tiny_config):
     cfg = tiny_config()
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -115,7 +113,7 @@ def test_fewshot_from_datamodule_on_a_tiny_model():
     assert detail.accuracies["1"] == acc["1"]
 
 
-def test_extract_features_are_the_pre_logits():
+def test_extract_features_are_the_pre_logits(tiny_config):
     cfg = tiny_config()
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
@@ -127,7 +125,7 @@ def test_extract_features_are_the_pre_logits():
     assert torch.equal(got_labels, labels)
 
 
-def test_extract_features_of_a_bf16_model():
+def test_extract_features_of_a_bf16_model(tiny_config):
     cfg = tiny_config()
     torch.manual_seed(0)
     model = build_model(cfg.model).to(torch.bfloat16)

@@ -8,7 +8,8 @@ import torch
 from vit_ablate.analyze.filters import patch_filter_pca, patch_filters
 from vit_ablate.model import build_model
 
-BASE = {"variant": "Ti/4", "dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "img_size": 16, "num_classes": 4}
+# what these tests change of the shared tiny model: 4-px patches (Ti/4's) on 16-px images, two heads
+SIZE = dict(variant="Ti/4", heads=2, patch_size=4, img_size=16, num_classes=4)
 
 
 def test_pca_recovers_the_directions_of_rank_two_filters():
@@ -42,7 +43,7 @@ def test_component_count_is_capped_by_the_filter_size():
         patch_filter_pca(torch.randn(4, 12))
 
 
-def test_only_the_patch_stem_has_filters():
-    weight = patch_filters(build_model({**BASE, "stem": "patch"}))
+def test_only_the_patch_stem_has_filters(tiny_model):
+    weight = patch_filters(build_model(tiny_model(**SIZE, stem="patch")))
     assert weight.shape == (32, 3, 4, 4)
-    assert patch_filters(build_model({**BASE, "stem": "conv"})) is None
+    assert patch_filters(build_model(tiny_model(**SIZE, stem="conv"))) is None

@@ -13,7 +13,7 @@ import torch
 from vit_ablate.analyze import run_analysis
 from vit_ablate.cli import main
 
-from .helpers import tiny_config, write_checkpoint
+from .helpers import write_checkpoint
 
 ALL_FIGURES = ["pos_similarity.png", "filters.png", "attention_distance.png", "rollout.png"]
 
@@ -94,7 +94,7 @@ def test_data_overrides_and_skipping(make_checkpoint, tmp_path: Path):
         run_analysis(ckpt, out=out, overrides=["data.name=imagefolder"], data=str(tmp_path / "no-images"))
 
 
-def test_bad_checkpoints_raise_clear_errors(tmp_path: Path):
+def test_bad_checkpoints_raise_clear_errors(tmp_path: Path, tiny_config):
     old = write_checkpoint(tmp_path / "old.ckpt", tiny_config(), with_config=False)
     with pytest.raises(ValueError, match="version/format"):
         run_analysis(old, out=tmp_path / "x")
@@ -103,7 +103,7 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path: Path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli(make_checkpoint, tmp_path: Path, capsys):
+def test_cli(make_checkpoint, tmp_path: Path, capsys, tiny_config):
     ckpt = make_checkpoint()
     out = tmp_path / "cli-out"
     assert main(["analyze", str(ckpt), "evaluate.fewshot_draws=1", "--out", str(out), "--images", "4"]) == 0

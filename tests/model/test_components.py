@@ -9,7 +9,8 @@ from vit_ablate import build_model
 from vit_ablate.model import AXES, POSITION_EMBEDDINGS, resolve_spec
 from vit_ablate.model.pooling import POOLINGS
 
-TINY = {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "img_size": 16, "num_classes": 5, "head_zero_init": False}
+# what these tests change of the shared tiny model: 16-px images in a 4×4 grid of 4-px patches, two blocks
+SIZE = dict(depth=2, img_size=16, patch_size=4, num_classes=5, head_zero_init=False)
 STEM_SETTINGS = {"patch": {"patch_size": 4}, "conv": {"patch_size": 4}, "hybrid": {"patch_size": 4, "hybrid_layers": [1]}}
 
 
@@ -63,9 +64,10 @@ def test_the_combinations_cover_every_pair_of_names():
 
 
 @pytest.mark.parametrize("stem, pos, at, norm, pool, head", COMBINATIONS, ids=lambda v: str(v))
-def test_every_combination_builds_and_backpropagates(stem, pos, at, norm, pool, head):
+def test_every_combination_builds_and_backpropagates(stem, pos, at, norm, pool, head, tiny_model):
     torch.manual_seed(0)
-    cfg = {**TINY, **STEM_SETTINGS[stem], "stem": stem, "pos_embed": pos, "pos_embed_at": at, "norm": norm, "pool": pool, "head": head}
+    cfg = {**tiny_model(**SIZE), **STEM_SETTINGS[stem],
+           "stem": stem, "pos_embed": pos, "pos_embed_at": at, "norm": norm, "pool": pool, "head": head}
     model = build_model(cfg)
     logits = model(torch.randn(3, 3, 16, 16))
     assert logits.shape == (3, 5)
@@ -79,22 +81,22 @@ def _names(model):
     return {n for n, _ in model.named_parameters()}
 
 
-def test_only_used_parameters_are_created():
-    base = {**TINY, "patch_size": 4}
+def test_only_used_parameters_are_created(tiny_model):
+    base = tiny_model(**SIZE)
     gap_none = _names(build_model({**base, "pool": "gap", "pos_embed": "none"}))
     assert not any("cls_token" in n or "pos_embed" in n for n in gap_none)
     cls_1d = _names(build_model({**base, "pool": "cls", "pos_embed": "1d"}))
     assert {"pool.cls_token", "pos_embed.placement.table.weight"} <= cls_1d
     every = _names(build_model({**base, "pos_embed": "1d", "pos_embed_at": "every_layer"}))
-    assert sum("pos_embed.placement.tables" in n for n in every) == TINY["depth"]
+    assert sum("pos_embed.placement.tables" in n for n in every) == base["depth"]
     shared = _names(build_model({**base, "pos_embed": "1d", "pos_embed_at": "every_layer_shared"}))
     assert sum("pos_embed" in n for n in shared) == 1
     post = build_model({**base, "norm": "post"})
     assert not any(p.numel() for p in post.pool.norm.parameters())  # post-norm: no final LayerNorm
-    assert build_model({**base, "head": "linear"}).head.fc.in_features == TINY["dim"]
+    assert build_model({**base, "head": "linear"}).head.fc.in_features == base["dim"]
 
 
-def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse():
+def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse(tiny_model):
     torch.manual_seed(0)
     dim = 8
     tokens = torch.randn(2, 5, dim) * torch.arange(1.0, 6.0).view(1, 5, 1) + torch.arange(5.0).view(1, 5, 1)
@@ -115,29 +117,29 @@ def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse(
         assert torch.allclose(timm_gap, layer_norm(tokens.mean(dim=1)), atol=1e-5)
         assert (paper - timm_gap).abs().max() > 0.1  # a real difference, not rounding
     # their LayerNorms carry different names, so a checkpoint of one never loads into the other
-    base = {**TINY, "patch_size": 4}
+    base = tiny_model(**SIZE)
     assert {"pool.encoder_norm.weight"} <= _names(build_model({**base, "pool": "gap"}))
     assert {"pool.norm.weight"} <= _names(build_model({**base, "pool": "gap_fc_norm"}))
 
 
-def test_zero_initialised_head_gives_zero_logits():
-    model = build_model({**TINY, "patch_size": 4, "head_zero_init": True})
+def test_zero_initialised_head_gives_zero_logits(tiny_model):
+    model = build_model(tiny_model(**{**SIZE, "head_zero_init": True}))
     assert model(torch.randn(2, 3, 16, 16)).abs().max() == 0
 
 
-def test_no_weight_decay_names():
-    model = build_model({**TINY, "patch_size": 4, "pos_embed": "2d"})
+def test_no_weight_decay_names(tiny_model):
+    model = build_model(tiny_model(**SIZE, pos_embed="2d"))
     names = model.no_weight_decay()
     assert {"pool.cls_token", "pos_embed.placement.table.rows", "pos_embed.placement.table.cols", "pos_embed.placement.table.prefix"} <= names
     assert "blocks.0.norm1.weight" in names and "blocks.0.attn.qkv.bias" in names
     assert "blocks.0.attn.qkv.weight" not in names and "head.fc.weight" not in names
     assert names <= _names(model)
-    rel = build_model({**TINY, "patch_size": 4, "pos_embed": "relative"})
+    rel = build_model(tiny_model(**SIZE, pos_embed="relative"))
     assert "blocks.1.attn.position.table" in rel.no_weight_decay()
 
 
-def test_intermediates_are_named_and_consistent():
-    model = build_model({**TINY, "patch_size": 4}).eval()
+def test_intermediates_are_named_and_consistent(tiny_model):
+    model = build_model(tiny_model(**SIZE)).eval()
     images = torch.randn(2, 3, 16, 16)
     taps = model.forward_intermediates(images)
     assert list(taps) == ["stem", "pos_embed", "block0", "block1", "pre_logits", "logits"]
@@ -148,9 +150,9 @@ def test_intermediates_are_named_and_consistent():
 
 
 @pytest.mark.parametrize("pos", ["1d", "relative", "relative_head_bias", "rope2d"])
-def test_explicit_attention_path_matches_sdpa(pos):
+def test_explicit_attention_path_matches_sdpa(pos, tiny_model):
     torch.manual_seed(0)
-    model = build_model({**TINY, "patch_size": 4, "pos_embed": pos}).eval()
+    model = build_model(tiny_model(**SIZE, pos_embed=pos)).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():  # a learned bias without a gradient goes to SDPA on the CPU too
         fused = model(images)

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from vit_ablate import build_model
 from vit_ablate.model import resolve_spec
 
-TINY = {"dim": 32, "depth": 1, "heads": 4, "mlp_dim": 64, "img_size": 32, "patch_size": 8, "num_classes": 3}
+SIZE = dict(num_classes=3)  # what these tests change of the shared tiny model
 
 
 @pytest.mark.parametrize(
@@ -34,14 +34,14 @@ TINY = {"dim": 32, "depth": 1, "heads": 4, "mlp_dim": 64, "img_size": 32, "patch
         ({"depth": 0}, ["model.depth=0", "positive"]),
     ],
 )
-def test_invalid_model_configs_name_the_problem(override, fragments):
+def test_invalid_model_configs_name_the_problem(override, fragments, tiny_model):
     with pytest.raises(ValueError) as info:
-        build_model({**TINY, **override})
+        build_model(tiny_model(**{**SIZE, **override}))
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
 
 
-def test_omegaconf_node_is_accepted():
-    model = build_model(OmegaConf.create({**TINY, "pos_embed": "2d"}))
+def test_omegaconf_node_is_accepted(tiny_model):
+    model = build_model(OmegaConf.create(tiny_model(**SIZE, pos_embed="2d")))
     assert model.spec.pos_embed == "2d"
     assert resolve_spec(model.spec) == model.spec

@@ -16,15 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).resolve().parent / "fake_train.py"
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 
-# A run of experiments/quickstart.yaml that takes a few seconds of training (plus ~15 s of imports).
-TINY = [
+# A run of experiments/quickstart.yaml (the sweeps' command) that takes a few seconds of training (plus
+# ~10 s of imports): one epoch of the suite's tiny model (tests/conftest.py) on a small synthetic set.
+SHORT_RUN = [
     "trainer.max_epochs=1",
     "data.synthetic.num_train=512",
     "data.synthetic.num_val=256",
     "data.synthetic.num_test=256",
-    "model.depth=1",
-    "model.dim=32",
-    "model.mlp_dim=64",
 ]
 
 
@@ -56,8 +54,8 @@ def statuses(sweep_dir: Path) -> Dict[str, str]:
 
 
 def fingerprint(run_dir: Path) -> Dict[str, Any]:
-    """mtime and sha256 of result.json and every checkpoint."""
-    files = [run_dir / "result.json", *sorted((run_dir / "checkpoints").glob("*.ckpt"))]
+    """mtime and sha256 of result.json, metrics.csv and every checkpoint."""
+    files = [run_dir / "result.json", run_dir / "metrics.csv", *sorted((run_dir / "checkpoints").glob("*.ckpt"))]
     return {
         str(f.relative_to(run_dir)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
         for f in files

@@ -18,7 +18,7 @@ from vit_ablate import rundir
 from vit_ablate.config import ConfigError
 from vit_ablate.sweep import read_sweep, run_sweep
 
-from .helpers import REPO, TINY, fake_command, fingerprint, manifest, statuses, write_sweep
+from .helpers import REPO, fake_command, fingerprint, manifest, statuses, write_sweep
 
 FAST = {"poll_s": 0.1, "grace_s": 10.0}
 
@@ -201,9 +201,9 @@ def test_an_experiment_file_changed_since_the_sweep_started_is_refused(tmp_path)
 
 # -------------------------------------------------------------------------- real training (slow)
 @pytest.mark.slow
-def test_four_run_sweep_on_synthetic_data_completes(tmp_path):
+def test_four_run_sweep_on_synthetic_data_completes(tmp_path, tiny_run):
     path = write_sweep(tmp_path / "tiny.yaml", {"seed": {"values": [0, 1]}, "model.pos_embed": {"values": ["none", "1d"]}})
-    summary = run_sweep(path, overrides=TINY, output_dir=tmp_path / "runs", workers=4, **FAST)
+    summary = run_sweep(path, overrides=tiny_run, output_dir=tmp_path / "runs", workers=4, **FAST)
     sweep_dir = tmp_path / "runs" / "tiny"
     assert summary.ok, summary.text
     runs = read_sweep(sweep_dir)
@@ -220,18 +220,20 @@ def test_four_run_sweep_on_synthetic_data_completes(tmp_path):
         config = (sweep_dir / run["dir"] / "config.yaml").read_text()
         assert f"pos_embed: {run['params']['model.pos_embed']}" in config and "max_epochs: 1" in config
     data = manifest(sweep_dir)
-    assert data["reference"] == [] and data["overrides"] == TINY and data["config"]["method"] == "grid"
+    assert data["reference"] == [] and data["overrides"] == tiny_run and data["config"]["method"] == "grid"
     assert (sweep_dir / "tiny.yaml").read_text() == path.read_text()
     assert "4 runs: 4 completed" in summary.text
 
 
 @pytest.mark.slow
 def test_sigkill_of_the_engine_then_rerun_resumes_without_touching_finished_runs(tmp_path):
-    path = write_sweep(tmp_path / "kill.yaml", {"seed": {"values": [0, 1]}, "model.pos_embed": {"values": ["none", "1d"]}})
+    # the runner's part: real training's own resume is tested in tests/training
+    path = write_sweep(tmp_path / "kill.yaml", {"seed": {"values": [0, 1]}, "acc": {"values": [0.25, 0.5]}},
+                       command=fake_command("epochs=8", "sleep=0.25"))
     out = tmp_path / "runs"
     sweep_dir = out / "kill"
     engine = subprocess.Popen(
-        [sys.executable, "-m", "vit_ablate", "sweep", str(path), *TINY, "--output-dir", str(out), "--workers", "1"],
+        [sys.executable, "-m", "vit_ablate", "sweep", str(path), "--output-dir", str(out), "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -239,17 +241,21 @@ def test_sigkill_of_the_engine_then_rerun_resumes_without_touching_finished_runs
             runs = _runs(sweep_dir)
             return len(runs) == 3 and runs[2]["status"] == "running" and runs[2].get("pid") and runs
         runs = _wait_for(third_running, timeout=300, what="run-002 to start")
-        time.sleep(4.0)  # well into run 3 (imports, data, maybe training)
+        _wait_for(lambda: (sweep_dir / "run-002" / "metrics.csv").is_file() and
+                  len((sweep_dir / "run-002" / "metrics.csv").read_text().splitlines()) >= 3, what="run-002 to train")
         engine.kill()  # SIGKILL: no handler runs, the manifest says run-002 is running
         engine.wait()
     finally:
         if engine.poll() is None:
             engine.kill()
+    # the orphaned run got SIGTERM from the kernel (PR_SET_PDEATHSIG) and recorded it
+    _wait_for(lambda: (json.loads((sweep_dir / "run-002" / "result.json").read_text()) if (sweep_dir / "run-002" / "result.json").is_file()
+                       else {}).get("status") == "interrupted", what="run-002 to stop with its engine")
     assert [r["status"] for r in runs[:2]] == ["completed", "completed"]
     finished = {name: fingerprint(sweep_dir / name) for name in ("run-000", "run-001")}
-    assert all(len(f) >= 2 for f in finished.values())  # result.json and checkpoints
+    assert all(len(f) >= 2 for f in finished.values())  # result.json and metrics.csv
 
-    summary = run_sweep(path, overrides=TINY, output_dir=out, workers=2, **FAST)
+    summary = run_sweep(path, output_dir=out, workers=2, **FAST)
     assert summary.ok, summary.text
     data = manifest(sweep_dir)
     assert [r["status"] for r in read_sweep(sweep_dir)] == ["completed"] * 4
@@ -257,7 +263,10 @@ def test_sigkill_of_the_engine_then_rerun_resumes_without_touching_finished_runs
     for name, before in finished.items():
         assert fingerprint(sweep_dir / name) == before  # mtime and sha256 unchanged
     for name in ("run-002", "run-003"):
-        assert json.loads((sweep_dir / name / "result.json").read_text())["status"] == "completed"
+        result = json.loads((sweep_dir / name / "result.json").read_text())
+        assert result["status"] == "completed" and result["epochs"] == 8
+    epochs = [int(row.split(",")[0]) for row in (sweep_dir / "run-002" / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(8))  # resumed where the killed attempt stopped: no epoch twice
     assert len(data["invocations"]) == 2 and "ended_at" not in data["invocations"][0]
 
 

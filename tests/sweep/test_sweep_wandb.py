@@ -12,7 +12,7 @@ from vit_ablate.sweep import read_sweep, run_sweep
 from vit_ablate.sweep.engine import load_sweep, validate_sweep
 from vit_ablate.sweep.wandb_backend import wandb_command
 
-from .helpers import REPO, TINY, manifest, write_sweep
+from .helpers import REPO, manifest, write_sweep
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +33,13 @@ def test_uploaded_command_carries_the_overrides_and_wandb_logging():
 
 
 @pytest.mark.slow
-def test_offline_backend_writes_an_offline_wandb_run(tmp_path, monkeypatch):
+def test_offline_backend_writes_an_offline_wandb_run(tmp_path, monkeypatch, tiny_run):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("VIT_ABLATE_RUN_DIR", raising=False)
     # imagefolder passes the config schema but its folder is missing: refused when the run starts
     path = write_sweep(tmp_path / "wb.yaml", {"data.name": {"values": ["synthetic", "imagefolder"]}})
     out = tmp_path / "runs"
-    overrides = [*TINY, f"data.root={tmp_path / 'no-images-here'}"]
+    overrides = [*tiny_run, f"data.root={tmp_path / 'no-images-here'}"]
     summary = run_sweep(path, backend="wandb", overrides=overrides, output_dir=out, workers=2, poll_s=0.1)
     data = manifest(next(out.glob("sweep-*")))
     sweep_dir = out / f"sweep-{data['sweep_id']}"

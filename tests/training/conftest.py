@@ -1,6 +1,7 @@
 import pytest
 
-# A small, fast configuration of the quickstart experiment for training tests.
+# A small, fast configuration of the quickstart experiment for training tests: the suite's tiny model
+# (tests/conftest.py) on a small synthetic dataset.
 FAST = [
     "experiments/quickstart.yaml",
     "trainer.progress_bar=false",
@@ -8,13 +9,10 @@ FAST = [
     "data.synthetic.num_train=1024",
     "data.synthetic.num_val=256",
     "data.synthetic.num_test=256",
-    "model.dim=32",
-    "model.mlp_dim=64",
-    "model.depth=1",
     "data.batch_size=64",
 ]
 
 
 @pytest.fixture
-def fast_args(tmp_path):
-    return [*FAST, f"output_dir={tmp_path}"]
+def fast_args(tmp_path, tiny_model):
+    return [*FAST, *tiny_model.overrides(), f"output_dir={tmp_path}"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY = [
+SMALL = [
     "experiments/quickstart.yaml",
     "trainer.progress_bar=false",
     "logging.csv=false",
@@ -21,11 +21,14 @@ TINY = [
     "data.synthetic.num_train=512",
     "data.synthetic.num_val=257",  # odd: two ranks cannot split it evenly
     "data.synthetic.num_test=129",
-    "model.dim=32",
-    "model.mlp_dim=64",
-    "model.depth=1",
     "data.batch_size=64",
 ]
+
+
+@pytest.fixture
+def tiny(tiny_model):
+    """The quickstart experiment with the suite's tiny model on a small synthetic dataset."""
+    return [*SMALL, *tiny_model.overrides()]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
@@ -35,8 +38,8 @@ def _run(command, cwd, timeout=300):
     return done
 
 
-def _train(tmp_path, name, devices, *extra, launcher=None):
-    args = [*TINY, f"output_dir={tmp_path}", f"name={name}", f"trainer.devices={devices}", *extra]
+def _train(tiny, tmp_path, name, devices, *extra, launcher=None):
+    args = [*tiny, f"output_dir={tmp_path}", f"name={name}", f"trainer.devices={devices}", *extra]
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
                    "-m", "vit_ablate", "train", *args]
@@ -51,31 +54,41 @@ def _weights(run):
 
 
 @pytest.mark.slow
-def test_one_step_on_two_ranks_equals_one_step_on_one(tmp_path):
+def test_one_step_on_two_ranks_equals_one_step_on_one(tiny, tmp_path):
     # SGD makes the update proportional to the gradient, so this compares the all-reduced gradient.
     step = ["trainer.max_steps=1", "optim.name=momentum", "optim.momentum=0", "optim.lr=0.5", "optim.warmup_steps=0",
             "optim.weight_decay=0", "model.dropout=0", "model.drop_path=0", "evaluate.test=false"]
-    _train(tmp_path, "one", 1, *step)
-    _train(tmp_path, "two", 2, *step)
+    _train_here(tiny, tmp_path, "one", *step)
+    _train(tiny, tmp_path, "two", 2, *step)
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    moved = max((one[k] - _initial(k, tmp_path)).abs().max().item() for k in one)
+    initial = _initial(tiny)
+    moved = max((one[k] - initial[k]).abs().max().item() for k in one)
     assert moved > 1e-3, "the step must actually change the weights"
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
     print(f"max |w_1proc - w_2proc| after one step: {diff:.3g}")
     assert diff <= 1e-6
 
 
-def _initial(key, tmp_path):
+def _train_here(tiny, tmp_path, name, *extra):
+    """A one-process run in this process: the same code path as `vit-ablate train` without paying
+    a fresh interpreter's imports (the two-process runs need their own processes)."""
+    from vit_ablate.config import load_config
+    from vit_ablate.training.run import train
+
+    result = train(load_config([tiny[0]], [*tiny[1:], f"output_dir={tmp_path}", f"name={name}", "trainer.devices=1", *extra]))
+    assert result["status"] == "completed", result
+    return result
+
+
+def _initial(tiny):
     # the initial weights: a fresh model built with the run's seed, exactly as training builds it
     from vit_ablate.config import load_config
     from vit_ablate.training.module import ViTModule
     import lightning as L
 
-    if not hasattr(_initial, "cache"):
-        cfg = load_config([TINY[0]], [*TINY[1:]])
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        _initial.cache = {f"model.{k}": v for k, v in ViTModule(cfg).model.state_dict().items()}
-    return _initial.cache[key]
+    cfg = load_config([tiny[0]], [*tiny[1:]])
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return {f"model.{k}": v for k, v in ViTModule(cfg).model.state_dict().items()}
 
 
 EVALUATE = textwrap.dedent(
@@ -100,17 +113,21 @@ EVALUATE = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_validation_metrics_are_identical_on_one_and_two_processes(tmp_path):
-    _train(tmp_path, "trained", 1, "trainer.max_epochs=2", "evaluate.test=false")
+def test_validation_metrics_are_identical_on_one_and_two_processes(tiny, tmp_path, monkeypatch):
+    _train_here(tiny, tmp_path, "trained", "trainer.max_epochs=2", "evaluate.test=false")
     script = tmp_path / "evaluate.py"
     script.write_text(EVALUATE)
     checkpoint = tmp_path / "trained" / "checkpoints" / "last.ckpt"
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"val-{devices}.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-                   str(script), str(checkpoint), str(devices), str(out)]
-        _run(command, cwd=tmp_path)
+        arguments = [str(script), str(checkpoint), str(devices), str(out)]
+        if devices == 1:  # the same script in this process
+            with monkeypatch.context() as patch:
+                patch.setattr(sys, "argv", arguments)
+                exec(compile(EVALUATE, str(script), "exec"), {"__name__": "__main__"})
+        else:
+            _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", *arguments], cwd=tmp_path)
         results[devices] = json.loads(out.read_text())
     print("1 process:", results[1], "2 processes:", results[2])
     assert results[1]["val/acc1"] == results[2]["val/acc1"]
@@ -126,8 +143,8 @@ def _ranks(run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
-def test_two_process_run_end_to_end(tmp_path, launcher):
-    done = _train(tmp_path, "ddp", 2, "trainer.max_epochs=2", "model.stem=conv", launcher=launcher)
+def test_two_process_run_end_to_end(tiny, tmp_path, launcher):
+    done = _train(tiny, tmp_path, "ddp", 2, "trainer.max_epochs=2", "model.stem=conv", launcher=launcher)
     run = tmp_path / "ddp"
     assert "global batch 64 = 2 device(s) × 32 per device × 1 accumulation step(s)" in done.stderr
     result = json.loads((run / "result.json").read_text())
@@ -156,12 +173,12 @@ def test_sync_batchnorm_is_chosen_for_multi_gpu_ddp_only():
 
 
 @pytest.mark.slow
-def test_a_killed_ddp_run_resumes_on_one_device(tmp_path):
+def test_a_killed_ddp_run_resumes_on_one_device(tiny, tmp_path, capfd):
     import csv
     import signal
     import time
 
-    args = [*TINY, f"output_dir={tmp_path}", "name=moving", "trainer.max_epochs=3", "data.synthetic.num_train=2048"]
+    args = [*tiny, f"output_dir={tmp_path}", "name=moving", "trainer.max_epochs=3", "data.synthetic.num_train=2048"]
     run = tmp_path / "moving"
     launcher = subprocess.Popen([sys.executable, "-m", "vit_ablate", "train", *args, "trainer.devices=2"],
                                 cwd=Path(__file__).resolve().parents[2], env=ENV, start_new_session=True,
@@ -176,8 +193,9 @@ def test_a_killed_ddp_run_resumes_on_one_device(tmp_path):
     launcher.wait()
     assert not (run / "result.json").exists()
 
-    done = _train(tmp_path, "moving", 1, "trainer.max_epochs=3", "data.synthetic.num_train=2048")
-    assert "resuming from" in done.stderr
+    capfd.readouterr()
+    _train_here(tiny, tmp_path, "moving", "trainer.max_epochs=3", "data.synthetic.num_train=2048")
+    assert "resuming from" in capfd.readouterr().err
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "completed" and result["epochs"] == 3
     rows = list(csv.DictReader((run / "metrics.csv").open()))

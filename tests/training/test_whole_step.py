@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_ablate.config import load_config
 from vit_ablate.model import build_model
 from vit_ablate.training.module import ViTModule
 from vit_ablate.training.run import train
@@ -79,16 +78,14 @@ def test_the_replaying_optimizer_is_the_wrapped_one_for_schedules_and_checkpoint
     assert fresh.param_groups[0]["lr"] == 0.05 and set(fresh.state) == set(inner.state)
 
 
-def _tiny_vit():
-    cfg = load_config(overrides=["model.patch_size=8", "model.dim=32", "model.depth=2", "model.heads=2",
-                                 "model.mlp_dim=64", "model.drop_path=0", "model.dropout=0"])
+def _tiny_vit(tiny_model):
     torch.manual_seed(0)
-    return build_model(cfg.model)
+    return build_model(tiny_model(depth=2, heads=2, drop_path=0.0, dropout=0.0))
 
 
-def test_the_eager_whole_step_is_forward_loss_backward_clip_update():
+def test_the_eager_whole_step_is_forward_loss_backward_clip_update(tiny_model):
     """On a CPU: the same update as the textbook step written out by hand."""
-    a, b = _tiny_vit(), _tiny_vit()
+    a, b = _tiny_vit(tiny_model), _tiny_vit(tiny_model)
     images, labels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.arange(8)
     opt_a, opt_b = torch.optim.AdamW(a.parameters(), lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
     step = WholeTrainStep(a, a, F.cross_entropy, opt_a, grad_clip=0.1)
@@ -107,11 +104,11 @@ def test_the_eager_whole_step_is_forward_loss_backward_clip_update():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-mixed"])
-def test_the_replayed_graph_makes_the_eager_updates(autocast):
+def test_the_replayed_graph_makes_the_eager_updates(tiny_model, autocast):
     """Captured once, replayed on new batches: the losses and weights of the eager step, step by step,
     with a changing learning rate; the warm-up before the capture leaves no trace."""
     device = torch.device("cuda")
-    a, b = _tiny_vit().to(device), _tiny_vit().to(device)
+    a, b = _tiny_vit(tiny_model).to(device), _tiny_vit(tiny_model).to(device)
     opt_a = torch.optim.AdamW(a.parameters(), lr=1e-3, weight_decay=0.05)
     opt_b = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.05)
     graphed, eager = WholeTrainStep(a, a, F.cross_entropy, opt_a, grad_clip=1.0), WholeTrainStep(b, b, F.cross_entropy, opt_b, grad_clip=1.0)

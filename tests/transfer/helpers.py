@@ -1,4 +1,4 @@
-"""Tiny models, a position-dependent task and checkpoint files for the transfer tests."""
+"""What the transfer tests change of the shared tiny model, a position-dependent task and checkpoint files."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from vit_ablate.config import load_config, to_container
+from vit_ablate.config import to_container
 from vit_ablate.model import build_model
 
-TINY = {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "patch_size": 8, "num_classes": 2, "head_zero_init": False}
+# changes to the shared tiny model (conftest.py: tiny_model)
+HALVES_MODEL = dict(depth=2, num_classes=2, head_zero_init=False)  # halves_task has two classes; tests set img_size
+RUN_MODEL = dict(variant="Ti/8", depth=2, heads=2)  # run configs and `vit-ablate train` on the synthetic data
 
 
 def halves_task(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,12 +65,6 @@ def train_on_halves(model_cfg: Dict, steps: int = 120, seed: int = 0) -> torch.n
 def accuracy(model: torch.nn.Module, size: int, seed: int = 123) -> float:
     images, labels = halves_task(256, size, seed=seed)
     return (model.eval()(images).argmax(-1) == labels).float().mean().item()
-
-
-def run_config(*overrides: str):
-    """A resolved run config of a tiny model on the synthetic data (32 px, 8 classes)."""
-    return load_config([], ["model.variant=Ti/8", "model.dim=32", "model.depth=2", "model.heads=2", "model.mlp_dim=64",
-                            "model.img_size=32", "model.num_classes=8", "data.name=synthetic", *overrides])
 
 
 def write_checkpoint(path: Path, cfg, model: Optional[torch.nn.Module] = None, extra: Optional[Dict] = None) -> Path:

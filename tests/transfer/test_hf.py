@@ -13,7 +13,7 @@ from vit_ablate import cli
 from vit_ablate.model.hf_interop import from_hf_state_dict, hf_config, model_config_from_hf, to_hf_state_dict
 from vit_ablate.model.transfer import apply_init
 
-from .helpers import run_config, write_checkpoint
+from .helpers import write_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -90,7 +90,7 @@ def test_hf_weights_at_a_new_resolution(tmp_path: Path):
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_export_hf_loads_in_transformers_with_the_same_outputs(tmp_path: Path, head):
+def test_export_hf_loads_in_transformers_with_the_same_outputs(tmp_path: Path, head, run_config):
     cfg = run_config(f"model.head={head}", "model.layer_norm_eps=1e-12", "model.heads=4")
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -110,7 +110,7 @@ def test_export_hf_loads_in_transformers_with_the_same_outputs(tmp_path: Path, h
     assert json.loads((folder / "config.json").read_text())["layer_norm_eps"] == 1e-12
 
 
-def test_export_timm_loads_in_timm_with_the_same_logits(tmp_path: Path):
+def test_export_timm_loads_in_timm_with_the_same_logits(tmp_path: Path, run_config):
     from safetensors.torch import load_file
 
     cfg = run_config("model.pool=gap")
@@ -127,7 +127,7 @@ def test_export_timm_loads_in_timm_with_the_same_logits(tmp_path: Path):
         assert (theirs(_images()) - model.eval()(_images())).abs().max() < 1e-5
 
 
-def test_export_refuses_what_the_other_library_cannot_hold(tmp_path: Path, capsys):
+def test_export_refuses_what_the_other_library_cannot_hold(tmp_path: Path, capsys, run_config):
     path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", run_config("model.pos_embed=2d", "model.pool=gap"))
     assert cli.main(["export", str(path), "--to", "hf"]) == 2
     err = capsys.readouterr().err

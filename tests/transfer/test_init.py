@@ -15,7 +15,7 @@ from vit_ablate.model import timm_kwargs
 from vit_ablate.model.transfer import SUMMARY_FILE, InitError, apply_init, check_init, detect_format
 from vit_ablate.training.module import ViTModule
 
-from .helpers import run_config, write_checkpoint
+from .helpers import write_checkpoint
 
 
 def _logits(model, size, seed=0):
@@ -24,7 +24,7 @@ def _logits(model, size, seed=0):
         return model.eval()(images)
 
 
-def test_checkpoint_at_a_new_resolution_and_class_count(tmp_path: Path):
+def test_checkpoint_at_a_new_resolution_and_class_count(tmp_path: Path, run_config):
     cfg = run_config("model.pos_embed=2d")
     torch.manual_seed(0)
     source = build_model(cfg.model)
@@ -44,7 +44,7 @@ def test_checkpoint_at_a_new_resolution_and_class_count(tmp_path: Path):
     assert summary.unused == [] and summary.excluded == []
 
 
-def test_same_config_checkpoint_gives_the_same_logits_and_prefers_ema(tmp_path: Path):
+def test_same_config_checkpoint_gives_the_same_logits_and_prefers_ema(tmp_path: Path, run_config):
     cfg = run_config("model.pos_embed=relative")
     torch.manual_seed(0)
     source, ema = build_model(cfg.model), build_model(cfg.model)
@@ -60,7 +60,7 @@ def test_same_config_checkpoint_gives_the_same_logits_and_prefers_ema(tmp_path: 
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
-def test_timm_state_dict_at_a_new_resolution_equals_timm_own_resampling(tmp_path: Path, suffix):
+def test_timm_state_dict_at_a_new_resolution_equals_timm_own_resampling(tmp_path: Path, suffix, run_config):
     small = build_model({**run_config().model})  # cls, 1d, patch: timm builds the same model
     theirs = timm.models.vision_transformer.VisionTransformer(**timm_kwargs(small)).eval()
     path = tmp_path / f"weights{suffix}"
@@ -79,7 +79,7 @@ def test_timm_state_dict_at_a_new_resolution_equals_timm_own_resampling(tmp_path
         assert (target.eval()(images) - large(images)).abs().max() < 1e-5
 
 
-def test_exclude_keeps_fresh_init_and_a_typo_is_named(tmp_path: Path):
+def test_exclude_keeps_fresh_init_and_a_typo_is_named(tmp_path: Path, run_config):
     cfg = run_config()
     path = write_checkpoint(tmp_path / "a.ckpt", cfg)
     torch.manual_seed(5)
@@ -102,7 +102,7 @@ def test_exclude_keeps_fresh_init_and_a_typo_is_named(tmp_path: Path):
         ("model.patch_size=4", r"'stem\.proj\.weight' has shape"),
     ],
 )
-def test_what_does_not_fit_is_an_error_naming_the_tensor(tmp_path: Path, override, named):
+def test_what_does_not_fit_is_an_error_naming_the_tensor(tmp_path: Path, override, named, run_config):
     path = write_checkpoint(tmp_path / "a.ckpt", run_config())
     target_cfg = run_config(override).model
     torch.manual_seed(3)
@@ -113,7 +113,7 @@ def test_what_does_not_fit_is_an_error_naming_the_tensor(tmp_path: Path, overrid
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # nothing half-loaded
 
 
-def test_bad_sources_are_named(tmp_path: Path):
+def test_bad_sources_are_named(tmp_path: Path, run_config):
     model = build_model(run_config().model)
     with pytest.raises(InitError, match="does not exist"):
         apply_init(model, tmp_path / "missing.ckpt")
@@ -127,7 +127,7 @@ def test_bad_sources_are_named(tmp_path: Path):
         apply_init(model, tmp_path / "nocfg.ckpt")
 
 
-def test_module_applies_init_and_its_ema_follows(tmp_path: Path):
+def test_module_applies_init_and_its_ema_follows(tmp_path: Path, run_config):
     source_cfg = run_config()
     torch.manual_seed(0)
     source = build_model(source_cfg.model)
@@ -146,31 +146,29 @@ def test_module_applies_init_and_its_ema_follows(tmp_path: Path):
         bad.apply_init(None)
 
 
-def test_check_init_builds_and_loads_without_a_run(tmp_path: Path):
+def test_check_init_builds_and_loads_without_a_run(tmp_path: Path, run_config):
     path = write_checkpoint(tmp_path / "a.ckpt", run_config())
     assert check_init({**run_config().model, "img_size": 48}, str(path)).grid == [6, 6]
     with pytest.raises(InitError):
         check_init({**run_config().model, "dim": 64, "heads": 4}, str(path))
 
 
-def test_timm_export_roundtrip_via_our_names():
+def test_timm_export_roundtrip_via_our_names(run_config):
     model = build_model(run_config().model)
     theirs = timm.models.vision_transformer.VisionTransformer(**timm_kwargs(model))
     theirs.load_state_dict(to_timm_state_dict(model))
     assert torch.allclose(_logits(model, 32), _logits(theirs, 32), atol=1e-6)
 
 
-def test_train_from_a_real_run_at_twice_the_resolution(tmp_path: Path):
+def test_train_from_a_real_run_at_twice_the_resolution(tmp_path: Path, train_args):
     """A Lightning checkpoint of `vit-ablate train` starts a 64-px run; the summary lands in its folder."""
     from vit_ablate.cli import main as cli_main
 
-    from .test_safe_loading import _tiny_train
-
     runs = tmp_path / "runs"
-    assert cli_main(["train", *_tiny_train(), f"output_dir={runs}", "name=pre"]) == 0
+    assert cli_main(["train", *train_args, f"output_dir={runs}", "name=pre"]) == 0
     checkpoint = runs / "pre" / "checkpoints" / "last.ckpt"
     pretrained = torch.load(checkpoint, weights_only=True)["state_dict"]
-    args = [*_tiny_train(), f"output_dir={runs}", "name=fine", "data.synthetic.cell=16", "model.img_size=64",
+    args = [*train_args, f"output_dir={runs}", "name=fine", "data.synthetic.cell=16", "model.img_size=64",
             f"init.path={checkpoint}", "optim.lr=1e-12"]
     assert cli_main(["train", *args]) == 0
     summary = json.loads((runs / "fine" / SUMMARY_FILE).read_text())

@@ -7,12 +7,12 @@ import torch
 from vit_ablate.cli import main as cli_main
 from vit_ablate.model import build_model
 
-from .test_safe_loading import _tiny_train
+from .helpers import RUN_MODEL
 
 
-def test_a_source_of_another_depth_is_refused_before_anything_is_written(tmp_path: Path, capsys):
-    args = _tiny_train()  # a 2-block model on the 32-px synthetic data
-    model_cfg = {"variant": "Ti/8", "dim": 32, "depth": 3, "heads": 2, "mlp_dim": 64, "img_size": 32, "num_classes": 8}
+def test_a_source_of_another_depth_is_refused_before_anything_is_written(tmp_path: Path, capsys, tiny_model, train_args):
+    args = train_args  # a 2-block model on the 32-px synthetic data
+    model_cfg = {**tiny_model(**RUN_MODEL), "depth": 3}
     weights = tmp_path / "deeper.pth"
     torch.save(build_model(model_cfg).state_dict(), weights)
 

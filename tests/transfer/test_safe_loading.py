@@ -13,7 +13,7 @@ from vit_ablate.model import build_model
 from vit_ablate.model.safe_load import UnsafeCheckpointError, load_state_dict_file
 from vit_ablate.model.transfer import apply_init
 
-from .helpers import run_config, write_checkpoint
+from .helpers import write_checkpoint
 
 
 class CreatesAFile:
@@ -27,7 +27,7 @@ class CreatesAFile:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path):
+def hostile(tmp_path: Path, run_config):
     """(marker, make): ``make(path)`` writes a file that creates ``marker`` when unpickled."""
     marker = tmp_path / "payload-ran"
     cfg = run_config()
@@ -61,7 +61,7 @@ def test_analyze_refuses_and_says_how_to_convert(hostile, tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize("layout", ["checkpoint", "timm.pth", "timm.bin", "hf"])
-def test_init_path_refuses_every_format(hostile, tmp_path: Path, layout):
+def test_init_path_refuses_every_format(hostile, tmp_path: Path, layout, run_config):
     marker, make = hostile
     if layout == "checkpoint":
         path = make(tmp_path / "pre.ckpt")
@@ -76,10 +76,10 @@ def test_init_path_refuses_every_format(hostile, tmp_path: Path, layout):
     assert not marker.exists()
 
 
-def test_train_with_a_hostile_init_path_exits_2_and_runs_nothing(hostile, tmp_path: Path, capsys):
+def test_train_with_a_hostile_init_path_exits_2_and_runs_nothing(hostile, tmp_path: Path, capsys, train_args):
     marker, make = hostile
     path = make(tmp_path / "pre.ckpt")
-    code = cli_main(["train", *_tiny_train(), f"init.path={path}", f"output_dir={tmp_path / 'runs'}", "name=t"])
+    code = cli_main(["train", *train_args, f"init.path={path}", f"output_dir={tmp_path / 'runs'}", "name=t"])
     assert code == 2
     assert "pre.ckpt was refused: loading it would run code" in capsys.readouterr().err
     assert not marker.exists()
@@ -101,10 +101,3 @@ def test_safetensors_and_plain_torch_files_still_load(tmp_path: Path):
     (tmp_path / "junk.pth").write_text("not a torch file")
     with pytest.raises(ValueError, match="not a readable torch file"):
         load_state_dict_file(tmp_path / "junk.pth")
-
-
-def _tiny_train():
-    return ["model.variant=Ti/8", "model.dim=32", "model.depth=2", "model.heads=2", "model.mlp_dim=64",
-            "data.name=synthetic", "data.synthetic.num_train=64", "data.synthetic.num_val=32", "data.synthetic.num_test=32",
-            "data.batch_size=32", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1",
-            "data.num_workers=0", "evaluate.fewshot=false", "logging.csv=false"]
