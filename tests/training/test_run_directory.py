@@ -106,7 +106,7 @@ def _lock_pid(run: Path):
         return None
 
 
-def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_with_its_owner(fast_args, tmp_path):
+def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_with_its_owner(fast_args, tmp_path, capsys):
     args = ["train", *fast_args, "trainer.max_epochs=50", "name=busy"]
     run = tmp_path / "busy"
     first = subprocess.Popen([sys.executable, "-m", "vit_ablate", *args], cwd=REPO,
@@ -116,11 +116,11 @@ def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_wit
         while _lock_pid(run) != first.pid and time.time() < deadline:
             time.sleep(0.1)
         assert _lock_pid(run) == first.pid
-        second = subprocess.run([sys.executable, "-m", "vit_ablate", *args], cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2
-        assert f"being trained by another process (pid {first.pid})" in second.stderr
-        assert "Traceback" not in second.stderr and not (run / "result.json").exists()
+        capsys.readouterr()
+        assert main(args) == 2  # the second `vit-ablate train`, in this process
+        second = capsys.readouterr().err
+        assert f"being trained by another process (pid {first.pid})" in second
+        assert "Traceback" not in second and not (run / "result.json").exists()
     finally:
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=120)
@@ -164,14 +164,12 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path, capsys):
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
 
 
-def test_missing_data_is_one_line_before_any_run_directory(tmp_path):
+def test_missing_data_is_one_line_before_any_run_directory(tmp_path, capsys):
     missing = tmp_path / "no-data"
-    command = [sys.executable, "-m", "vit_ablate", "train", "experiments/cifar10_vit_ti4.yaml",
-               f"data.root={missing}", f"output_dir={tmp_path / 'runs'}", "name=cifar"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, done.stderr
+    assert main(["train", "experiments/cifar10_vit_ti4.yaml", f"data.root={missing}", f"output_dir={tmp_path / 'runs'}", "name=cifar"]) == 2
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
     assert str(missing) in lines[0] and "data.download=true" in lines[0] and "cifar-10-batches-py" in lines[0]
     assert not (tmp_path / "runs").exists()
 
