@@ -6,7 +6,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -227,17 +226,14 @@ def test_real_cifar10_jpegs_subset(make_cfg, cifar10_jpeg):
     assert x.shape == (128, 3, 32, 32) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
 
 
-@pytest.mark.slow
-def test_real_cifar10_full_decode_is_reasonably_fast(make_cfg, cifar10_jpeg):
-    """All 60k JPEGs decoded once in a 2-process pool (cache bypassed), then served from the cache."""
-    start = time.perf_counter()
-    images = decode_images(ImageFolderDataModule(make_cfg("data.name=imagefolder", f"data.root={cifar10_jpeg}")).split_files("train")[0], 32, 2)
-    elapsed = time.perf_counter() - start
-    assert images.shape == (50000, 3, 32, 32)
-    assert elapsed < 60, f"decoding 50k CIFAR JPEGs took {elapsed:.1f} s"
+def test_real_cifar10_test_split_decodes_and_comes_back_from_the_cache(make_cfg, cifar10_jpeg):
+    """The 10k real test JPEGs decoded in a 2-process pool (cache bypassed), then served from the
+    cache written by prepare_data, equal to the last byte. (Decode and start-up times are the
+    bench's data section's business, not a test's.)"""
     cfg = make_cfg("data.name=imagefolder", f"data.root={cifar10_jpeg}", "data.num_workers=2")
+    files, labels = ImageFolderDataModule(cfg).split_files("test")
+    images = decode_images(files, 32, 2)
+    assert images.shape == (10000, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.bincount(labels).tolist() == [1000] * 10
     build_datamodule(cfg).prepare_data()  # writes the caches (once)
-    start = time.perf_counter()
-    dm = build_datamodule(cfg)
-    assert torch.equal(dm.split("train").images, images)
-    assert time.perf_counter() - start < 10  # from the cache
+    assert torch.equal(build_datamodule(cfg).split("test").images, images)
