@@ -23,6 +23,7 @@ from vit_ablate.bench.context import BenchContext, BenchReport, random_inputs
 from vit_ablate.bench.settings import TARGETS
 from vit_ablate.bench.table import Row
 from vit_ablate.bench.timing import Clock, Measured, Precision, paired_ratio, synchronize
+from vit_ablate.training.whole_step import ReplayingOptimizer
 
 __all__ = ["section_framework"]
 
@@ -71,7 +72,9 @@ class _PlainLoop:
         finally:
             module.trainer = None
         self.module = module
-        self.optimizer = configured["optimizer"]
+        optimizer = configured["optimizer"]
+        # trainer.cuda_graph: the plain loop steps the optimizer that the whole step wraps
+        self.optimizer = optimizer.optimizer if isinstance(optimizer, ReplayingOptimizer) else optimizer
         self.scheduler = configured["lr_scheduler"]["scheduler"]
         self.precision = precision
         self.device = device
@@ -186,7 +189,6 @@ def section_framework(ctx: BenchContext, report: BenchReport) -> None:
             accelerator=accelerator,
             devices=devices,
             num_nodes=1,
-            gradient_clip_val=clip,
             accumulate_grad_batches=1,
             limit_train_batches=1.0,
             limit_val_batches=0,
