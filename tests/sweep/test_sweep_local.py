@@ -319,3 +319,18 @@ def test_the_runner_never_overwrites_a_finished_result_and_records_what_ended_wi
     # an older attempt's result.json does not speak for this attempt's crash
     assert runner_record({"status": "interrupted"}, False, None, 3, tail) == {
         "status": "failed", "error": "exited with code 3 without writing result.json", "log_tail": "last lines"}
+
+
+def test_more_omp_threads_than_cores_over_all_workers_is_named(monkeypatch):
+    from vit_ablate.sweep.local import _oversubscription
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    message = _oversubscription(2, [None, None])
+    assert "OMP_NUM_THREADS=2 for each of 2 workers is 4 threads on 2 cores" in message and "gives each run 1" in message
+    assert _oversubscription(1, [None]) is None  # one run may use every core
+    assert _oversubscription(2, ["0", "0"]) is None  # GPU runs: their threads feed the GPU
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _oversubscription(2, [None, None]) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _oversubscription(2, [None, None]) is None  # the runner sets cores // workers itself

@@ -150,6 +150,17 @@ def runner_record(result: Mapping[str, Any], wrote: bool, stop_reason: Optional[
     return {"status": rundir.FAILED, "error": f"exited with code {code} without writing {rundir.RESULT_FILE}", "log_tail": tail()}
 
 
+def _oversubscription(workers: int, slots: List[Optional[str]]) -> Optional[str]:
+    """A warning when OMP_NUM_THREADS (which the runner then leaves alone) gives CPU runs more threads
+    together than the machine has cores: OpenMP threads that wait on each other spin, so such runs
+    are several times slower than one run per core, not a little."""
+    threads, cores = os.environ.get("OMP_NUM_THREADS", ""), os.cpu_count() or 1
+    if workers < 2 or any(slots) or not threads.isdigit() or workers * int(threads) <= cores:
+        return None
+    return (f"OMP_NUM_THREADS={threads} for each of {workers} workers is {workers * int(threads)} threads on {cores} "
+            f"cores: the runs compete for cores; unset OMP_NUM_THREADS and the runner gives each run {max(1, cores // workers)}")
+
+
 @contextlib.contextmanager
 def signals_caught(received: List[int]) -> Iterator[None]:
     """SIGINT and SIGTERM are appended to ``received`` instead of ending the engine (main thread only)."""
@@ -450,6 +461,10 @@ class SweepRunner:
             _log(f"sweep {self.spec.name}: {self.spec.method}" + (f", {total} runs" if total is not None else "")
                  + f", {len(self.manifest['runs']) - len(self.queue)} finished, {len(self.queue)} to resume; "
                  + f"{self.workers} worker(s)" + (f", GPUs {self.slots}" if any(self.slots) else "") + f" → {self.sweep_dir}")
+            oversubscribed = _oversubscription(self.workers, self.slots)
+            if oversubscribed:
+                self.notes.append(oversubscribed)
+                _log(oversubscribed)
             with signals_caught(self.signals):
                 self._loop()
         finally:
