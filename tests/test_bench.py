@@ -15,7 +15,7 @@ import torch
 
 from vit_ablate.bench import Row, benchmark, count_flops, count_model_flops, device_peak_flops, vit_flops
 from vit_ablate.bench.core import CORE_COMPONENTS, parse_components, sdpa_kernels_used
-from vit_ablate.config import ConfigError, load_config
+from vit_ablate.config import ConfigError, load_config, to_container
 from vit_ablate.model import build_model
 
 BENCH_MODEL = dict(variant="Ti/8", heads=2)  # what the benchmarks change of the shared tiny model (conftest.py)
@@ -172,6 +172,15 @@ def test_gpu_section_is_skipped_without_cuda(bench_args):
         pytest.skip("a CUDA device is present")
     bench = benchmark(load_config([], bench_args), steps=1, sections=["gpu"], **FAST)
     assert bench.rows[0].skipped and bench.results["gpu"]["skipped"]
+
+
+def test_startup_stages_come_from_a_fresh_process_in_order(bench_args):
+    from vit_ablate.bench.startup import STAGES, measure_startup
+
+    (start,) = measure_startup(to_container(load_config([], bench_args)), runs=1)
+    ends = [start[stage] for stage in STAGES]
+    assert all(0 < a <= b for a, b in zip(ends, ends[1:]))  # each stage ends after the one before
+    assert start["process_s"] > start["first_batch"]  # the interpreter's own start and exit on top
 
 
 def test_device_peaks():

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--json", default=None)
     bench.add_argument("--ddp", type=int, default=0, help="also measure DDP scaling on N devices")
-    bench.add_argument("--only", nargs="+", default=None, help="sections to run: model components framework data gpu")
+    bench.add_argument("--only", nargs="+", default=None, help="sections to run: model components framework data startup gpu")
     bench.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (default 3)")
     bench.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: a table of known GPUs)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (gpu section)")

@@ -30,6 +30,7 @@ from vit_ablate.bench.flops import count_model_flops, vit_flops, vit_flops_break
 from vit_ablate.bench.framework import section_framework
 from vit_ablate.bench.gpu import sdpa_kernels_used, section_ddp, section_gpu
 from vit_ablate.bench.pool import section_pool
+from vit_ablate.bench.startup import section_startup
 from vit_ablate.bench.settings import (
     CORE_COMPONENTS,
     CPU_ANCHORS,
@@ -87,6 +88,8 @@ def run_sections(
         plan.append(("framework", "Lightning vs plain loop", lambda: section_framework(ctx, report)))
     if "data" in chosen:
         plan.append(("data", "data pipeline", lambda: section_data(ctx, report)))
+    if "startup" in chosen:
+        plan.append(("startup", "start-up to the first batch", lambda: section_startup(ctx, report)))
     if "gpu" in chosen:
         plan.append(("gpu", "bf16 / compile / SDPA / MFU", lambda: section_gpu(ctx, report)))
     if ddp:
