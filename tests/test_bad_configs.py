@@ -59,6 +59,7 @@ BAD_CONFIGS = [
     (["trainer.cuda_graph=true", "trainer.precision=16-mixed"], "16-mixed", "bf16-mixed"),
     (["trainer.cuda_graph=true", "trainer.devices=2"], "trainer.devices=2", "trainer.devices=1"),
     (["trainer.cuda_graph=true", "optim.name=sgd"], "optim.name=sgd", "adamw"),
+    (["trainer.cuda_graph=true", "trainer.strategy=ddp"], "trainer.strategy=ddp", "trainer.strategy=auto"),
     (["trainer.cuda_graph=true", "data.micro_batch_size=32"], "data.micro_batch_size=32", "accumulation"),
     (["trainer.strategy=dpp"], "trainer.strategy='dpp'", "did you mean 'ddp'"),
     (["augment.randaugment=foo"], "augment.randaugment='foo'", "rand-m10-n2"),

@@ -650,6 +650,9 @@ def _check_cuda_graph(cfg: DictConfig) -> None:
             f"trainer.cuda_graph=true runs on one device; trainer.devices={cfg.trainer.devices} "
             f"trainer.num_nodes={cfg.trainer.num_nodes} ask for more (or let Lightning choose): set trainer.devices=1"
         )
+    if cfg.trainer.strategy != "auto":
+        raise ConfigError(f"trainer.cuda_graph=true steps the model itself on one device; trainer.strategy={cfg.trainer.strategy} "
+                          "would wrap it: leave trainer.strategy=auto")
     if cfg.optim.name.lower() not in ("adam", "adamw"):
         raise ConfigError(f"trainer.cuda_graph=true needs an optimizer that updates on the device (adam or adamw), not optim.name={cfg.optim.name}")
 

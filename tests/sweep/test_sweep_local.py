@@ -334,3 +334,16 @@ def test_more_omp_threads_than_cores_over_all_workers_is_named(monkeypatch):
     assert _oversubscription(2, [None, None]) is None
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert _oversubscription(2, [None, None]) is None  # the runner sets cores // workers itself
+
+
+def test_default_workers_two_on_a_cpu_one_where_runs_get_gpus(monkeypatch):
+    from vit_ablate.cli import _default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert _default_workers("none") == 2
+    assert _default_workers("0") == _default_workers("0,1") == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert _default_workers("none") == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # detection: no visible GPU
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert _default_workers(None) == 2

@@ -164,10 +164,14 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path, capsys):
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
 
 
-def test_missing_data_is_one_line_before_any_run_directory(tmp_path, capsys):
+def test_missing_data_is_one_line_before_any_run_directory(tmp_path):
+    # a fresh process: everything it prints (warnings, import-time messages) counts
     missing = tmp_path / "no-data"
-    assert main(["train", "experiments/cifar10_vit_ti4.yaml", f"data.root={missing}", f"output_dir={tmp_path / 'runs'}", "name=cifar"]) == 2
-    stderr = capsys.readouterr().err
+    command = [sys.executable, "-m", "vit_ablate", "train", "experiments/cifar10_vit_ti4.yaml",
+               f"data.root={missing}", f"output_dir={tmp_path / 'runs'}", "name=cifar"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    stderr = done.stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     assert str(missing) in lines[0] and "data.download=true" in lines[0] and "cifar-10-batches-py" in lines[0]

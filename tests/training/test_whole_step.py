@@ -127,3 +127,26 @@ def test_the_replayed_graph_makes_the_eager_updates(tiny_model, autocast):
     worst = max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
     assert worst <= tolerance
     assert float(opt_a.state[next(a.parameters())]["step"]) == 6.0
+
+
+def test_a_checkpoint_with_capturable_groups_resumes_eagerly_on_the_cpu(fast_args, tmp_path, monkeypatch):
+    """A whole-step run's checkpoint keeps AdamW's capturable=True; a CPU cannot take such updates,
+    so the resumed run turns the flag off before its first step."""
+    args = [*fast_args, "trainer.accelerator=cpu", "trainer.max_epochs=2", "name=moved"]
+
+    def fail_at_epoch_1(module):
+        if module.current_epoch == 1:
+            raise RuntimeError("interrupted on purpose")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ViTModule, "on_train_epoch_start", fail_at_epoch_1, raising=False)
+        with pytest.raises(RuntimeError, match="on purpose"):
+            train(_cfg(args))
+    path = tmp_path / "moved" / "checkpoints" / "last.ckpt"
+    checkpoint = _checkpoint(path)
+    for group in checkpoint["optimizer_states"][0]["param_groups"]:
+        group["capturable"] = True  # as written on a GPU by a trainer.cuda_graph run
+    torch.save(checkpoint, path)
+    result = train(_cfg(args))
+    assert result["status"] == "completed" and result["epochs"] == 2
+    assert all(not g["capturable"] for g in _checkpoint(path)["optimizer_states"][0]["param_groups"])

@@ -129,6 +129,9 @@ def section_framework(ctx: BenchContext, report: BenchReport) -> None:
     from vit_ablate.training.trainer import build_trainer
 
     cfg, device, precision, warmup = ctx.cfg, ctx.device, ctx.precision, ctx.warmup
+    if cfg.trainer.cuda_graph and device.type == "cuda":
+        report.notes.append("framework: with trainer.cuda_graph=true the Lightning side replays the captured step and "
+                            "the plain loop runs eager: the ratio is not Lightning's overhead alone")
     total = warmup + ctx.rounds * ctx.steps
     torch.manual_seed(ctx.seed)
     lit = ViTModule(cfg)

@@ -159,6 +159,7 @@ class ViTModule(L.LightningModule):
         images, targets = batch
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)
+        log_step = self._log_this_step()  # asked before the step: a replayed step advances global_step
         if self.automatic_optimization:
             loss = self._loss(self._train_forward(images), targets)
         else:
@@ -166,7 +167,7 @@ class ViTModule(L.LightningModule):
         finite = torch.isfinite(loss.detach())
         self.nonfinite_steps += (~finite).long()
         self.train_loss.update(torch.where(finite, loss.detach(), torch.zeros_like(loss)))
-        if self._log_this_step():
+        if log_step:
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
         return loss
 
@@ -195,6 +196,17 @@ class ViTModule(L.LightningModule):
         # Lightning's own rule for a logging step, from public attributes: before the optimizer step,
         # global_step counts the steps done, so this is its "(batches that stepped + 1) % n == 0"
         return (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.should_stop
+
+    def on_train_start(self) -> None:
+        # A checkpoint keeps its optimizer's "capturable" flag: an eager run resumed from a whole-step
+        # run's checkpoint (on a CPU, where capturable updates cannot run) updates on the host again;
+        # WholeTrainStep sets the flag back when it captures.
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if "capturable" in group:
+                    group["capturable"] = False
+        if not self.automatic_optimization and self.device.type != "cuda":
+            rank_zero_warn(f"trainer.cuda_graph=true on {self.device.type}: the whole step runs eagerly (CUDA graphs need a CUDA device)")
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:

@@ -40,6 +40,8 @@ class WholeTrainStep:
     ``forward`` maps images to logits (the model, or its ``torch.compile``d form); ``model`` owns the
     parameters and buffers; ``loss_fn(logits, targets)`` is the training loss. Mixed precision follows
     the autocast context the call is made in (Lightning's precision plugin, or the caller's own).
+    After a capture the gradients live in the graph's memory: a ``zero_grad(set_to_none=True)`` by
+    someone else (Lightning's, before validation) leaves ``p.grad`` None, and the replays still train.
     """
 
     def __init__(
@@ -115,7 +117,7 @@ class WholeTrainStep:
                     f"{type(self.optimizer).__name__} is not"
                 )
             group["capturable"] = True
-        for p in self._parameters():  # state restored from an eager run's checkpoint keeps its step on the host
+        for p in self._parameters():  # optimizer state loaded onto the host keeps its step there
             state = self.optimizer.state.get(p, {})
             if isinstance(state.get("step"), Tensor) and state["step"].device != p.device:
                 state["step"] = state["step"].to(p.device, torch.float32)
@@ -127,7 +129,26 @@ class WholeTrainStep:
         self._lrs = [torch.tensor(lr, dtype=torch.float32, device=device) for lr in lrs]
         for lr, group in zip(self._lrs, groups):
             group["lr"] = lr
+        try:
+            self._warm_up_and_capture(images, targets, device)
+        finally:
+            for lr, group in zip(lrs, groups):
+                group["lr"] = lr  # the schedule writes floats; __call__ copies them into the captured tensors
 
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict(keep_vars=True).items():
+                tensor.detach().copy_(saved_model[name])
+            for p in self._parameters():
+                before = saved_state.get(p, {})
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if not isinstance(value, Tensor):
+                        continue
+                    if key in before:
+                        value.copy_(before[key])
+                    else:
+                        value.zero_()
+
+    def _warm_up_and_capture(self, images: Tensor, targets: Tensor, device: torch.device) -> None:
         autocast = _capture_safe_autocast(device)
         self._static_images = images.detach().clone()
         self._static_targets = targets.detach().clone()
@@ -142,24 +163,10 @@ class WholeTrainStep:
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients
         torch.clear_autocast_cache()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: a DataLoader's pin-memory thread may make CUDA calls while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._static_loss = self._forward_backward_update(self._static_images, self._static_targets, autocast)
         self.graph = graph
-
-        with torch.no_grad():
-            for name, tensor in self.model.state_dict(keep_vars=True).items():
-                tensor.detach().copy_(saved_model[name])
-            for p in self._parameters():
-                before = saved_state.get(p, {})
-                for key, value in self.optimizer.state.get(p, {}).items():
-                    if not isinstance(value, Tensor):
-                        continue
-                    if key in before:
-                        value.copy_(before[key])
-                    else:
-                        value.zero_()
-        for lr, group in zip(lrs, groups):
-            group["lr"] = lr  # the schedule writes floats; __call__ copies them into the captured tensors
 
 
 def _capture_safe_autocast(device: torch.device):
