@@ -15,7 +15,7 @@ import pytest
 from vit_ablate import rundir
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vit_ablate"
-FILE_NAMES = {rundir.RESULT_FILE, rundir.METRICS_FILE}
+FILE_NAMES = {rundir.RESULT_FILE, rundir.METRICS_FILE, rundir.ARGS_FILE, rundir.SWEEP_MANIFEST}
 STATUSES = set(rundir.SWEEP_STATUSES)
 
 

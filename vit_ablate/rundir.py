@@ -56,6 +56,9 @@ BEST_CHECKPOINT = "best.ckpt"  # best val/acc1
 INIT_SUMMARY_FILE = "init_summary.json"  # with init.path: what was loaded, resampled, re-initialised
 LOCK_FILE = FolderLock.NAME  # the training process's pid while it runs
 LOG_FILE = "train.log"  # a sweep run's output, each attempt framed by the sweep runner's lines
+ARGS_FILE = "args.json"  # a sweep run's parameters, for a command that asks for ${args_json_file}
+# Beside the run directories of a local sweep: its proposals and invocations (vit_ablate/sweep/summary.py)
+SWEEP_MANIFEST = "sweep.json"
 
 # Set by the local sweep engine so that the sweep file's `command` stays the one W&B's agent runs.
 RUN_DIR_ENV = "VIT_ABLATE_RUN_DIR"

@@ -417,7 +417,7 @@ def _unreadable(name: str, reason: str, source: str, path: Optional[str] = None)
 
 
 def _collect_sweep(sweep_dir: Path, into: RunCollection) -> None:
-    manifest_file = sweep_dir / "sweep.json"
+    manifest_file = sweep_dir / rundir.SWEEP_MANIFEST
     try:
         manifest = json.loads(_read_text(manifest_file))
     except (json.JSONDecodeError, *_READ_ERRORS) as exc:
@@ -588,7 +588,7 @@ def collect_runs(paths: Sequence[str | Path]) -> RunCollection:
         path = Path(raw)
         if path in sweep_files:
             continue
-        if path.is_file() and path.name == "sweep.json":
+        if path.is_file() and path.name == rundir.SWEEP_MANIFEST:
             path = path.parent
         if not path.exists():
             raise ValueError(f"{raw}: no such file or directory")
@@ -604,7 +604,7 @@ def collect_runs(paths: Sequence[str | Path]) -> RunCollection:
             raise ValueError(
                 f"{raw}: not a directory (expected a sweep directory, run directories, a runs.csv or a sweep .yaml)"
             )
-        if (path / "sweep.json").is_file():
+        if (path / rundir.SWEEP_MANIFEST).is_file():
             _collect_sweep(path, collection)
         elif _is_run_dir(path):
             add_run(path)
@@ -614,7 +614,7 @@ def collect_runs(paths: Sequence[str | Path]) -> RunCollection:
             for child in sorted(path.iterdir()):
                 if not child.is_dir() or child.resolve() in seen:
                     continue
-                if (child / "sweep.json").is_file():
+                if (child / rundir.SWEEP_MANIFEST).is_file():
                     seen.add(child.resolve())
                     before = len(collection.runs)
                     _collect_sweep(child, collection)

@@ -168,7 +168,7 @@ def train_arguments(argv: Sequence[str]) -> Optional[Tuple[List[str], List[str]]
 
 
 def _train_arguments_for(spec: SweepSpec, template: Sequence[Any], params: Mapping[str, Any]):
-    return train_arguments(expand_command(template, params, spec.config.get("program"), "args.json"))
+    return train_arguments(expand_command(template, params, spec.config.get("program"), rundir.ARGS_FILE))
 
 
 # ---------------------------------------------------------------------------------------- validation

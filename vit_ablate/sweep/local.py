@@ -77,7 +77,7 @@ class LocalLauncher:
 
     def prepare(self, entry: Mapping[str, Any], run_dir: Path) -> Tuple[List[str], Dict[str, str]]:
         """The argv and the environment variables to add."""
-        json_file = run_dir / "args.json"
+        json_file = run_dir / rundir.ARGS_FILE
         if "${args_json_file}" in map(str, self.template):
             atomic_write_text(json_file, json.dumps(dict(entry["params"])))
         argv = engine.expand_command(self.template, entry["params"], self.spec.config.get("program"), str(json_file))

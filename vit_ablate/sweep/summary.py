@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from vit_ablate import rundir
 from vit_ablate.io import finite_or_none
 
-MANIFEST = "sweep.json"
+MANIFEST = rundir.SWEEP_MANIFEST
 STATUSES = rundir.SWEEP_STATUSES
 _STARTED = re.compile(r"attempt \d+ at (\S+?)(?: \(pid (\d+)\))?: ")
 _ENDED = re.compile(r"ended: exit code (-?\d+|None) after ([\d.]+)s$")
