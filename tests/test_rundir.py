@@ -72,7 +72,7 @@ def test_run_dir_paths(tmp_path):
     assert paths.init_summary == tmp_path / "init_summary.json"
     assert paths.lock == tmp_path / ".lock"
     assert rundir.FINAL_STATUSES == ("completed", "diverged")
-    assert set(rundir.RESULT_STATUSES) | set(rundir.UNSTARTED_STATUSES) == STATUSES
+    assert set(rundir.RESULT_STATUSES) | set(rundir.SWEEP_ONLY_STATUSES) == STATUSES
 
 
 # ------------------------------------------------------------------------- one owner of the contract

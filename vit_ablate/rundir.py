@@ -39,7 +39,7 @@ __all__ = [
     "FINAL_STATUSES",
     "RETRIED_STATUSES",
     "SWEEP_STATUSES",
-    "UNSTARTED_STATUSES",
+    "SWEEP_ONLY_STATUSES",
     "RunDir",
     "read_result",
     "write_result",
@@ -82,7 +82,7 @@ RETRIED_STATUSES = (FAILED, INTERRUPTED)
 PENDING = "pending"
 RUNNING = "running"
 STOPPED = "stopped"  # stopped early by the sweep (hyperband)
-UNSTARTED_STATUSES = (PENDING, RUNNING, STOPPED)
+SWEEP_ONLY_STATUSES = (PENDING, RUNNING, STOPPED)  # what a sweep says of a run, never training itself
 # Every status a sweep's run can have, in the order a summary counts them.
 SWEEP_STATUSES = RESULT_STATUSES + (STOPPED, RUNNING, PENDING)
 

@@ -391,7 +391,7 @@ def _manifest_status_record(entry: Mapping[str, Any], run_dir: Path, sweep: str)
     record = read_run_dir(run_dir, source=f"sweep {sweep}") if exists else None
     if record is not None and record.status == "unreadable":
         return record
-    if manifest_status in rundir.UNSTARTED_STATUSES:
+    if manifest_status in rundir.SWEEP_ONLY_STATUSES:
         status = manifest_status
         reason = {
             rundir.PENDING: "not started",
