@@ -347,3 +347,17 @@ def test_default_workers_two_on_a_cpu_one_where_runs_get_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # detection: no visible GPU
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert _default_workers(None) == 2
+
+
+def test_an_attempt_whose_output_ends_mid_line_is_still_read_as_ended(tmp_path):
+    from vit_ablate.sweep.local import _on_its_own_line
+    from vit_ablate.sweep.summary import attempt_footer, attempt_header, read_attempts
+
+    log = tmp_path / "train.log"
+    log.write_text(attempt_header("s", "run-000", 1, 123, ["train"]) + "epoch 1 of 3, killed mid-li")
+    with open(log, "ab") as handle:
+        handle.write(_on_its_own_line(log, attempt_footer("s", "run-000", -9, 2.5)))
+    (attempt,) = read_attempts(log, "s", "run-000")
+    assert attempt.ended and attempt.exit_code == -9 and attempt.seconds == 2.5
+    assert log.read_text().splitlines()[1] == "epoch 1 of 3, killed mid-li"  # the output itself untouched
+    assert _on_its_own_line(log, "x\n") == b"x\n"  # already at a line's start

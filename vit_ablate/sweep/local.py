@@ -188,6 +188,18 @@ def check_run_dirs(manifest: Mapping[str, Any], path: Path) -> None:
                 "a folder inside the sweep folder; fix or move the manifest away to start over")
 
 
+def _on_its_own_line(log: Path, line: str) -> bytes:
+    """``line`` as bytes, after a newline when the run's output did not end with one (a killed
+    process's last line): the frame lines must start a line to be read back."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            ends_a_line = handle.read(1) == b"\n"
+    except OSError:  # empty or missing: nothing to end
+        ends_a_line = True
+    return (line if ends_a_line else "\n" + line).encode()
+
+
 def _normalised(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -378,7 +390,7 @@ class SweepRunner:
         elapsed = time.time() - active.started
         if record is not None:
             rundir.write_result(active.paths.path, record)
-        active.log.write(attempt_footer(self.spec.name, active.entry["name"], code, elapsed).encode())
+        active.log.write(_on_its_own_line(active.paths.log, attempt_footer(self.spec.name, active.entry["name"], code, elapsed)))
         active.log.close()
         result = record or rundir.read_result(active.paths.path) or {}
         error = str(result.get("error") or "").strip().splitlines()
