@@ -49,7 +49,7 @@ def _train(tiny, tmp_path, name, devices, *extra, launcher=None):
 
 
 def _weights(run):
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith("model.")}
 
 

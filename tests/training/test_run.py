@@ -79,7 +79,7 @@ def test_global_batch_plan():
 
 
 def _state(path):
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return ckpt["state_dict"]
 
 
@@ -157,7 +157,7 @@ def test_a_compiled_run_matches_an_eager_one(fast_args, tmp_path):
     assert compiled["status"] == "completed"
     assert compiled["final"]["val/loss"] == pytest.approx(eager["final"]["val/loss"], rel=1e-3)
     assert compiled["final"]["val/acc1"] == pytest.approx(eager["final"]["val/acc1"], abs=0.01)
-    keys = {name: set(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    keys = {name: set(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
             for name in ("eager", "compiled")}
     assert keys["eager"] == keys["compiled"]
 

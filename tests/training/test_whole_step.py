@@ -15,7 +15,7 @@ from .test_run import _cfg, _state
 
 
 def _checkpoint(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize("extra", [[], ["augment.mixup=0.8", "augment.label_smoothing=0.1"]], ids=["labels", "mixup"])
