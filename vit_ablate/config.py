@@ -346,10 +346,6 @@ def _defaults() -> DictConfig:
     return OmegaConf.structured(RunConfig)
 
 
-def _fresh_defaults() -> DictConfig:
-    return copy.deepcopy(_defaults())
-
-
 def load_config(
     files: Sequence[str | Path] = (), overrides: Sequence[str] = (), validate: bool = True, machine: bool = False
 ) -> DictConfig:
@@ -365,7 +361,7 @@ def load_config(
     for layer, where in layers:
         cfg = _merge(cfg, layer, where)
     if not layers:
-        cfg = _fresh_defaults()
+        cfg = copy.deepcopy(_defaults())  # no merge made a copy: _derive_from_data must not edit the cache
     given = {key for layer, _ in layers for key in DATA_DERIVED_KEYS if OmegaConf.select(layer, key) is not None}
     _derive_from_data(cfg, given)
     if validate:

@@ -14,6 +14,18 @@ from vit_ablate.training.whole_step import ReplayingOptimizer, WholeTrainStep
 from .test_run import _cfg, _state
 
 
+def _train_until_epoch(cfg, epoch, monkeypatch):
+    """Train ``cfg`` and fail at the start of ``epoch``, leaving the checkpoint of the epoch before."""
+    def fail(module):
+        if module.current_epoch == epoch:
+            raise RuntimeError("interrupted on purpose")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ViTModule, "on_train_epoch_start", fail, raising=False)
+        with pytest.raises(RuntimeError, match="on purpose"):
+            train(cfg)
+
+
 def _checkpoint(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -44,15 +56,7 @@ def test_a_whole_step_run_resumes_from_its_checkpoint(fast_args, tmp_path, monke
     checkpoint (the wrapped optimizer's state and the schedule come back through the ReplayingOptimizer)."""
     args = [*fast_args, "trainer.accelerator=cpu", "trainer.cuda_graph=true", "trainer.max_epochs=3"]
     straight = train(_cfg(args, "name=straight"))
-
-    def fail_at_epoch_2(module):
-        if module.current_epoch == 2:
-            raise RuntimeError("interrupted on purpose")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(ViTModule, "on_train_epoch_start", fail_at_epoch_2, raising=False)
-        with pytest.raises(RuntimeError, match="on purpose"):
-            train(_cfg(args, "name=resumed"))
+    _train_until_epoch(_cfg(args, "name=resumed"), 2, monkeypatch)
     resumed = train(_cfg(args, "name=resumed"))
     assert resumed["status"] == "completed" and resumed["epochs"] == 3
     for key, value in straight["final"].items():
@@ -133,15 +137,7 @@ def test_a_checkpoint_with_capturable_groups_resumes_eagerly_on_the_cpu(fast_arg
     """A whole-step run's checkpoint keeps AdamW's capturable=True; a CPU cannot take such updates,
     so the resumed run turns the flag off before its first step."""
     args = [*fast_args, "trainer.accelerator=cpu", "trainer.max_epochs=2", "name=moved"]
-
-    def fail_at_epoch_1(module):
-        if module.current_epoch == 1:
-            raise RuntimeError("interrupted on purpose")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(ViTModule, "on_train_epoch_start", fail_at_epoch_1, raising=False)
-        with pytest.raises(RuntimeError, match="on purpose"):
-            train(_cfg(args))
+    _train_until_epoch(_cfg(args), 1, monkeypatch)
     path = tmp_path / "moved" / "checkpoints" / "last.ckpt"
     checkpoint = _checkpoint(path)
     for group in checkpoint["optimizer_states"][0]["param_groups"]:
