@@ -132,6 +132,30 @@ def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_wit
     assert "run the same command again to resume" in interrupted[-1]
 
 
+def test_a_sigterm_while_the_run_is_set_up_is_recorded_and_the_rerun_finishes(fast_args, tmp_path, monkeypatch):
+    # The signal arrives after the lock is taken and before Lightning's own handler exists: it is
+    # held, handed to Lightning when training starts, and the run stops after its first step.
+    import vit_ablate.training.run as run_module
+
+    real = run_module.prepare_run_dir
+
+    def prepare_then_sigterm(run_dir, cfg):
+        real(run_dir, cfg)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(run_module, "prepare_run_dir", prepare_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    args = [*fast_args, "trainer.max_epochs=2", "name=early"]
+    stopped = train(_cfg(args))
+    assert (stopped["status"], stopped["error"]) == ("interrupted", "stopped by SIGTERM")
+    assert (stopped["epochs"], stopped["global_step"]) == (0, 1)
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+    assert not (tmp_path / "early" / ".lock").exists()
+    monkeypatch.setattr(run_module, "prepare_run_dir", real)
+    finished = train(_cfg(args))
+    assert finished["status"] == "completed" and finished["epochs"] == 2
+
+
 def test_the_stale_lock_of_a_dead_process_is_taken_over(fast_args, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -45,6 +45,7 @@ from vit_ablate.io import (
 )
 from vit_ablate.training.callbacks import (
     AtomicCheckpointIO,
+    DeferredSigterm,
     DivergenceCallback,
     EpochRecorder,
     EpochSeeding,
@@ -411,16 +412,18 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     plan = plan_batches(cfg, placement.devices * cfg.trainer.num_nodes)
     precision = choose_precision(cfg, placement)
     check_init_source(cfg, run_dir)
-    with run_lock(run_dir):
+    # a SIGTERM from here on stops the run the way Lightning stops it, with its outcome recorded
+    with DeferredSigterm() as sigterm, run_lock(run_dir):
         prepare_run_dir(run_dir, cfg)
         previous = finished_result(run_dir)  # finished while we waited for the lock
         if previous is not None:
             log(f"{run_dir} already finished ({previous['status']}); nothing to do")
             return previous
-        return _train(cfg, run_dir, datamodule, placement, plan, precision)
+        return _train(cfg, run_dir, datamodule, placement, plan, precision, sigterm)
 
 
-def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, plan: BatchPlan, precision: str) -> Dict[str, Any]:
+def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, plan: BatchPlan, precision: str,
+           sigterm: DeferredSigterm) -> Dict[str, Any]:
     digest = config_digest(cfg)
     devices = placement.devices
     datamodule.per_device_batch_size = plan.micro_batch
@@ -445,7 +448,7 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     loggers = _loggers(cfg, run_dir)
-    callbacks = [EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints]
+    callbacks = [sigterm, EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints]
     callbacks += [TrimLoggedEpochs(lg) for lg in loggers if isinstance(lg, KeptCSVLogger)]
     trainer = build_trainer(
         cfg, run_dir, callbacks, loggers,
