@@ -361,3 +361,29 @@ def test_an_attempt_whose_output_ends_mid_line_is_still_read_as_ended(tmp_path):
     assert attempt.ended and attempt.exit_code == -9 and attempt.seconds == 2.5
     assert log.read_text().splitlines()[1] == "epoch 1 of 3, killed mid-li"  # the output itself untouched
     assert _on_its_own_line(log, "x\n") == b"x\n"  # already at a line's start
+
+
+def test_a_run_whose_process_and_engine_both_died_reads_as_interrupted_not_running(tmp_path):
+    import socket
+
+    from vit_ablate.sweep.summary import attempt_header
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    sweep_dir = tmp_path / "s"
+    runs = {"run-000": gone.pid, "run-001": os.getpid()}  # a freed pid; a live one
+    for name in runs:
+        (sweep_dir / name).mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps(
+        {"sweep": "s", "config": {}, "runs": [{"name": n, "dir": n, "params": {}} for n in [*runs, "run-002"]]}))
+    for name, pid in runs.items():
+        (sweep_dir / name / "train.log").write_text(attempt_header("s", name, 1, pid, ["train"]) + "epoch 1 of 3\n")
+    elsewhere = attempt_header("s", "run-002", 1, gone.pid, ["train"]).replace(socket.gethostname(), "another-host")
+    (sweep_dir / "run-002").mkdir()
+    (sweep_dir / "run-002" / "train.log").write_text(elsewhere)
+    read = {r["name"]: r for r in read_sweep(sweep_dir)}
+    assert read["run-000"]["status"] == "interrupted"
+    assert f"pid {gone.pid}" in read["run-000"]["error"] and "pid" not in read["run-000"]
+    assert "epoch 1 of 3" in read["run-000"]["log_tail"]
+    assert read["run-001"]["status"] == "running" and read["run-001"]["pid"] == os.getpid()
+    assert read["run-002"]["status"] == "running"  # another host's pid says nothing here

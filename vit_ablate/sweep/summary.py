@@ -3,8 +3,8 @@
 ``sweep.json`` lists the proposals; what became of each one lives in its run directory only: its
 status in ``result.json`` (written by training, or by the runner when the process ended without one
 or was stopped by hyperband) and its attempts in ``train.log``, each framed by a line before its
-output (``==== sweep <sweep> <run> attempt N at <time> (pid P): <argv>``, written by the child
-itself before it executes the command) and one after it (``... ended: exit code C after S s``).
+output (``==== sweep <sweep> <run> attempt N at <time> (pid P on <host>): <argv>``, written by the
+child itself before it executes the command) and one after it (``... ended: exit code C after S s``).
 ``read_sweep`` joins the proposals with both.
 """
 
@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -23,7 +24,7 @@ from vit_ablate.io import finite_or_none
 
 MANIFEST = rundir.SWEEP_MANIFEST
 STATUSES = rundir.SWEEP_STATUSES
-_STARTED = re.compile(r"attempt \d+ at (\S+?)(?: \(pid (\d+)\))?: ")
+_STARTED = re.compile(r"attempt \d+ at (\S+?)(?: \(pid (\d+)(?: on ([^)\s]+))?\))?: ")
 _ENDED = re.compile(r"ended: exit code (-?\d+|None) after ([\d.]+)s$")
 
 
@@ -33,7 +34,8 @@ def now(timespec: str = "seconds") -> str:
 
 # ------------------------------------------------------------------------------- attempts in train.log
 def attempt_header(sweep: str, run: str, number: int, pid: int, argv: Sequence[str]) -> str:
-    return f"==== sweep {sweep} {run} attempt {number} at {now('milliseconds')} (pid {pid}): {' '.join(argv)}\n"
+    return (f"==== sweep {sweep} {run} attempt {number} at {now('milliseconds')} (pid {pid} on {socket.gethostname()}): "
+            f"{' '.join(argv)}\n")
 
 
 def attempt_footer(sweep: str, run: str, exit_code: Optional[int], seconds: float) -> str:
@@ -45,6 +47,7 @@ class Attempt:
     offset: int  # where its output starts in train.log
     started_at: Optional[float] = None  # seconds since the epoch
     pid: Optional[int] = None
+    host: Optional[str] = None
     ended: bool = False  # false while it runs, and when the engine died during it
     exit_code: Optional[int] = None
     seconds: float = 0.0
@@ -72,7 +75,8 @@ def read_attempts(log: Path, sweep: str, run: str) -> List[Attempt]:
                 started, ended = _STARTED.match(rest), _ENDED.match(rest)
                 if rest.startswith("attempt "):
                     attempts.append(Attempt(offset, _timestamp(started[1]) if started else None,
-                                            int(started[2]) if started and started[2] else None))
+                                            int(started[2]) if started and started[2] else None,
+                                            started[3] if started else None))
                 elif ended and attempts:
                     attempts[-1].ended, attempts[-1].seconds = True, float(ended[2])
                     attempts[-1].exit_code = None if ended[1] == "None" else int(ended[1])
@@ -111,6 +115,11 @@ def describe_run(sweep_dir: Path, sweep: str, entry: Mapping[str, Any], metric: 
         result = {}  # an earlier attempt's, and the last one has not ended
     if result.get("status"):
         status = str(result["status"])
+    elif attempts and not attempts[-1].ended and _gone(attempts[-1]):
+        # no footer and no result: the engine died (else it would have written both), and so did the run
+        status = rundir.INTERRUPTED
+        result = {"error": f"its process (pid {attempts[-1].pid}) and the sweep engine ended without recording an "
+                           "outcome; rerunning the sweep resumes it"}
     elif paths.path.is_dir():
         status = rundir.RUNNING  # started, and nothing says it ended (a W&B agent's run may run elsewhere)
     else:
@@ -123,6 +132,20 @@ def describe_run(sweep_dir: Path, sweep: str, entry: Mapping[str, Any], metric: 
     if status == rundir.RUNNING:
         run["pid"] = attempts[-1].pid if attempts else None
     return run
+
+
+def _gone(attempt: Attempt) -> bool:
+    """Whether the attempt's process is known to have ended: it ran on this host and its pid is free.
+    (A pid taken again by another process reads as alive: the run then still shows as running.)"""
+    if attempt.pid is None or attempt.host != socket.gethostname():
+        return False
+    try:
+        os.kill(attempt.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _written_since(path: Path, started_at: Optional[float]) -> bool:
