@@ -313,10 +313,12 @@ def _check_layer(node: Any, where: str, prefix: str = "") -> None:
             raise ConfigError(f"{key} ({where}) must be {expected_type(key)}, not a section ({value!r})")
 
 
-def _merge(base: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+def _merge(cfg: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+    """``layer`` merged into ``cfg`` in place (``cfg`` is the caller's own copy) and returned."""
     _check_layer(OmegaConf.to_container(layer, resolve=False), where)
     try:
-        return OmegaConf.merge(base, layer)
+        cfg.merge_with(layer)
+        return cfg
     except (ConfigKeyError, ConfigAttributeError) as exc:
         key = getattr(exc, "full_key", None) or str(exc)
         raise _unknown_key_error(str(key), where) from None
@@ -341,8 +343,8 @@ DATA_DERIVED_KEYS = ("model.num_classes", "model.img_size")
 
 @functools.lru_cache(maxsize=1)
 def _defaults() -> DictConfig:
-    """The schema's defaults, built once: ``OmegaConf.structured`` is most of a ``load_config``'s cost,
-    and ``OmegaConf.merge`` copies its first argument, so the cached object is never modified."""
+    """The schema's defaults, built once (``OmegaConf.structured`` is most of a ``load_config``'s cost);
+    never modified: every config starts as a copy of it."""
     return OmegaConf.structured(RunConfig)
 
 
@@ -357,11 +359,9 @@ def load_config(
     layers = [(_read_yaml(path), f"in {path}") for path in files]
     if overrides:
         layers.append((parse_overrides(overrides), "on the command line"))
-    cfg = _defaults()
+    cfg = copy.deepcopy(_defaults())  # one copy, then every layer merged into it in place
     for layer, where in layers:
         cfg = _merge(cfg, layer, where)
-    if not layers:
-        cfg = copy.deepcopy(_defaults())  # no merge made a copy: _derive_from_data must not edit the cache
     given = {key for layer, _ in layers for key in DATA_DERIVED_KEYS if OmegaConf.select(layer, key) is not None}
     _derive_from_data(cfg, given)
     if validate:
@@ -373,7 +373,7 @@ def load_config(
 
 def from_container(data: Mapping[str, Any], validate: bool = True) -> DictConfig:
     """A resolved config (e.g. a checkpoint's hyperparameters) back into the schema."""
-    cfg = _merge(_defaults(), OmegaConf.create(dict(data)), "in the saved config")
+    cfg = _merge(copy.deepcopy(_defaults()), OmegaConf.create(dict(data)), "in the saved config")
     if validate:
         validate_config(cfg)
     return cfg
@@ -584,10 +584,13 @@ def validate_config(cfg: DictConfig, registries: bool = True) -> None:
     in a fraction of a second; ``registries`` then checks the names that the model, data, optimizer
     and strategy registries own, which imports torch and timm (and Lightning for a named strategy).
     """
+    plain = OmegaConf.to_container(cfg, resolve=True)  # one conversion: a select per key costs ~10x more
     for key, _ in _schema():
         if not is_section(key):
-            value = OmegaConf.select(cfg, key)
-            _check_key(key, OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)
+            value: Any = plain
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            _check_key(key, value)
 
     if not isinstance(cfg.trainer.compile, bool) and cfg.trainer.compile not in COMPILE_MODES:
         raise ConfigError(
