@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,21 +106,28 @@ def test_device_placement_through_lightnings_public_accelerator_interface():
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path, capfd):
     args = [*fast_args, "trainer.max_epochs=4", "data.synthetic.num_train=2048"]
-    reference = train(_cfg(args, "name=reference"))
-
     command = [sys.executable, "-m", "vit_ablate", "train", *args, "name=killed"]
     run = tmp_path / "killed"
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    # wait until epoch 1 has been checkpointed and epoch 2 is under way, then kill without warning
-    while time.time() < deadline:
-        rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").exists() else []
-        if len(rows) >= 2 and (run / "checkpoints" / "last.ckpt").exists():
-            time.sleep(0.3)
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    def kill_in_epoch_2():
+        # once epoch 1 has been checkpointed and epoch 2 is under way: SIGKILL, without warning
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").exists() else []
+            if len(rows) >= 2 and (run / "checkpoints" / "last.ckpt").exists():
+                time.sleep(0.3)
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_in_epoch_2)
+    killer.start()  # watches the run while this process trains the reference (the run starts by importing)
+    try:
+        reference = train(_cfg(args, "name=reference"))
+    finally:
+        killer.join()
+        proc.wait()
     assert not (run / "result.json").exists(), "the killed run must not have finished"
 
     capfd.readouterr()

@@ -62,12 +62,14 @@ KILL_AT_RESULT = textwrap.dedent(
 
 def test_a_kill_between_the_final_checkpoint_and_result_json_is_rebuilt(fast_args, tmp_path):
     args = [*fast_args, "trainer.max_epochs=2"]
-    reference = train(_cfg(args, "name=reference"))
-
     run = tmp_path / "killed"
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_RESULT, *args, "name=killed"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    process = subprocess.Popen([sys.executable, "-c", KILL_AT_RESULT, *args, "name=killed"], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        reference = train(_cfg(args, "name=reference"))  # while the other process starts
+    finally:
+        _, stderr = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL, stderr[-2000:]
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "result.json").exists()
 
     def same_as_reference(result):
