@@ -112,12 +112,18 @@ def detect_gpus() -> List[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+    return list(_nvidia_smi_gpus())
+
+
+@functools.lru_cache(maxsize=1)
+def _nvidia_smi_gpus() -> Tuple[str, ...]:
+    """Asked once per process (the CLI's default --workers and the runner both need it)."""
     smi = shutil.which("nvidia-smi")
     try:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout if smi else ""
     except (OSError, subprocess.SubprocessError):
         out = ""
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+    return tuple(str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU "))
 
 
 def gpu_slots(workers: int, gpus: Optional[str]) -> List[Optional[str]]:
