@@ -134,26 +134,32 @@ def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_wit
     assert "run the same command again to resume" in interrupted[-1]
 
 
-def test_a_sigterm_while_the_run_is_set_up_is_recorded_and_the_rerun_finishes(fast_args, tmp_path, monkeypatch):
-    # The signal arrives after the lock is taken and before Lightning's own handler exists: it is
-    # held, handed to Lightning when training starts, and the run stops after its first step.
+@pytest.mark.parametrize("when", ["preparing the run directory", "inside fit, before Lightning listens"])
+def test_a_sigterm_while_the_run_is_set_up_is_recorded_and_the_rerun_finishes(fast_args, tmp_path, monkeypatch, when):
+    # Lightning's own SIGTERM handler exists only once fit has set up the data, model and checkpoint:
+    # a signal before that (held while the run directory is prepared, raised at once inside fit,
+    # e.g. while the data module decodes) still stops the run with its outcome recorded.
     import vit_ablate.training.run as run_module
+    from vit_ablate.data.synthetic import SyntheticDataModule
 
-    real = run_module.prepare_run_dir
-
-    def prepare_then_sigterm(run_dir, cfg):
-        real(run_dir, cfg)
+    def sigterm_to_this_process(*args):
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(run_module, "prepare_run_dir", prepare_then_sigterm)
+    if when == "preparing the run directory":
+        real = run_module.prepare_run_dir
+        monkeypatch.setattr(run_module, "prepare_run_dir", lambda *args: (real(*args), sigterm_to_this_process()))
+    else:
+        monkeypatch.setattr(SyntheticDataModule, "prepare_data", sigterm_to_this_process)
     before = signal.getsignal(signal.SIGTERM)
     args = [*fast_args, "trainer.max_epochs=2", "name=early"]
     stopped = train(_cfg(args))
     assert (stopped["status"], stopped["error"]) == ("interrupted", "stopped by SIGTERM")
-    assert (stopped["epochs"], stopped["global_step"]) == (0, 1)
+    assert (stopped["epochs"], stopped["global_step"]) == (0, 0)
+    assert _strict(tmp_path / "early" / "result.json")["status"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
     assert not (tmp_path / "early" / ".lock").exists()
-    monkeypatch.setattr(run_module, "prepare_run_dir", real)
+    monkeypatch.undo()
+    monkeypatch.chdir(REPO)
     finished = train(_cfg(args))
     assert finished["status"] == "completed" and finished["epochs"] == 2
 

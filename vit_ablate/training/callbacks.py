@@ -7,8 +7,6 @@ import hashlib
 import io
 import os
 import random
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -46,47 +44,6 @@ class EpochSeeding(Callback):
         torch.manual_seed(value)
         np.random.seed(value % 2**32)
         random.seed(value)
-
-
-class DeferredSigterm(Callback):
-    """Hold a SIGTERM that arrives while a run is set up, and hand it to Lightning once it listens.
-
-    Lightning installs its own SIGTERM handler (a clean stop with ``result.json`` saying
-    ``interrupted``) only inside ``Trainer.fit``, after the model, data and checkpoint are set up.
-    A scheduler's SIGTERM in between would kill the process with the run directory locked and no
-    outcome recorded. Used as a context manager around the locked part of a run, this handler notes
-    the signal; ``on_train_start`` (after Lightning's handler is in place) raises it again, so
-    Lightning stops the run the way it stops any other. A signal that arrives after ``fit`` (testing,
-    writing results) is raised again on exit, after the outcome is written, with the previous handler.
-    Lightning keeps a handler it finds and calls it too: this one then does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous = None
-
-    def _note(self, signum, frame) -> None:
-        if signal.getsignal(signal.SIGTERM) == self._note:  # not while Lightning's handler calls it
-            self.received = True
-
-    def __enter__(self) -> "DeferredSigterm":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._note)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is None:
-            return
-        signal.signal(signal.SIGTERM, self._previous)
-        self._previous = None
-        if self.received:
-            self.received = False
-            signal.raise_signal(signal.SIGTERM)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.received:
-            self.received = False
-            signal.raise_signal(signal.SIGTERM)  # now Lightning's handler: stop after this batch
 
 
 class DivergenceCallback(Callback):

@@ -13,8 +13,10 @@ import errno
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -45,7 +47,6 @@ from vit_ablate.io import (
 )
 from vit_ablate.training.callbacks import (
     AtomicCheckpointIO,
-    DeferredSigterm,
     DivergenceCallback,
     EpochRecorder,
     EpochSeeding,
@@ -188,6 +189,66 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+class SigtermGuard:
+    """A SIGTERM between taking a run's lock and Lightning's own handler stops the run cleanly.
+
+    Lightning installs its SIGTERM handler (a clean stop, ``result.json`` saying ``interrupted``) only
+    inside ``Trainer.fit`` after the data, the model and the checkpoint are set up, which can take
+    minutes (the first run decodes the dataset). Used as a context manager around the locked part of
+    a run, this handler holds a SIGTERM that arrives while nothing may be interrupted (the run
+    directory being prepared, the result being written); inside ``trainer_calls`` it raises
+    ``SIGTERMException`` instead, as Ctrl-C raises ``KeyboardInterrupt``, and Lightning's error path
+    tears the Trainer down (after stopping the ranks its launcher started, as its own handler would).
+    A held signal is raised on entering ``trainer_calls``, or on exit, after the outcome is written,
+    with the previous handler. While Lightning's handler is installed it calls this one too, which
+    then does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+        self._previous = None
+        self._trainer: Optional[L.Trainer] = None
+
+    def _handle(self, signum, frame) -> None:
+        if signal.getsignal(signal.SIGTERM) != self._handle:
+            return  # Lightning's handler runs this one after its own
+        if self._trainer is None:
+            self.held = True
+            return
+        self._stop(signum)
+
+    def _stop(self, signum) -> None:
+        launcher = self._trainer.strategy.launcher
+        if launcher is not None:
+            launcher.kill(signum)
+        raise SIGTERMException
+
+    def __enter__(self) -> "SigtermGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is None:
+            return
+        signal.signal(signal.SIGTERM, self._previous)
+        self._previous = None
+        if self.held:
+            self.held = False
+            signal.raise_signal(signal.SIGTERM)
+
+    @contextmanager
+    def trainer_calls(self, trainer: L.Trainer) -> Iterator[None]:
+        self._trainer = trainer
+        try:
+            if self.held:
+                self.held = False
+                self._stop(signal.SIGTERM)
+            yield
+        finally:
+            self._trainer = None
 
 
 def git_revision() -> Optional[str]:
@@ -412,8 +473,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     plan = plan_batches(cfg, placement.devices * cfg.trainer.num_nodes)
     precision = choose_precision(cfg, placement)
     check_init_source(cfg, run_dir)
-    # a SIGTERM from here on stops the run the way Lightning stops it, with its outcome recorded
-    with DeferredSigterm() as sigterm, run_lock(run_dir):
+    # a SIGTERM from here on stops the run with its outcome recorded
+    with SigtermGuard() as sigterm, run_lock(run_dir):
         prepare_run_dir(run_dir, cfg)
         previous = finished_result(run_dir)  # finished while we waited for the lock
         if previous is not None:
@@ -423,7 +484,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, plan: BatchPlan, precision: str,
-           sigterm: DeferredSigterm) -> Dict[str, Any]:
+           sigterm: SigtermGuard) -> Dict[str, Any]:
     digest = config_digest(cfg)
     devices = placement.devices
     datamodule.per_device_batch_size = plan.micro_batch
@@ -448,7 +509,7 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     loggers = _loggers(cfg, run_dir)
-    callbacks = [sigterm, EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints]
+    callbacks = [EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints]
     callbacks += [TrimLoggedEpochs(lg) for lg in loggers if isinstance(lg, KeptCSVLogger)]
     trainer = build_trainer(
         cfg, run_dir, callbacks, loggers,
@@ -469,24 +530,25 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
     started = time.time()
     revision = git_revision()  # the code that starts the run, even if the checkout changes while it trains
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        if not recorder.started:  # resumed from the final epoch's checkpoint: nothing left to train
-            recorder.restore(trainer.current_epoch)
-        if divergence.diverged:
-            status = rundir.DIVERGED
-            error = f"non-finite loss by step {divergence.diverged_at}"
-        elif trainer.interrupted:
-            status, error = rundir.INTERRUPTED, "stopped by a signal"
-        else:
-            final = _final_metrics(recorder.rows, trainer.global_step)
-            if final is None and _validates(cfg):
-                # the final weights were never validated (killed before metrics.csv was read back,
-                # or no validation on the last epoch): validate them now
-                outputs = trainer.validate(module, datamodule=datamodule, verbose=False)
-                final = {k: float(v) for k, v in (outputs[0] if outputs else {}).items() if k in _FINAL_KEYS}
-            if cfg.evaluate.test:
-                outputs = trainer.test(module, datamodule=datamodule, verbose=False)
-                test_metrics = {k: float(v) for k, v in (outputs[0] if outputs else {}).items()}
+        with sigterm.trainer_calls(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            if not recorder.started:  # resumed from the final epoch's checkpoint: nothing left to train
+                recorder.restore(trainer.current_epoch)
+            if divergence.diverged:
+                status = rundir.DIVERGED
+                error = f"non-finite loss by step {divergence.diverged_at}"
+            elif trainer.interrupted:
+                status, error = rundir.INTERRUPTED, "stopped by a signal"
+            else:
+                final = _final_metrics(recorder.rows, trainer.global_step)
+                if final is None and _validates(cfg):
+                    # the final weights were never validated (killed before metrics.csv was read back,
+                    # or no validation on the last epoch): validate them now
+                    outputs = trainer.validate(module, datamodule=datamodule, verbose=False)
+                    final = {k: float(v) for k, v in (outputs[0] if outputs else {}).items() if k in _FINAL_KEYS}
+                if cfg.evaluate.test:
+                    outputs = trainer.test(module, datamodule=datamodule, verbose=False)
+                    test_metrics = {k: float(v) for k, v in (outputs[0] if outputs else {}).items()}
     except (KeyboardInterrupt, SystemExit, SIGTERMException) as exc:
         # Ctrl-C (Lightning turns it into SystemExit), SIGTERM from a scheduler: record and resume later
         status = rundir.INTERRUPTED
