@@ -285,11 +285,19 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
 
 
 def _read_yaml(path: str | Path) -> DictConfig:
+    """The file as a config layer (never modified by the caller: merges copy from it). A sweep's
+    validation loads the same experiment file once per combination: parsed once per version."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    stat = path.stat()
+    return _parse_yaml(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_yaml(resolved: str, mtime_ns: int, size: int, path: str) -> DictConfig:
     try:
-        loaded = OmegaConf.load(path)
+        loaded = OmegaConf.load(resolved)
     except Exception as exc:  # yaml.YAMLError and friends
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
     if loaded is None or isinstance(loaded, ListConfig):
