@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig
@@ -191,30 +191,37 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         lock.release()
 
 
-class SigtermGuard:
-    """A SIGTERM between taking a run's lock and Lightning's own handler stops the run cleanly.
+class SigtermGuard(Callback):
+    """A SIGTERM at any time the run directory is locked stops the run with ``interrupted`` recorded.
 
-    Lightning installs its SIGTERM handler (a clean stop, ``result.json`` saying ``interrupted``) only
-    inside ``Trainer.fit`` after the data, the model and the checkpoint are set up, which can take
-    minutes (the first run decodes the dataset). Used as a context manager around the locked part of
-    a run, this handler holds a SIGTERM that arrives while nothing may be interrupted (the run
-    directory being prepared, the result being written); inside ``trainer_calls`` it raises
-    ``SIGTERMException`` instead, as Ctrl-C raises ``KeyboardInterrupt``, and Lightning's error path
-    tears the Trainer down (after stopping the ranks its launcher started, as its own handler would).
-    A held signal is raised on entering ``trainer_calls``, or on exit, after the outcome is written,
-    with the previous handler. While Lightning's handler is installed it calls this one too, which
-    then does nothing.
+    Lightning's own SIGTERM handling covers only part of a run, and not multi-process training:
+    - it is installed inside ``Trainer.fit`` after the data, the model and the checkpoint are set up,
+      which can take minutes (the first run decodes the dataset);
+    - with several processes its handler runs a collective broadcast inside the signal handler, and
+      ranks that get the signal at different moments deadlock (a two-process CPU run hung for good).
+
+    Used as a context manager around the locked part of a run, this handler holds a SIGTERM that
+    arrives while nothing may be interrupted (the run directory being prepared, the result being
+    written). Inside ``trainer_calls`` it raises ``SIGTERMException``, as Ctrl-C raises
+    ``KeyboardInterrupt``; Lightning's error path tears the Trainer down after stopping the ranks its
+    launcher started. A held signal is raised on entering ``trainer_calls``, or on exit, after the
+    outcome is written, with the previous handler. While Lightning's handler is installed it calls
+    this one too, which then does nothing. In multi-process runs this handler replaces Lightning's
+    once training or an evaluation starts: a rank's signal is held, and after every training step the
+    ranks agree (one all-reduce) whether any got one, then all stop at that step together; one that
+    arrives after the last step is raised once the outcome is written.
     """
 
     def __init__(self) -> None:
         self.held = False
         self._previous = None
         self._trainer: Optional[L.Trainer] = None
+        self._at_step_ends = False  # multi-process training: stop only where all ranks agree
 
     def _handle(self, signum, frame) -> None:
         if signal.getsignal(signal.SIGTERM) != self._handle:
             return  # Lightning's handler runs this one after its own
-        if self._trainer is None:
+        if self._trainer is None or self._at_step_ends:
             self.held = True
             return
         self._stop(signum)
@@ -248,7 +255,28 @@ class SigtermGuard:
                 self._stop(signal.SIGTERM)
             yield
         finally:
-            self._trainer = None
+            self._trainer, self._at_step_ends = None, False
+
+    def _replace_lightnings_handler(self, trainer: L.Trainer) -> None:
+        # Lightning has just installed its handler (it restores ours when the call ends)
+        if trainer.world_size > 1 and self._previous is not None:
+            signal.signal(signal.SIGTERM, self._handle)
+            self._at_step_ends = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._replace_lightnings_handler(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._replace_lightnings_handler(trainer)  # an evaluation runs to its end; the next step stops
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._replace_lightnings_handler(trainer)  # held until the outcome is written
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self._at_step_ends and trainer.strategy.reduce_boolean_decision(self.held, all=False):
+            self.held = False
+            raise SIGTERMException  # on every rank, after the same step
+
 
 
 def git_revision() -> Optional[str]:
@@ -509,7 +537,8 @@ def _train(cfg: DictConfig, run_dir: Path, datamodule, placement: Placement, pla
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     loggers = _loggers(cfg, run_dir)
-    callbacks = [EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint, checkpoints]
+    callbacks = [sigterm, EpochSeeding(cfg.seed), divergence, RankRecord(run_dir, digest), recorder, last_checkpoint,
+                 checkpoints]
     callbacks += [TrimLoggedEpochs(lg) for lg in loggers if isinstance(lg, KeptCSVLogger)]
     trainer = build_trainer(
         cfg, run_dir, callbacks, loggers,
