@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -97,34 +96,18 @@ def _initial(tiny):
     return {f"model.{k}": v for k, v in ViTModule(cfg).model.state_dict().items()}
 
 
-EVALUATE = textwrap.dedent(
-    """
-    import json, sys
+def _validate_in_one_process(checkpoint):
+    """The checkpoint's validation metrics, computed in this process on one device."""
     import lightning as L
-    from vit_ablate.config import load_config
+
     from vit_ablate.data import build_datamodule
     from vit_ablate.training.module import ViTModule
 
-    checkpoint, devices, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     module = ViTModule.load_from_checkpoint(checkpoint, map_location="cpu")
-    datamodule = build_datamodule(module.cfg)
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False)
-    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    if trainer.is_global_zero:
-        json.dump({k: float(v) for k, v in metrics.items()}, open(out, "w"))
-    """
-)
-
-
-def _validate_in_one_process(checkpoint, tmp_path, monkeypatch):
-    """The checkpoint's validation metrics from the EVALUATE script, run in this process on one device."""
-    out = tmp_path / "val-1.json"
-    with monkeypatch.context() as patch:
-        patch.setattr(sys, "argv", ["evaluate.py", str(checkpoint), "1", str(out)])
-        exec(compile(EVALUATE, "evaluate.py", "exec"), {"__name__": "__main__"})
-    return json.loads(out.read_text())
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False)
+    metrics = trainer.validate(module, datamodule=build_datamodule(module.cfg), verbose=False)[0]
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def _ranks(run):
@@ -146,7 +129,7 @@ def _two_ranks_were_placed_and_fed_as_specified(run, stderr):
 # with the conv stem's per-rank batch-norm statistics; here the patch stem keeps the ranks' weights
 # and buffers identical, so one process can validate what the two ranks validated.
 @pytest.mark.slow
-def test_a_torchrun_run_end_to_end_validates_as_one_process_would(tiny, tmp_path, monkeypatch):
+def test_a_torchrun_run_end_to_end_validates_as_one_process_would(tiny, tmp_path):
     done = _train(tiny, tmp_path, "ddp", 2, "trainer.max_epochs=2", launcher="torchrun")
     run = tmp_path / "ddp"
     _two_ranks_were_placed_and_fed_as_specified(run, done.stderr)
@@ -159,7 +142,7 @@ def test_a_torchrun_run_end_to_end_validates_as_one_process_would(tiny, tmp_path
     # The two ranks' validation of the final weights (257 samples: the ranks cannot split them
     # evenly) equals one process's validation of the same checkpoint ...
     two = result["final"]
-    one = _validate_in_one_process(run / "checkpoints" / "last.ckpt", tmp_path, monkeypatch)
+    one = _validate_in_one_process(run / "checkpoints" / "last.ckpt")
     print("1 process:", one, "2 processes:", two)
     assert one["val/acc1"] == two["val/acc1"]
     assert one["val/loss"] == pytest.approx(two["val/loss"], abs=1e-6)
