@@ -8,6 +8,10 @@
 #
 #   OUT=/tmp/out CIFAR_ARCHIVE=.gpu/cifar10-jpeg.tar.gz results/bench/gpu_whole_step/run.sh
 #   SECTIONS="tests bench vit_b16" VIT_B16="compile+fused,compile@512" results/bench/gpu_whole_step/run.sh
+#   SECTIONS="epochs vit_b16" EPOCHS="compile_graph" VIT_B16="b16:compile+fused+profile ti4:compile+ro+keep,b16:compile"
+#
+# EPOCHS names the training runs (graph, eager, compile_graph); VIT_B16 is one or more space-separated
+# variant lists of vit_b16_probe.py, each run in a fresh process (a failure in one leaves the others).
 #
 # Needs torch, timm, lightning, torchmetrics and omegaconf (the device machine lacks omegaconf: its
 # wheel travels in .whl/). Cost: about 8 minutes of one H100/H200, start-up excluded.
@@ -47,14 +51,24 @@ train() {  # name, extra overrides...
 }
 if wanted epochs; then
   mark epochs
-  train graph trainer.max_epochs=3 trainer.cuda_graph=true
-  train eager trainer.max_epochs=2
-  train compile_graph trainer.max_epochs=3 trainer.cuda_graph=true trainer.compile=true
+  for run in ${EPOCHS:-graph eager compile_graph}; do
+    case $run in
+      graph) train graph trainer.max_epochs=3 trainer.cuda_graph=true ;;
+      eager) train eager trainer.max_epochs=2 ;;
+      compile_graph) train compile_graph trainer.max_epochs=3 trainer.cuda_graph=true trainer.compile=true ;;
+      *) echo "unknown EPOCHS entry $run"; exit 2 ;;
+    esac
+  done
   tail -n 30 /tmp/runs_*.log > "$OUT/train_logs.txt"
 fi
 
 wanted bench && mark bench && timeout 300 python3 -m vit_ablate bench experiments/cifar10_vit_ti4.yaml data.name=imagefolder data.root=/tmp/data/cifar10 \
   --only ${BENCH_ONLY:-components gpu} --steps 30 --json "$OUT/bench.json" 2>&1 | tail -25
 
-wanted vit_b16 && mark vit_b16 && timeout 240 python3 results/bench/gpu_whole_step/vit_b16_probe.py --only "$VIT_B16" 2>&1 | tee "$OUT/vit_b16.txt" | tail -40
+if wanted vit_b16; then
+  for list in $VIT_B16; do
+    mark "vit_b16 $list"
+    timeout ${PROBE_TIMEOUT:-240} python3 results/bench/gpu_whole_step/vit_b16_probe.py --only "$list" 2>&1 | tee -a "$OUT/vit_b16.txt" | tail -60
+  done
+fi
 mark done
