@@ -406,7 +406,9 @@ class RelativeLogits(GridTable):
         # The embedding of each pair's offset, (T, T, head_dim), then one batched matmul with the
         # queries. Its backward adds into the small table once; gathering from the (B, h, T, offsets)
         # logits instead scatters back over the whole batch, 3× slower on a CPU.
-        pairs = self.table[self.index].to(q.dtype)
+        # index_select: its backward is one index_add into the table; an indexing gather's backward
+        # sorts the indices first (on a GPU the slowest kernel of the relative step's backward).
+        pairs = self.table.index_select(0, self.index.flatten()).unflatten(0, self.index.shape).to(q.dtype)
         return q, k, torch.einsum("bhid,ijd->bhij", q * scale, pairs)
 
     def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
@@ -543,7 +545,8 @@ class RelativeHeadBias(GridTable):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float):
         # contiguous: SDPA's fused kernels copy or pad a mask whose last dimension is strided
-        return q, k, self.table[self.index].permute(2, 0, 1)[None].to(q.dtype).contiguous()  # 1, h, T, T
+        pairs = self.table.index_select(0, self.index.flatten()).unflatten(0, self.index.shape)  # as RelativeLogits
+        return q, k, pairs.permute(2, 0, 1)[None].to(q.dtype).contiguous()  # 1, h, T, T
 
     def resample_tensors(self, tensors: Mapping[str, torch.Tensor], old_grid: Optional[Grid]) -> Dict[str, torch.Tensor]:
         out = dict(tensors)

@@ -11,6 +11,9 @@ VARIANTS is a comma-separated list of ``[MODEL:]TOKENS[@BATCH]``. MODEL is one o
   ro         torch.compile mode="reduce-overhead" (CUDA-graph trees; forward and backward only)
   autotune   torch.compile mode="max-autotune-no-cudagraphs" (Inductor benchmarks GEMM kernels)
   cudnn      SDPA restricted to cuDNN's attention kernel; flash: to FlashAttention-2
+  static     torch.compile(dynamic=False): no recompilation with symbolic shapes
+  conv       the patch embedding as the stride-P conv (timm's), not the reshape and matmul of stems.py
+  gather     the relative position table read by indexing (table[index]), not index_select
   keep       no torch._dynamo.reset() after this variant (the next compiles on top of its state)
   profile    after timing, 3 more steps under torch.profiler: GPU time by kernel category (GEMM,
              attention, Triton-fused, optimizer/clip, other) and the 25 heaviest kernels
@@ -47,7 +50,7 @@ MODELS = {
     "ti4rel": {**_TI4, "pos_embed": "relative"},
     "tiny": {"variant": "Ti/16", "img_size": 32, "num_classes": 10},  # --dry-run's model on the CPU
 }
-TOKENS = {"eager", "compile", "graph", "fused", "ro", "autotune", "cudnn", "flash", "keep", "profile"}
+TOKENS = {"eager", "compile", "graph", "fused", "ro", "autotune", "cudnn", "flash", "static", "conv", "gather", "keep", "profile"}
 
 
 def parse(variant: str, batch: int):
@@ -71,6 +74,23 @@ def attention_backend(tokens):
         yield
 
 
+@contextlib.contextmanager
+def earlier_forms(tokens):
+    """The forms stems.py and pos_embed.py used before, for an A/B in one process."""
+    from vit_ablate.model.pos_embed import RelativeLogits
+    from vit_ablate.model.stems import PatchStem
+
+    saved = PatchStem.forward, RelativeLogits.forward
+    if "conv" in tokens:
+        PatchStem.forward = lambda self, images: self.proj(images).flatten(2).transpose(1, 2)
+    if "gather" in tokens:
+        RelativeLogits.forward = lambda self, q, k, scale: (q, k, torch.einsum("bhid,ijd->bhij", q * scale, self.table[self.index].to(q.dtype)))
+    try:
+        yield
+    finally:
+        PatchStem.forward, RelativeLogits.forward = saved
+
+
 def build(model_name, tokens, batch, device):
     torch.manual_seed(0)
     model_cfg = MODELS[model_name]
@@ -78,7 +98,7 @@ def build(model_name, tokens, batch, device):
     spec = resolve_spec(dict(model_cfg))
     if "compile" in tokens:
         mode = "reduce-overhead" if "ro" in tokens else "max-autotune-no-cudagraphs" if "autotune" in tokens else None
-        forward = torch.compile(model, mode=mode)
+        forward = torch.compile(model, mode=mode, dynamic=False if "static" in tokens else None)
     else:
         forward = model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True if "fused" in tokens else None)
@@ -98,7 +118,7 @@ def build(model_name, tokens, batch, device):
 def measure(variant: str, batch: int, steps: int, peak: float, device: torch.device) -> None:
     model_name, tokens, batch = parse(variant, batch)
     cuda = device.type == "cuda"
-    with attention_backend(tokens):
+    with attention_backend(tokens), earlier_forms(tokens):
         spec, step = build(model_name, tokens, batch, device)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -165,7 +185,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.dry_run:
-        MODELS["b16"] = MODELS["ti4"] = MODELS["ti4rel"] = MODELS["tiny"]
+        MODELS["b16"] = MODELS["ti4"] = MODELS["tiny"]
+        MODELS["ti4rel"] = {**MODELS["tiny"], "pos_embed": "relative"}
     name = device_name(device)
     peak, source = device_peak_flops(name, 1.0 if args.dry_run else None)
     spec = resolve_spec(dict(MODELS["b16"]))
