@@ -24,8 +24,9 @@ from torch import nn
 from vit_ablate.bench.settings import CORE_COMPONENTS, DEFAULT_COMPONENTS, ENV_COMPONENTS, ENV_ROUNDS, ENV_WARMUP, EXTRA_COMPONENTS, MFU_REFERENCE
 from vit_ablate.bench.table import Row, format_table
 from vit_ablate.bench.timing import Precision, make_optimizer, make_train_step, precision_of
-from vit_ablate.config import ConfigError, compile_mode, to_container
+from vit_ablate.config import ConfigError, to_container
 from vit_ablate.model import ViTSpec, resolve_spec
+from vit_ablate.training.module import compile_forward
 from vit_ablate.training.whole_step import WholeTrainStep
 
 __all__ = [
@@ -209,8 +210,7 @@ def model_train_step(ctx: BenchContext, model: nn.Module, images, labels, precis
     ``whole_graph``: the step of ``trainer.cuda_graph`` (forward to update captured as one CUDA graph)."""
     precision = precision or ctx.precision
     model = model.to(ctx.device, precision.param_dtype).train()
-    mode = compile_mode(ctx.cfg.trainer.compile if compile_model is None else compile_model)
-    forward = torch.compile(model, mode=mode) if mode is not None else model
+    forward = compile_forward(model, ctx.cfg.trainer.compile if compile_model is None else compile_model)
     optimizer = make_optimizer(model, ctx.cfg)
     if not whole_graph:
         return make_train_step(forward, optimizer, images, labels, precision, ctx.device)

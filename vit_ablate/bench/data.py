@@ -21,7 +21,8 @@ from vit_ablate.bench.context import BenchContext, BenchReport, seeded_model
 from vit_ablate.bench.settings import STANDIN_BYTES, TARGETS
 from vit_ablate.bench.table import Row
 from vit_ablate.bench.timing import Measured, StepTimer, interleaved, make_optimizer, make_train_step, paired_ratio
-from vit_ablate.config import compile_mode, to_container
+from vit_ablate.config import to_container
+from vit_ablate.training.module import compile_forward
 
 __all__ = ["section_data"]
 
@@ -134,8 +135,7 @@ def _feed(ctx: BenchContext, report: BenchReport, label: str, loader) -> Dict[st
     resident = next(stream)
     model = seeded_model(ctx, ctx.model_cfg).to(device, precision.param_dtype).train()
     optimizer = make_optimizer(model, ctx.cfg)
-    mode = compile_mode(ctx.cfg.trainer.compile)
-    forward = torch.compile(model, mode=mode) if mode is not None else model
+    forward = compile_forward(model, ctx.cfg.trainer.compile)
     # one model and one optimizer behind both candidates: they differ only in where the batch comes from
     fed = make_train_step(forward, optimizer, None, None, precision, device, batches=lambda: next(stream))
     fixed = make_train_step(forward, optimizer, *resident, precision, device)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from torch import nn
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from timm.data import Mixup
@@ -86,6 +87,18 @@ def optimizer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     return dict(opt=optim.name, lr=scaled_lr(cfg), weight_decay=optim.weight_decay, **extra)
 
 
+def compile_forward(model: nn.Module, setting: Any) -> Callable[..., torch.Tensor]:
+    """``model`` as trainer.compile asks (false: itself; true or a mode: ``torch.compile``d).
+
+    dynamic=False: a second shape is compiled again for that shape, never with symbolic sizes. With
+    automatic dynamic shapes, a ViT-B/16 compiled in a process that had compiled a ViT-Ti/4 before
+    was traced with symbolic image, head and head-width sizes, and Inductor (torch 2.11) failed on it
+    with an AssertionError in its Triton tiling analysis; with dynamic=False it compiled
+    (results/bench/gpu_whole_step)."""
+    mode = compile_mode(setting)
+    return torch.compile(model, mode=mode, dynamic=False) if mode else model
+
+
 class ViTModule(L.LightningModule):
     def __init__(self, config: Mapping[str, Any]):
         super().__init__()
@@ -98,8 +111,7 @@ class ViTModule(L.LightningModule):
         # images gave val/acc1 0.3745 inside fit and 0.3798 in test, where eager gives equal numbers, so
         # reported metrics stay out of the compiled path. Set with object.__setattr__ so that it is not
         # registered as a second submodule: checkpoints keep the model's own parameter names.
-        mode = compile_mode(cfg.trainer.compile)
-        object.__setattr__(self, "_train_forward", torch.compile(self.model, mode=mode) if mode else self.model)
+        object.__setattr__(self, "_train_forward", compile_forward(self.model, cfg.trainer.compile))
         # trainer.cuda_graph: the whole step (forward to optimizer update) is one replayed CUDA graph,
         # stepped through Lightning's manual optimization (whole_step.py)
         self.automatic_optimization = not cfg.trainer.cuda_graph
