@@ -174,3 +174,26 @@ def test_variant_and_overrides_resolve():
     assert (spec.dim, spec.depth, spec.heads, spec.mlp_dim, spec.patch_size) == (384, 12, 6, 1536, 16)
     spec = resolve_spec({"variant": "Ti/16", "patch_size": 4, "img_size": 32, "depth": 6})
     assert (spec.dim, spec.depth, spec.patch_size, spec.grid_side) == (192, 6, 4, 8)
+
+
+def test_the_patch_stem_is_the_stride_p_convolution_of_its_weights(tiny_model):
+    """The stem applies timm's conv weights as eq. 1's matrix to flattened patches: the same tokens
+    and the same weight gradient as the stride-P convolution, for a non-square grid of channels."""
+    torch.manual_seed(0)
+    model = build_model({**tiny_model(**SIZE), "stem": "patch"})
+    proj = model.stem.proj
+    images = torch.randn(3, 3, 16, 16)
+    tokens = model.stem(images)
+    reference = torch.nn.functional.conv2d(images, proj.weight, proj.bias, stride=4).flatten(2).transpose(1, 2)
+    assert tokens.shape == (3, 16, proj.out_channels)
+    assert torch.allclose(tokens, reference, atol=1e-5)
+    upstream = torch.randn_like(tokens)
+    (grad_ours,) = torch.autograd.grad((tokens * upstream).sum(), proj.weight)
+    reference = torch.nn.functional.conv2d(images, proj.weight, proj.bias, stride=4).flatten(2).transpose(1, 2)
+    (grad_conv,) = torch.autograd.grad((reference * upstream).sum(), proj.weight)
+    assert torch.allclose(grad_ours, grad_conv, atol=1e-4)
+    # the token order is raster order of the grid: token 1 is the patch right of token 0
+    one_patch = torch.zeros(1, 3, 16, 16)
+    one_patch[0, :, 0:4, 4:8] = 1.0
+    moved = model.stem(one_patch) - proj.bias
+    assert moved.abs().sum(-1).nonzero()[:, 1].tolist() == [1]

@@ -156,6 +156,19 @@ def test_compile_wraps_the_training_forward_only(fast_args):
     assert not any("_orig_mod" in k or "_train_forward" in k for k in compiled.state_dict())
 
 
+def test_every_compile_is_static_so_a_second_shape_is_never_traced_symbolically(monkeypatch):
+    """trainer.compile and the bench compile through compile_forward, with dynamic=False: a recompile
+    for another shape (a second model in the bench) is then a static one, which Inductor compiles,
+    where its automatic-dynamic form failed on ViT-B/16 (results/bench/gpu_whole_step)."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    model = torch.nn.Linear(2, 2)
+    assert module_lib.compile_forward(model, False) is model and not calls
+    for setting, mode in ((True, "default"), ("reduce-overhead", "reduce-overhead")):
+        module_lib.compile_forward(model, setting)
+        assert calls.pop() == {"mode": mode, "dynamic": False}
+
+
 @pytest.mark.slow
 def test_a_compiled_run_matches_an_eager_one(fast_args, tmp_path):
     """torch.compile (CPU inductor here) trains the same model: same checkpoint keys, metrics within
