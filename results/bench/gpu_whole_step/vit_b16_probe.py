@@ -14,6 +14,8 @@ VARIANTS is a comma-separated list of ``[MODEL:]TOKENS[@BATCH]``. MODEL is one o
   static     torch.compile(dynamic=False): no recompilation with symbolic shapes
   conv       the patch embedding as the stride-P conv (timm's), not the reshape and matmul of stems.py
   gather     the relative position table read by indexing (table[index]), not index_select
+  explicit   attention as softmax(q·kᵀ·scale + bias)·v in separate operations (the CPU's path for a
+             learned bias, and the one that records maps), not SDPA
   keep       no torch._dynamo.reset() after this variant (the next compiles on top of its state)
   profile    after timing, 3 more steps under torch.profiler: GPU time by kernel category (GEMM,
              attention, Triton-fused, optimizer/clip, other) and the 25 heaviest kernels
@@ -50,7 +52,7 @@ MODELS = {
     "ti4rel": {**_TI4, "pos_embed": "relative"},
     "tiny": {"variant": "Ti/16", "img_size": 32, "num_classes": 10},  # --dry-run's model on the CPU
 }
-TOKENS = {"eager", "compile", "graph", "fused", "ro", "autotune", "cudnn", "flash", "static", "conv", "gather", "keep", "profile"}
+TOKENS = {"eager", "compile", "graph", "fused", "ro", "autotune", "cudnn", "flash", "static", "conv", "gather", "explicit", "keep", "profile"}
 
 
 def parse(variant: str, batch: int):
@@ -96,6 +98,12 @@ def build(model_name, tokens, batch, device):
     model_cfg = MODELS[model_name]
     model = build_model(dict(model_cfg)).to(device).train()
     spec = resolve_spec(dict(model_cfg))
+    if "explicit" in tokens:
+        from vit_ablate.model.attention import Attention
+
+        for module in model.modules():
+            if isinstance(module, Attention):
+                module.record_attention = True  # its explicit path; the maps it keeps are a small extra
     if "compile" in tokens:
         mode = "reduce-overhead" if "ro" in tokens else "max-autotune-no-cudagraphs" if "autotune" in tokens else None
         forward = torch.compile(model, mode=mode, dynamic=False if "static" in tokens else None)
