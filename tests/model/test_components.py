@@ -178,7 +178,7 @@ def test_variant_and_overrides_resolve():
 
 def test_the_patch_stem_is_the_stride_p_convolution_of_its_weights(tiny_model):
     """The stem applies timm's conv weights as eq. 1's matrix to flattened patches: the same tokens
-    and the same weight gradient as the stride-P convolution, for a non-square grid of channels."""
+    and the same weight gradient as the stride-P convolution, in the grid's raster order."""
     torch.manual_seed(0)
     model = build_model({**tiny_model(**SIZE), "stem": "patch"})
     proj = model.stem.proj

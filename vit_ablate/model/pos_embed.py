@@ -406,8 +406,8 @@ class RelativeLogits(GridTable):
         # The embedding of each pair's offset, (T, T, head_dim), then one batched matmul with the
         # queries. Its backward adds into the small table once; gathering from the (B, h, T, offsets)
         # logits instead scatters back over the whole batch, 3× slower on a CPU.
-        # index_select: its backward is one index_add into the table; an indexing gather's backward
-        # sorts the indices first (on a GPU the slowest kernel of the relative step's backward).
+        # index_select: its backward is one index_add into the table, where an indexing gather's
+        # backward sorts the indices first (slow on a GPU: results/bench/gpu_whole_step).
         pairs = self.table.index_select(0, self.index.flatten()).unflatten(0, self.index.shape).to(q.dtype)
         return q, k, torch.einsum("bhid,ijd->bhij", q * scale, pairs)
 

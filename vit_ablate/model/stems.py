@@ -75,8 +75,8 @@ class PatchStem(Stem):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # A reshape and one matmul rather than the conv: the same numbers (the conv's weight read as
-        # a D × (C·P·P) matrix), and on a GPU no cuDNN layout conversions of the images, which took
-        # 5% of a compiled ViT-B/16 step on an H200 (results/bench/gpu_whole_step).
+        # a D × (C·P·P) matrix), without cuDNN's layout conversions of the images on a GPU
+        # (results/bench/gpu_whole_step).
         batch, chans, height, width = images.shape
         p = self.patch_size
         patches = images.reshape(batch, chans, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)

@@ -90,11 +90,9 @@ def optimizer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
 def compile_forward(model: nn.Module, setting: Any) -> Callable[..., torch.Tensor]:
     """``model`` as trainer.compile asks (false: itself; true or a mode: ``torch.compile``d).
 
-    dynamic=False: a second shape is compiled again for that shape, never with symbolic sizes. With
-    automatic dynamic shapes, a ViT-B/16 compiled in a process that had compiled a ViT-Ti/4 before
-    was traced with symbolic image, head and head-width sizes, and Inductor (torch 2.11) failed on it
-    with an AssertionError in its Triton tiling analysis; with dynamic=False it compiled
-    (results/bench/gpu_whole_step)."""
+    dynamic=False: a second shape (another model in the same process, as in the bench) is compiled
+    again for that shape, never with symbolic sizes; Inductor (torch 2.11) fails on ViT-B/16 traced
+    with symbolic sizes (results/bench/gpu_whole_step)."""
     mode = compile_mode(setting)
     return torch.compile(model, mode=mode, dynamic=False) if mode else model
 
