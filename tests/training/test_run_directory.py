@@ -310,6 +310,27 @@ def test_a_sweep_folder_with_only_its_train_log_is_accepted(tmp_path, monkeypatc
         check_run_dir(folder, cfg)
 
 
+def test_only_rank_0_judges_a_folder_that_torchrun_ranks_start_in_together(tmp_path, monkeypatch):
+    """Under torchrun every rank starts `train` at once. What another rank may see while rank 0 makes
+    the run folder (its checkpoints/ and a half-written config.yaml, no config.yaml yet) is not a
+    stranger's folder to that rank; rank 0, which sees the folder before it writes, still refuses one."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from vit_ablate import rundir
+    from vit_ablate.config import ConfigError
+    from vit_ablate.training.run import check_run_dir, resolve_run_dir
+
+    cfg = load_config(["experiments/quickstart.yaml"], [f"output_dir={tmp_path}", "name=ddp"])
+    run_dir = resolve_run_dir(cfg)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / f".{rundir.CONFIG_FILE}.tmp").write_text("model: {")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    check_run_dir(run_dir, cfg)  # no error
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    with pytest.raises(ConfigError, match="not a run directory"):
+        check_run_dir(run_dir, cfg)
+
+
 def test_a_finished_gap_run_of_before_0_2_is_not_taken_for_the_papers_gap(tmp_path):
     """vit_ablate 0.1 ran timm's mean-then-LayerNorm as pool=gap; its finished run is refused, not reused."""
     from vit_ablate import rundir

@@ -119,6 +119,11 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
         return
     if _sweep_managed():
         return  # the sweep engine made this folder (and its train.log) for this run
+    if rank_zero_only.rank != 0:
+        # torchrun starts every rank at once: rank 0 decides and makes the folder, and another rank
+        # looking now could see rank 0's first files before its config.yaml. A refusal by rank 0
+        # ends the others with it.
+        return
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {str(run_dir)!r} is a file; pick another `name=` (or output_dir=)")
     if run_dir.is_dir() and any(entry.name != rundir.LOCK_FILE for entry in os.scandir(run_dir)):
