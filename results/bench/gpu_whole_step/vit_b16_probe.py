@@ -55,10 +55,15 @@ MODELS = {
 TOKENS = {"eager", "compile", "graph", "fused", "ro", "autotune", "cudnn", "flash", "static", "conv", "gather", "explicit", "keep", "profile"}
 
 
-def parse(variant: str, batch: int):
+def split(variant: str):
+    """``[MODEL:]TOKENS[@BATCH]`` → (model or "", set of tokens, batch or "")."""
     model, _, rest = variant.rpartition(":")
     rest, _, at = rest.partition("@")
-    tokens = set(rest.split("+"))
+    return model, set(rest.split("+")), at
+
+
+def parse(variant: str, batch: int):
+    model, tokens, at = split(variant)
     unknown = tokens - TOKENS
     if unknown or (model and model not in MODELS):
         raise ValueError(f"{variant!r}: unknown {sorted(unknown) or model!r}; tokens {sorted(TOKENS)}, models {sorted(MODELS)}")
@@ -208,7 +213,7 @@ def main() -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        if "keep" not in variant.split("@")[0].rpartition(":")[2].split("+"):
+        if "keep" not in split(variant)[1]:
             torch._dynamo.reset()
 
 
