@@ -16,22 +16,11 @@ from typing import Dict, Optional
 
 import torch
 
+from vit_ablate import rundir
+
 TARGETS = ("timm", "hf")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def resolve_checkpoint(source: str | os.PathLike) -> Path:
-    """A ``.ckpt`` file as is; a run directory → its ``checkpoints/last.ckpt`` (the final weights)."""
-    path = Path(source)
-    if path.is_dir():
-        last = path / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(f"run directory {str(path)!r} has no checkpoints/last.ckpt")
-        return last
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is neither a run directory nor a checkpoint file")
-    return path
 
 
 def _save(tensors: Dict[str, torch.Tensor], config: Dict, out: Path) -> Path:
@@ -54,12 +43,9 @@ def export(source: str | os.PathLike, to: str, out: Optional[str | os.PathLike] 
         raise ValueError(f"--to {to!r} is not valid; choose one of {', '.join(TARGETS)}")
     from vit_ablate.analyze.checkpoint import load_checkpoint
 
-    checkpoint = resolve_checkpoint(source)
-    model = load_checkpoint(checkpoint).model
-    if out is None:
-        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-        out = run_dir / "export" / to
-    out = Path(out)
+    loaded = load_checkpoint(source)
+    model, checkpoint = loaded.model, loaded.path
+    out = Path(out) if out is not None else rundir.run_dir_of(checkpoint) / "export" / to
     if to == "timm":
         from vit_ablate.model.timm_interop import timm_kwargs, to_timm_state_dict
 

@@ -110,7 +110,8 @@ def load_checkpoint(
     data_root: Optional[str] = None,
     weights: str = "auto",
 ) -> LoadedCheckpoint:
-    """Rebuild the model of a ``vit-ablate train`` checkpoint on the CPU, in eval mode.
+    """Rebuild the model of a ``vit-ablate train`` checkpoint (or a run directory's last one) on the CPU,
+    in eval mode.
 
     ``weights``: ``"auto"`` uses the EMA weights when the checkpoint has them (what training evaluated
     with ``optim.ema``), else the trained ones; ``"model"`` or ``"ema"`` force one.
@@ -120,9 +121,7 @@ def load_checkpoint(
     """
     if weights not in ("auto", "model", "ema"):
         raise ValueError(f"weights={weights!r} is not valid; choose one of auto, model, ema")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    path = rundir.checkpoint_file(path)
     try:
         blob = load_torch_file(path)  # weights_only: nothing named in the file is run
     except UnsafeCheckpointError:
@@ -186,8 +185,4 @@ def load_checkpoint(
 
 def default_output_dir(checkpoint: str | os.PathLike) -> Path:
     """``<run_dir>/analysis`` for ``<run_dir>/checkpoints/x.ckpt``; otherwise ``analysis/`` beside the file."""
-    path = Path(checkpoint)
-    parent = path.parent
-    if parent.name == rundir.CHECKPOINT_DIR:
-        return parent.parent / "analysis"
-    return parent / "analysis"
+    return rundir.run_dir_of(checkpoint) / "analysis"

@@ -220,7 +220,7 @@ def run_analysis(
         raise ValueError(f"num_images={num_images} (--images) must be 0 or more")
     loaded = load_checkpoint(checkpoint, overrides=overrides, data_root=data, weights=weights)
     cfg, model = loaded.config, loaded.model
-    out_dir = Path(out) if out is not None else default_output_dir(checkpoint)
+    out_dir = Path(out) if out is not None else default_output_dir(loaded.path)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     label = _label(model)

@@ -5,15 +5,13 @@ status in ``result.json`` (written by training, or by the runner when the proces
 or was stopped by hyperband) and its attempts in ``train.log``, each framed by a line before its
 output (``==== sweep <sweep> <run> attempt N at <time> (pid P on <host>): <argv>``, written by the
 child itself before it executes the command) and one after it (``... ended: exit code C after S s``).
-``read_sweep`` joins the proposals with both.
+``vit_ablate.rundir`` reads both; ``read_sweep`` adds each run's metrics.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +19,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from vit_ablate import rundir
 from vit_ablate.io import finite_or_none
+from vit_ablate.rundir import log_tail, read_attempts  # noqa: F401  (the runner reads its attempts through here)
 
 MANIFEST = rundir.SWEEP_MANIFEST
 STATUSES = rundir.SWEEP_STATUSES
-_STARTED = re.compile(r"attempt \d+ at (\S+?)(?: \(pid (\d+)(?: on ([^)\s]+))?\))?: ")
-_ENDED = re.compile(r"ended: exit code (-?\d+|None) after ([\d.]+)s$")
 
 
 def now(timespec: str = "seconds") -> str:
@@ -42,59 +39,6 @@ def attempt_footer(sweep: str, run: str, exit_code: Optional[int], seconds: floa
     return f"==== sweep {sweep} {run} ended: exit code {exit_code} after {seconds:.1f}s\n"
 
 
-@dataclass
-class Attempt:
-    offset: int  # where its output starts in train.log
-    started_at: Optional[float] = None  # seconds since the epoch
-    pid: Optional[int] = None
-    host: Optional[str] = None
-    ended: bool = False  # false while it runs, and when the engine died during it
-    exit_code: Optional[int] = None
-    seconds: float = 0.0
-
-
-def _timestamp(text: str) -> Optional[float]:
-    try:
-        return _dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def read_attempts(log: Path, sweep: str, run: str) -> List[Attempt]:
-    """The attempts framed in a run's train.log (only the lines that start a frame are decoded)."""
-    prefix = f"==== sweep {sweep} {run} ".encode()
-    attempts: List[Attempt] = []
-    offset = 0
-    try:
-        with open(log, "rb") as handle:
-            for line in handle:
-                offset += len(line)
-                if not line.startswith(prefix):
-                    continue
-                rest = line[len(prefix):].decode(errors="replace").strip()
-                started, ended = _STARTED.match(rest), _ENDED.match(rest)
-                if rest.startswith("attempt "):
-                    attempts.append(Attempt(offset, _timestamp(started[1]) if started else None,
-                                            int(started[2]) if started and started[2] else None,
-                                            started[3] if started else None))
-                elif ended and attempts:
-                    attempts[-1].ended, attempts[-1].seconds = True, float(ended[2])
-                    attempts[-1].exit_code = None if ended[1] == "None" else int(ended[1])
-    except OSError:
-        pass
-    return attempts
-
-
-def log_tail(log: Path, offset: int = 0, lines: int = 30, chars: int = 4000) -> str:
-    try:
-        with open(log, "rb") as handle:
-            handle.seek(offset)
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])[-chars:]
-
-
 # ------------------------------------------------------------------------------------------ read back
 def result_metrics(result: Mapping[str, Any], metric: str) -> Dict[str, Any]:
     """The numbers of result.json's ``final`` and ``test``, and ``best/<metric>``; NaN as None."""
@@ -106,65 +50,23 @@ def result_metrics(result: Mapping[str, Any], metric: str) -> Dict[str, Any]:
     return finite_or_none(metrics)
 
 
+def _described(run: Dict[str, Any], metric: str) -> Dict[str, Any]:
+    for key in ("path", "config", "history", "reason"):
+        run.pop(key, None)
+    return {**run, "metrics": result_metrics(run.pop("result"), metric)}
+
+
 def describe_run(sweep_dir: Path, sweep: str, entry: Mapping[str, Any], metric: str) -> Dict[str, Any]:
-    """One proposal with what its run directory says became of it (see ``read_sweep``)."""
-    paths = rundir.RunDir(Path(sweep_dir) / entry["dir"])
-    attempts = read_attempts(paths.log, sweep, entry["name"])
-    result = rundir.read_result(paths.path) or {}
-    if attempts and not attempts[-1].ended and not _written_since(paths.result, attempts[-1].started_at):
-        result = {}  # an earlier attempt's, and the last one has not ended
-    if result.get("status"):
-        status = str(result["status"])
-    elif attempts and not attempts[-1].ended and _gone(attempts[-1]):
-        # no footer and no result: the engine died (else it would have written both), and so did the run
-        status = rundir.INTERRUPTED
-        result = {"error": f"its process (pid {attempts[-1].pid}) and the sweep engine ended without recording an "
-                           "outcome; rerunning the sweep resumes it"}
-    elif paths.path.is_dir():
-        status = rundir.RUNNING  # started, and nothing says it ended (a W&B agent's run may run elsewhere)
-    else:
-        status = rundir.PENDING
-    run = {**entry, "status": status, "error": result.get("error"), "metrics": result_metrics(result, metric),
-           "attempts": len(attempts), "exit_code": attempts[-1].exit_code if attempts else None,
-           "wall_time_s": round(sum(a.seconds for a in attempts), 1) if attempts else result.get("wall_time_s")}
-    if attempts and status not in rundir.FINAL_STATUSES:
-        run["log_tail"] = log_tail(paths.log, attempts[-1].offset)
-    if status == rundir.RUNNING:
-        run["pid"] = attempts[-1].pid if attempts else None
-    return run
-
-
-def _gone(attempt: Attempt) -> bool:
-    """Whether the attempt's process is known to have ended: it ran on this host and its pid is free.
-    (A pid taken again by another process reads as alive: the run then still shows as running.)"""
-    if attempt.pid is None or attempt.host != socket.gethostname():
-        return False
-    try:
-        os.kill(attempt.pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, another user's
-        return False
-    return False
-
-
-def _written_since(path: Path, started_at: Optional[float]) -> bool:
-    try:
-        return started_at is None or path.stat().st_mtime >= started_at
-    except OSError:
-        return False
+    """One proposal with what its run directory says became of it (``rundir.read_run``) and its metrics."""
+    return _described(rundir.read_run(Path(sweep_dir) / entry["dir"], sweep, entry), metric)
 
 
 def read_sweep(sweep_dir: str | os.PathLike) -> List[Dict[str, Any]]:
-    """Every proposal of ``<sweep_dir>/sweep.json`` (name, dir, params, ...) with ``status`` (its
-    result.json's; ``running`` while an attempt has not ended, ``pending`` before the first),
-    ``error``, ``metrics``, ``attempts``, ``exit_code`` (of the last attempt), ``wall_time_s`` (of all
-    attempts), ``log_tail`` (the last attempt's output, unless the run finished) and ``pid``
-    (while it runs)."""
-    sweep_dir = Path(sweep_dir)
-    manifest = json.loads((sweep_dir / MANIFEST).read_text())
+    """Every proposal of ``<sweep_dir>/sweep.json`` (name, dir, params, ...) with ``status``, ``error``,
+    ``metrics``, ``attempts``, ``exit_code``, ``wall_time_s``, ``log_tail`` and ``pid`` (``rundir.read_sweep``)."""
+    manifest, runs = rundir.read_sweep(sweep_dir)
     metric = ((manifest.get("config") or {}).get("metric") or {}).get("name", "val/acc1")
-    return [describe_run(sweep_dir, str(manifest.get("sweep")), entry, metric) for entry in manifest.get("runs") or []]
+    return [_described(run, metric) for run in runs]
 
 
 # -------------------------------------------------------------------------------------------- summary
