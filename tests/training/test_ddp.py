@@ -153,7 +153,7 @@ def test_a_torchrun_run_end_to_end_validates_as_one_process_would(tiny, tmp_path
 
 def test_sync_batchnorm_is_chosen_for_multi_gpu_ddp_only():
     from vit_ablate.config import load_config
-    from vit_ablate.training.run import Placement, use_sync_batchnorm
+    from vit_ablate.training.trainer import Placement, use_sync_batchnorm
 
     cfg = load_config(overrides=["model.stem=conv"])
     assert use_sync_batchnorm(cfg, Placement(devices=2, cuda=True))

@@ -15,7 +15,8 @@ import torch
 
 from vit_ablate.config import ConfigError, load_config
 from vit_ablate.training import module as module_lib
-from vit_ablate.training.run import plan_batches, resolve_devices, train
+from vit_ablate.training.run import train
+from vit_ablate.training.trainer import plan_batches, resolve_devices
 
 
 def _cfg(args, *extra):
@@ -190,7 +191,7 @@ def test_step_loss_reaches_the_logger_on_its_logging_steps(fast_args, tmp_path):
     for name, extra in (("steplog", []), ("steplog_whole", ["trainer.cuda_graph=true"])):
         result = train(_cfg(fast_args, f"name={name}", "trainer.max_epochs=1", "logging.csv=true", "trainer.log_every_n_steps=4", *extra))
         assert result["status"] == "completed"
-        rows = list(csv.DictReader((tmp_path / name / "logs" / "metrics.csv").open()))
+        rows = list(csv.DictReader((tmp_path / name / "logs" / "version_0" / "metrics.csv").open()))
         logged[name] = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
         assert sorted(logged[name]) == [3, 7, 11, 15]  # 16 steps an epoch (1024 / 64), every 4th
         assert all(value > 0 for value in logged[name].values())

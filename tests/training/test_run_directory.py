@@ -46,14 +46,10 @@ def _tree(root: Path):
 KILL_AT_RESULT = textwrap.dedent(
     """
     import os, signal, sys
-    from pathlib import Path
-    import vit_ablate.training.run as run
-    real = run.atomic_write_json
-    def write(path, data):
-        if Path(path).name == "result.json":
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(path, data)
-    run.atomic_write_json = write
+    from vit_ablate import rundir
+    def write(run_dir, data):
+        os.kill(os.getpid(), signal.SIGKILL)
+    rundir.write_result = write
     from vit_ablate.cli import main
     sys.exit(main(["train", *sys.argv[1:]]))
     """
@@ -221,7 +217,7 @@ def test_a_diverged_run_writes_strict_json_with_null_and_the_reason(fast_args, t
 
     monkeypatch.setattr(module_lib.ViTModule, "training_step", poisoned)
     # check every step and validate on the poisoned weights: NaN reaches val/loss
-    monkeypatch.setattr("vit_ablate.training.run.DivergenceCallback.__init__.__defaults__", (1,))
+    monkeypatch.setattr("vit_ablate.training.callbacks.DivergenceCallback.__init__.__defaults__", (1,))
     result = train(_cfg(fast_args, "name=nan", "trainer.max_epochs=3"))
     on_disk = _strict(tmp_path / "nan" / "result.json")
     assert on_disk["status"] == "diverged" and "non-finite loss by step" in on_disk["error"]
@@ -249,25 +245,6 @@ def test_off_a_terminal_the_log_has_one_line_per_epoch_and_a_cpu_trains_in_fp32(
     assert all("val/acc1" in line and "img/s" in line for line in epochs)
     assert "trainer.precision=bf16-mixed is for GPUs" in text and "uses 32-true" in text
     assert _strict(tmp_path / "logged" / "result.json")["precision"] == "32-true"
-
-
-def test_lightnings_step_log_is_continued_on_resume_not_deleted(tmp_path):
-    from vit_ablate.training.callbacks import KeptCSVLogger
-
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    rows = [{"epoch": e, "step": s, "train/loss": 1.0 / (s + 1), "val/acc1": ""} for e, s in ((0, 3), (0, 7), (1, 11), (1, 15), (2, 19))]
-    with open(logs / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["epoch", "step", "train/loss", "val/acc1"])
-        writer.writeheader()
-        writer.writerows(rows)
-    logger = KeptCSVLogger(save_dir=str(tmp_path), name="logs", version="")
-    logger.keep_epochs_before(2)  # resuming at epoch 2: its partial rows are trained again
-    logger.log_metrics({"train/loss": 0.05, "epoch": 2}, step=19)
-    logger.save()
-    kept = list(csv.DictReader(open(logs / "metrics.csv")))
-    assert [(int(r["epoch"]), int(r["step"])) for r in kept] == [(0, 3), (0, 7), (1, 11), (1, 15), (2, 19)]
-    assert float(kept[-1]["train/loss"]) == 0.05 and float(kept[0]["train/loss"]) == 0.25
 
 
 def test_a_full_disk_during_training_records_failed_naming_the_file(fast_args, tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ the weights) and names the run directory, where the summary goes (``init_summary
 from __future__ import annotations
 
 import math
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -31,36 +31,14 @@ from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 from vit_ablate.config import ConfigError, compile_mode, from_container, to_container
 from vit_ablate.model import build_model
 from vit_ablate.registry import Registry
+from vit_ablate.training.callbacks import log
 from vit_ablate.training.whole_step import ReplayingOptimizer, WholeTrainStep
 
+# Linear warmup from 0, then the decay that optim.schedule names (paper Table 3: cosine; Beyer et al. 2022)
 SCHEDULES: Registry = Registry("optim.schedule")
-
-
-@SCHEDULES.register("cosine")
-def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float):
-    """Linear warmup then cosine decay to ``min_lr`` (paper Table 3; Beyer et al. 2022)."""
-    return CosineLRScheduler(
-        optimizer, t_initial=total_steps, lr_min=min_lr, warmup_t=warmup_steps, warmup_lr_init=0.0,
-        warmup_prefix=True, t_in_epochs=False,
-    )
-
-
-@SCHEDULES.register("linear")
-def linear_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float):
-    """Linear warmup then linear decay to ``min_lr``."""
-    return PolyLRScheduler(
-        optimizer, t_initial=total_steps, power=1.0, lr_min=min_lr, warmup_t=warmup_steps, warmup_lr_init=0.0,
-        warmup_prefix=True, t_in_epochs=False,
-    )
-
-
-@SCHEDULES.register("constant")
-def constant_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float):
-    """Linear warmup then a constant rate."""
-    return PolyLRScheduler(
-        optimizer, t_initial=total_steps, power=0.0, warmup_t=warmup_steps, warmup_lr_init=0.0,
-        warmup_prefix=True, t_in_epochs=False,
-    )
+SCHEDULES.register("cosine")(partial(CosineLRScheduler))
+SCHEDULES.register("linear")(partial(PolyLRScheduler, power=1.0))
+SCHEDULES.register("constant")(partial(PolyLRScheduler, power=0.0))
 
 
 LR_SCALE_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -152,7 +130,7 @@ class ViTModule(L.LightningModule):
         if self.ema is not None:
             self.ema.set(self.model)
         if run_dir is not None:
-            print(f"[vit-ablate] {summary.describe()}", file=sys.stderr, flush=True)
+            log(summary.describe())
             write_summary(summary, run_dir)
         return summary
 
@@ -275,7 +253,10 @@ class ViTModule(L.LightningModule):
                 f"rate never reaches optim.lr={optim.lr:g} and no decay follows; shorten optim.warmup_steps or optim.warmup_epochs"
             )
         warmup = min(warmup, total)
-        scheduler = SCHEDULES.get(optim.schedule)(optimizer, max(1, total - warmup), warmup, optim.min_lr)
+        scheduler = SCHEDULES.get(optim.schedule)(
+            optimizer, t_initial=max(1, total - warmup), lr_min=optim.min_lr, warmup_t=warmup, warmup_lr_init=0.0,
+            warmup_prefix=True, t_in_epochs=False,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:

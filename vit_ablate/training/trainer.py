@@ -1,22 +1,119 @@
-"""The one place a Lightning ``Trainer`` is built from a run config (training and ``vit-ablate bench``).
+"""The one place a Lightning ``Trainer`` is built from a run config: devices, batch plan, precision,
+strategy, threads, loggers, callbacks and limits. ``run_trainer`` builds a training run's;
+``build_trainer`` takes its callbacks and loggers from the caller (``vit-ablate bench``).
 
-Both callers get the same gradient clipping (paper Table 3: global norm 1), determinism, logging
+Every Trainer gets the same gradient clipping (paper Table 3: global norm 1), determinism, logging
 cadence and the settings our data modules rely on (no sanity validation, no Lightning sampler: the
-data modules shard themselves without padding); each adds its own callbacks, loggers and limits.
+data modules shard themselves without padding).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, List, Sequence, Tuple
 
 import lightning as L
-from omegaconf import DictConfig
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import DictConfig, ListConfig
+
+from vit_ablate import rundir
+from vit_ablate.config import ConfigError, check_batches, config_digest, to_container
+from vit_ablate.training.callbacks import (AtomicCheckpointIO, DivergenceCallback, EpochRecorder, EpochSeeding,
+                                           RankRecord, log)
+
+
+@dataclass
+class BatchPlan:
+    world_size: int
+    per_device: int
+    micro_batch: int
+    accumulation: int
+
+    def describe(self, global_batch: int) -> str:
+        return (f"global batch {global_batch} = {self.world_size} device(s) × {self.micro_batch} per device"
+                f" × {self.accumulation} accumulation step(s)")
+
+
+def plan_batches(cfg: DictConfig, world_size: int) -> BatchPlan:
+    """The per-device batch and gradient accumulation from the global ``data.batch_size``
+    (``config.check_batches`` names what does not divide, with the nearest values that do)."""
+    check_batches(cfg, world_size)
+    per_device = cfg.data.batch_size // world_size
+    micro = min(cfg.data.micro_batch_size or per_device, per_device)
+    return BatchPlan(world_size, per_device, micro, per_device // micro)
+
+
+@dataclass
+class Placement:
+    devices: int  # processes per node
+    cuda: bool
+
+
+def resolve_devices(cfg: DictConfig) -> Placement:
+    """How many processes per node Lightning starts for ``trainer.devices``, and on what, through the
+    accelerators' public static interface; ``auto`` takes a TPU, else MPS, else CUDA, else the CPU, and
+    ``gpu`` MPS, else CUDA (the Trainer's order)."""
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator, XLAAccelerator
+
+    accelerators = {"tpu": XLAAccelerator, "mps": MPSAccelerator, "cuda": CUDAAccelerator, "cpu": CPUAccelerator}
+    name = str(cfg.trainer.accelerator)
+    if name in ("auto", "gpu"):
+        available = [n for n in ("tpu", "mps", "cuda") if (name == "auto" or n != "tpu") and accelerators[n].is_available()]
+        name = available[0] if available else ("cpu" if name == "auto" else "cuda")
+    accelerator = accelerators[name]
+    if not accelerator.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator!r}: no {name} device on this machine (use trainer.accelerator=cpu or auto)")
+    devices = cfg.trainer.devices
+    devices = list(devices) if isinstance(devices, ListConfig) else devices
+    try:
+        parallel = accelerator.get_parallel_devices(accelerator.parse_devices(accelerator.auto_device_count() if devices == "auto" else devices))
+    except Exception as error:  # Lightning's MisconfigurationException names the devices it lacks
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices!r} on {name}: {error}") from None
+    return Placement(max(len(parallel), 1), name == "cuda")
+
+
+def use_sync_batchnorm(cfg: DictConfig, placement: Placement) -> bool:
+    """SyncBatchNorm for the conv stem under multi-GPU DDP (torch supports it on CUDA only)."""
+    return bool(cfg.trainer.sync_batchnorm and placement.devices * cfg.trainer.num_nodes > 1 and placement.cuda)
+
+
+def use_free_cores() -> None:
+    """Intra-op threads for the cores that are free (cores minus the 1-minute load average, at least 1):
+    OpenMP threads that wait on a busy core spin. OMP_NUM_THREADS, set by the user or by the sweep for
+    each of its workers, is left as it is, and so are multi-process runs (Lightning's launcher divides
+    the cores among them)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = max(1, round(cores - load))
+    torch.set_num_threads(threads)
+    log(f"using {threads} threads: {cores} cores, load {load:.2f}")
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and a deprecation warning it raises inside torch's pytree on
+    every run: they say nothing about the run."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_not_a_tip)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def build_trainer(cfg: DictConfig, root_dir: str | Path, callbacks: Sequence[Any], loggers: Sequence[Any], **overrides: Any) -> L.Trainer:
     """A Trainer for ``cfg``; ``overrides`` replace single Trainer arguments (a benchmark's step count,
     a resolved strategy or precision)."""
+    _quiet_lightning()
     trainer = cfg.trainer
     arguments = dict(
         default_root_dir=str(root_dir),
@@ -42,8 +139,64 @@ def build_trainer(cfg: DictConfig, root_dir: str | Path, callbacks: Sequence[Any
         logger=list(loggers) or False,
         callbacks=list(callbacks),
     )
-    unknown = set(overrides) - set(arguments) - {"strategy", "sync_batchnorm", "accumulate_grad_batches", "plugins"}
-    if unknown:
-        raise TypeError(f"build_trainer: unknown Trainer arguments {sorted(unknown)}")
-    arguments.update(overrides)
-    return L.Trainer(**arguments)
+    return L.Trainer(**{**arguments, **overrides})
+
+
+def _loggers(cfg: DictConfig, run_dir: Path) -> List[Any]:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    loggers: List[Any] = []
+    if cfg.logging.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    if cfg.logging.wandb:
+        # Lightning creates the wandb run on rank 0 only; id = the run directory's name so a resumed run
+        # continues the same wandb run (inside a W&B sweep the agent's run id)
+        loggers.append(WandbLogger(
+            project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, group=cfg.logging.wandb_group,
+            name=run_dir.name, id=os.environ.get("WANDB_RUN_ID") or run_dir.name, resume="allow",
+            save_dir=str(run_dir), config=to_container(cfg),
+        ))
+    if cfg.logging.csv:
+        # the per-step log; metrics.csv holds one row per epoch. Each attempt of a resumed run writes its
+        # own logs/version_N (Lightning's CSV writer deletes an existing file it starts in).
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs"))
+    return loggers
+
+
+def run_trainer(cfg: DictConfig, run_dir: Path, *callbacks: Callback) -> Tuple[L.Trainer, BatchPlan]:
+    """The Trainer of a training run in ``run_dir`` (nothing is written until it fits) and its batch plan.
+
+    Checkpoints: ``last`` after every epoch (what a rerun resumes from) and ``best`` by val/acc1
+    (ModelCheckpoint's own save_last saves only when the monitored metric improved).
+    """
+    placement = resolve_devices(cfg)
+    plan = plan_batches(cfg, placement.devices * cfg.trainer.num_nodes)
+    precision = str(cfg.trainer.precision)
+    if not placement.cuda and precision not in ("32-true", "32", "64-true"):
+        # CPU autocast runs the matmuls in bf16 emulation, slower than fp32
+        log(f"trainer.precision={precision} is for GPUs; on the CPU it trains slower than fp32, so this run "
+            "uses 32-true (recorded in result.json as precision)")
+        precision = "32-true"
+    if placement.devices == 1:
+        use_free_cores()
+    strategy = cfg.trainer.strategy
+    if strategy == "ddp" or (strategy == "auto" and plan.world_size > 1):
+        strategy = DDPStrategy(**cfg.trainer.ddp)
+    # off a terminal (SLURM, nohup, CI) a progress bar writes a carriage-return update per step into
+    # the log file: one line per epoch instead
+    progress_bar = bool(cfg.trainer.progress_bar) and sys.stdout.isatty()
+    paths = rundir.RunDir(run_dir)
+    checkpoints = [
+        ModelCheckpoint(dirpath=paths.checkpoints, filename=Path(rundir.LAST_CHECKPOINT).stem, monitor=None,
+                        enable_version_counter=False),
+        ModelCheckpoint(dirpath=paths.checkpoints, filename=Path(rundir.BEST_CHECKPOINT).stem, monitor="val/acc1",
+                        mode="max", auto_insert_metric_name=False, enable_version_counter=False),
+    ]
+    callbacks = [*callbacks, EpochSeeding(cfg.seed), DivergenceCallback(), RankRecord(run_dir, config_digest(cfg)),
+                 EpochRecorder(paths.metrics, announce=not progress_bar), *checkpoints]
+    trainer = build_trainer(
+        cfg, run_dir, callbacks, _loggers(cfg, run_dir), strategy=strategy, precision=precision,
+        sync_batchnorm=use_sync_batchnorm(cfg, placement), accumulate_grad_batches=plan.accumulation,
+        enable_progress_bar=progress_bar, plugins=[AtomicCheckpointIO()],
+    )
+    return trainer, plan
