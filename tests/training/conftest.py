@@ -16,3 +16,10 @@ FAST = [
 @pytest.fixture
 def fast_args(tmp_path, tiny_model):
     return [*FAST, *tiny_model.overrides(), f"output_dir={tmp_path}"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """Runs compared with each other, in this process or another, sum in the same order (and one thread
+    is the fastest for these tiny models on a shared CPU); subprocesses inherit it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")

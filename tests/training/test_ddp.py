@@ -75,12 +75,8 @@ def _train_here(tiny, tmp_path, name, *extra):
     from vit_ablate.config import load_config
     from vit_ablate.training.run import train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the two-process side's OMP_NUM_THREADS=1: the same summation order
-    try:
-        result = train(load_config([tiny[0]], [*tiny[1:], f"output_dir={tmp_path}", f"name={name}", "trainer.devices=1", *extra]))
-    finally:
-        torch.set_num_threads(threads)
+    # one thread (tests/training/conftest.py), as the two-process side's OMP_NUM_THREADS=1: the same summation order
+    result = train(load_config([tiny[0]], [*tiny[1:], f"output_dir={tmp_path}", f"name={name}", "trainer.devices=1", *extra]))
     assert result["status"] == "completed", result
     return result
 

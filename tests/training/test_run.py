@@ -197,3 +197,20 @@ def test_step_loss_reaches_the_logger_on_its_logging_steps(fast_args, tmp_path):
         assert all(value > 0 for value in logged[name].values())
     for step, value in logged["steplog"].items():
         assert logged["steplog_whole"][step] == pytest.approx(value, abs=1e-6), step
+
+
+def test_a_lone_run_takes_the_free_cores_unless_omp_num_threads_says_otherwise(monkeypatch, capsys):
+    from vit_ablate.training import trainer
+
+    chosen = []
+    monkeypatch.setattr(trainer.torch, "set_num_threads", chosen.append)
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    for load, threads in ((5.4, 3), (0.3, 8), (12.0, 1)):
+        monkeypatch.setattr(trainer.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        trainer.use_free_cores()
+        assert chosen.pop() == threads
+        assert f"[vit-ablate] using {threads} threads: 8 cores, load {load:.2f}" in capsys.readouterr().err
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # set by the user, or by the sweep for each worker
+    trainer.use_free_cores()
+    assert chosen == [2] and "using 2 threads: OMP_NUM_THREADS=2" in capsys.readouterr().err

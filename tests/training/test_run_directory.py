@@ -188,7 +188,7 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path, capsys):
     (folder / "result.json").write_text("{}")
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
     code = main(["train", "experiments/quickstart.yaml", f"output_dir={tmp_path}", "name=notes"])
-    assert code == 2 and "is not a run directory (it has files but no config.yaml)" in capsys.readouterr().err
+    assert code == 2 and "is not a run directory (a file, or a folder with files but no config.yaml)" in capsys.readouterr().err
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
 
 

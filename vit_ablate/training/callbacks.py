@@ -77,17 +77,17 @@ COLUMNS = ["epoch", "step", "train/loss", "val/loss", "val/acc1", "val/acc5", "l
 
 
 class EpochRecorder(Checkpoint):
-    """Appends one row per epoch to ``metrics.csv`` and measures training throughput (validation time
-    excluded). A ``Checkpoint`` only so that Lightning calls it, like ModelCheckpoint, after the module
-    logged its epoch-end metrics. On a resume the rows of epochs trained again are dropped first.
+    """Appends one row per epoch to ``metrics.csv`` and measures training throughput (from an epoch's
+    start to its last training batch: validation excluded). A ``Checkpoint`` only so that Lightning calls
+    it, like ModelCheckpoint, after the module logged its epoch-end metrics. On a resume the rows of
+    epochs trained again are dropped first.
     """
 
     def __init__(self, path: Path, announce: bool = False):
         self.path = Path(path)
         self.announce = announce  # one log line per epoch (off a terminal, where no progress bar is shown)
         self.rows: List[Dict[str, object]] = []
-        self._time_offset = self._fit_start = self._epoch_start = self._val_start = 0.0
-        self._train_time = self._epoch_val_time = 0.0
+        self._time_offset = self._fit_start = self._epoch_start = self._last_batch_end = self._train_time = 0.0
         self._samples = self._epoch_samples = 0
 
     def restore(self, current_epoch: int) -> None:
@@ -108,20 +108,16 @@ class EpochRecorder(Checkpoint):
             self._write()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start, self._epoch_samples, self._epoch_val_time = time.perf_counter(), 0, 0.0
+        self._epoch_start = self._last_batch_end = time.perf_counter()
+        self._epoch_samples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._epoch_samples += int(batch[0].shape[0]) * trainer.world_size
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._val_start = time.perf_counter()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._epoch_val_time += time.perf_counter() - self._val_start
+        self._last_batch_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         now = time.perf_counter()
-        train_time = now - self._epoch_start - self._epoch_val_time
+        train_time = self._last_batch_end - self._epoch_start
         self._train_time += train_time
         self._samples += self._epoch_samples
         metrics = trainer.callback_metrics

@@ -2,10 +2,6 @@
 
 It knows nothing of where batches come from. Its only hyperparameter is the resolved run config, so a
 checkpoint rebuilds its own model (``ViTModule.load_from_checkpoint(path, weights_only=True)``).
-
-With ``init.path`` the model starts from trained weights (model/transfer.py, paper §3.2):
-``apply_init`` loads them; the run driver calls it for a fresh run (a resumed run's checkpoint holds
-the weights) and names the run directory, where the summary goes (``init_summary.json``).
 """
 
 from __future__ import annotations
@@ -45,10 +41,7 @@ LR_SCALE_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
 
 def scaled_lr(cfg: DictConfig) -> float:
-    """``optim.lr`` rescaled to the global batch only when ``optim.lr_scale_rule`` asks for it.
-
-    The global batch never depends on the device count, so neither does the learning rate.
-    """
+    """``optim.lr`` rescaled to the global batch (never to the device count) when ``optim.lr_scale_rule`` asks."""
     exponent = LR_SCALE_RULES[cfg.optim.lr_scale_rule]
     return float(cfg.optim.lr) * (cfg.data.batch_size / cfg.optim.lr_base_batch) ** exponent
 
@@ -66,11 +59,9 @@ def optimizer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
 
 
 def compile_forward(model: nn.Module, setting: Any) -> Callable[..., torch.Tensor]:
-    """``model`` as trainer.compile asks (false: itself; true or a mode: ``torch.compile``d).
-
-    dynamic=False: a second shape (another model in the same process, as in the bench) is compiled
-    again for that shape, never with symbolic sizes; Inductor (torch 2.11) fails on ViT-B/16 traced
-    with symbolic sizes (results/bench/gpu_whole_step)."""
+    """``model`` as trainer.compile asks (false: itself; true or a mode: ``torch.compile``d). dynamic=False:
+    a second shape is compiled again, never with symbolic sizes, on which Inductor fails for ViT-B/16
+    (results/bench/gpu_whole_step)."""
     mode = compile_mode(setting)
     return torch.compile(model, mode=mode, dynamic=False) if mode else model
 
@@ -82,44 +73,34 @@ class ViTModule(L.LightningModule):
         self.save_hyperparameters({"config": to_container(cfg)})
         self.cfg = cfg
         self.model = build_model(cfg.model)
-        # trainer.compile compiles the training step's forward only; evaluation runs eager. On an H100
-        # with mode="reduce-overhead" (CUDA graphs) a compiled evaluation of the same weights on the same
-        # images gave val/acc1 0.3745 inside fit and 0.3798 in test, where eager gives equal numbers, so
-        # reported metrics stay out of the compiled path. Set with object.__setattr__ so that it is not
-        # registered as a second submodule: checkpoints keep the model's own parameter names.
+        # trainer.compile compiles the training forward only: a compiled evaluation (reduce-overhead, H100)
+        # gave other val/acc1 inside fit than in test on the same weights, so reported metrics stay eager.
+        # object.__setattr__: not a second submodule, so checkpoints keep the model's own parameter names.
         object.__setattr__(self, "_train_forward", compile_forward(self.model, cfg.trainer.compile))
-        # trainer.cuda_graph: the whole step (forward to optimizer update) is one replayed CUDA graph,
-        # stepped through Lightning's manual optimization (whole_step.py)
+        # trainer.cuda_graph: the whole step is one replayed CUDA graph, under manual optimization (whole_step.py)
         self.automatic_optimization = not cfg.trainer.cuda_graph
         self._whole_step: Optional[WholeTrainStep] = None
-        # An exponential moving average of the weights (timm); when on, it is what gets evaluated.
+        # timm's exponential moving average of the weights; when on, it is what gets evaluated
         self.ema = ModelEmaV3(self.model, decay=cfg.optim.ema_decay) if cfg.optim.ema else None
 
-        num_classes = cfg.model.num_classes
-        aug = cfg.augment
+        num_classes, aug = cfg.model.num_classes, cfg.augment
         self.mixup: Optional[Mixup] = None
-        if aug.mixup > 0 or aug.cutmix > 0:
-            # timm's Mixup folds label smoothing into the soft targets it returns.
-            self.mixup = Mixup(
-                mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.label_smoothing, num_classes=num_classes
-            )
+        if aug.mixup > 0 or aug.cutmix > 0:  # timm's Mixup folds label smoothing into its soft targets
+            self.mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.label_smoothing, num_classes=num_classes)
             self.soft_loss = SoftTargetCrossEntropy()
-        top5 = min(5, num_classes)
         for stage in ("val", "test"):
             setattr(self, f"{stage}_acc1", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1, average="micro"))
-            setattr(self, f"{stage}_acc5", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
-            # nan_strategy="disable": the default inspects every update on the host (a device sync per
-            # step); a non-finite evaluation loss stays visible as nan, and training losses are
-            # screened on the device below.
+            setattr(self, f"{stage}_acc5", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"))
+            # nan_strategy="disable": the default checks every update on the host (a sync per step); a
+            # non-finite evaluation loss stays visible as nan, training losses are screened on the device
             setattr(self, f"{stage}_loss", torchmetrics.MeanMetric(nan_strategy="disable"))
         self.train_loss = torchmetrics.MeanMetric(nan_strategy="disable")
-        # non-finite losses are counted on the device and inspected by DivergenceCallback without a
-        # host sync every step
+        # counted on the device, read by DivergenceCallback without a host sync every step
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False)
 
-    # ------------------------------------------------------------------------------- init.path
     def apply_init(self, run_dir: Optional[Path] = None):
-        """Initialise the model (and its EMA) from ``init.path``; print the summary and save it in ``run_dir``."""
+        """Initialise the model (and its EMA) from ``init.path`` (model/transfer.py, paper §3.2); print the
+        summary and save it in ``run_dir`` as ``init_summary.json``."""
         from vit_ablate.model.transfer import apply_init, write_summary
 
         init = self.cfg.init
@@ -134,7 +115,6 @@ class ViTModule(L.LightningModule):
             write_summary(summary, run_dir)
         return summary
 
-    # ------------------------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
@@ -171,24 +151,20 @@ class ViTModule(L.LightningModule):
         return loss
 
     def _log_this_step(self) -> bool:
-        """Whether a per-step ``self.log`` can reach anyone: a progress bar, or a logger on one of its
-        ``log_every_n_steps`` steps. Why ask: each call costs ~1 ms of host time (Lightning moves its
-        result objects every time), the whole GPU step of a small ViT, and the epoch's mean training
-        loss is accumulated on the device regardless."""
+        """Whether a per-step ``self.log`` reaches anyone (a progress bar, or a logger on one of its
+        ``log_every_n_steps`` steps): each call costs ~1 ms of host time, a small ViT's whole GPU step."""
         try:
             trainer = self.trainer
         except RuntimeError:  # not attached to a Trainer (a bare forward in a test or a notebook)
             return False
         if trainer.progress_bar_callback is not None:
             return True
-        # Lightning's own rule for a logging step, from public attributes: before the optimizer step,
-        # global_step counts the steps done, so this is its "(batches that stepped + 1) % n == 0"
+        # Lightning's rule for a logging step: before the optimizer step global_step counts the steps done
         return (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.should_stop
 
     def on_train_start(self) -> None:
-        # A checkpoint keeps its optimizer's "capturable" flag: an eager run resumed from a whole-step
-        # run's checkpoint (on a CPU, where capturable updates cannot run) updates on the host again;
-        # WholeTrainStep sets the flag back when it captures.
+        # a checkpoint keeps its optimizer's "capturable" flag: an eager run resumed from a whole-step run's
+        # checkpoint updates on the host again (WholeTrainStep sets the flag when it captures)
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
                 if "capturable" in group:
@@ -215,8 +191,7 @@ class ViTModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def _log_epoch(self, stage: str) -> None:
-        # torchmetrics all-reduce their sums across ranks in compute(): every sample counted once
-        # (the evaluation loaders shard without padding), identical values on every rank.
+        # torchmetrics all-reduce across ranks in compute(): every sample counted once (no padding)
         for name in ("acc1", "acc5", "loss"):
             metric = getattr(self, f"{stage}_{name}")
             self.log(f"{stage}/{name}", metric.compute(), prog_bar=(name == "acc1"), sync_dist=False, rank_zero_only=False)
@@ -233,25 +208,17 @@ class ViTModule(L.LightningModule):
         self.train_loss.reset()
         self.log("lr", self.optimizers().param_groups[0]["lr"])
 
-    # ------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         optim = self.cfg.optim
-        # timm excludes model.no_weight_decay() (position tables, class token) and every bias and
-        # norm parameter from weight decay.
+        # timm exempts model.no_weight_decay() (position tables, class token), biases and norms from decay
         optimizer = create_optimizer_v2(self.model, **optimizer_kwargs(self.cfg))
         if not self.automatic_optimization:
             optimizer = ReplayingOptimizer(optimizer)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1) if self.trainer.max_steps in (-1, None) else None
-        warmup = optim.warmup_steps
-        if warmup == 0 and optim.warmup_epochs > 0:
-            per_epoch = steps_per_epoch or total / max(1, self.trainer.max_epochs or 1)
-            warmup = int(math.ceil(optim.warmup_epochs * per_epoch))
+        warmup = optim.warmup_steps or math.ceil(optim.warmup_epochs * total / max(1, self.trainer.max_epochs or 1))
         if warmup >= total:
-            rank_zero_warn(
-                f"the warmup ({warmup} steps) is at least as long as the run ({total} steps): the learning "
-                f"rate never reaches optim.lr={optim.lr:g} and no decay follows; shorten optim.warmup_steps or optim.warmup_epochs"
-            )
+            rank_zero_warn(f"the warmup ({warmup} steps) is at least as long as the run ({total} steps): the learning rate "
+                           f"never reaches optim.lr={optim.lr:g} and no decay follows; shorten optim.warmup_steps or optim.warmup_epochs")
         warmup = min(warmup, total)
         scheduler = SCHEDULES.get(optim.schedule)(
             optimizer, t_initial=max(1, total - warmup), lr_min=optim.min_lr, warmup_t=warmup, warmup_lr_init=0.0,

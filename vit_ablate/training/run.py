@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import vit_ablate
 from vit_ablate import rundir
@@ -68,7 +68,11 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     but no ``config.yaml``: a ``name=`` that points at someone's folder). Writes nothing."""
     paths = rundir.RunDir(run_dir)
     if paths.config.exists():
-        saved = from_container(OmegaConf.to_container(OmegaConf.load(paths.config)), validate=False)
+        try:
+            saved = from_container(rundir.load_yaml(rundir.read_text(paths.config)), validate=False)
+        except rundir.READ_ERRORS as exc:
+            raise ConfigError(f"run directory {str(run_dir)!r} holds an unreadable {rundir.CONFIG_FILE} "
+                              f"({rundir.why(exc)}); pick another `name=` (or output_dir=)") from None
         if experiment_digest(saved) != experiment_digest(cfg):
             raise ConfigError(f"run directory {str(run_dir)!r} already holds a run of a different configuration; "
                               "pick another `name=` (or output_dir=) instead of overwriting it")
@@ -83,10 +87,8 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     # starts at once and only rank 0, which makes the folder, judges it (a refusal ends the others too)
     if os.environ.get(rundir.RUN_DIR_ENV) or _wandb_sweep_run() or rank_zero_only.rank != 0:
         return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run directory {str(run_dir)!r} is a file; pick another `name=` (or output_dir=)")
-    if run_dir.is_dir() and any(entry.name != rundir.LOCK_FILE for entry in os.scandir(run_dir)):
-        raise ConfigError(f"{str(run_dir)!r} exists and is not a run directory (it has files but no "
+    if run_dir.exists() and (not run_dir.is_dir() or any(e.name != rundir.LOCK_FILE for e in os.scandir(run_dir))):
+        raise ConfigError(f"{str(run_dir)!r} exists and is not a run directory (a file, or a folder with files but no "
                           f"{rundir.CONFIG_FILE}); nothing was written there: pick another `name=` (or output_dir=)")
 
 
@@ -244,7 +246,11 @@ def _fit(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, datamodule, sigterm
                     outputs = trainer.test(module, datamodule=datamodule, verbose=False)
                     outcome["test"] = {k: float(v) for k, v in (outputs[0] if outputs else {}).items()}
                 if cfg.evaluate.fewshot:
-                    outcome["fewshot"] = _fewshot(cfg, module, datamodule)
+                    from vit_ablate.analyze.fewshot import fewshot_from_datamodule
+
+                    evaluated = module.ema.module if module.ema is not None else module.model  # what validation measured
+                    outcome["fewshot"] = fewshot_from_datamodule(evaluated, datamodule, shots=list(cfg.evaluate.fewshot_shots),
+                                                                 draws=cfg.evaluate.fewshot_draws, seed=cfg.seed, device=module.device)
     except (KeyboardInterrupt, SystemExit, SIGTERMException) as exc:
         # Ctrl-C (Lightning turns it into SystemExit), SIGTERM from a scheduler: recorded, resumed later
         status = rundir.INTERRUPTED
@@ -276,14 +282,6 @@ def _fit(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, datamodule, sigterm
 
 def _last_validation(rows: List[Dict[str, Any]]) -> Dict[str, float]:
     return {k: float(rows[-1][k]) for k in FINAL_KEYS if rows[-1].get(k) not in ("", None)} if rows else {}
-
-
-def _fewshot(cfg: DictConfig, module: ViTModule, datamodule) -> Dict[str, float]:
-    from vit_ablate.analyze.fewshot import fewshot_from_datamodule
-
-    evaluated = module.ema.module if module.ema is not None else module.model  # what validation measured
-    return fewshot_from_datamodule(evaluated, datamodule, shots=list(cfg.evaluate.fewshot_shots),
-                                   draws=cfg.evaluate.fewshot_draws, seed=cfg.seed, device=module.device)
 
 
 def _result(cfg, trainer, recorder: EpochRecorder, status, error, final, outcome, started, revision) -> Dict[str, Any]:

@@ -85,17 +85,18 @@ def use_sync_batchnorm(cfg: DictConfig, placement: Placement) -> bool:
 
 
 def use_free_cores() -> None:
-    """Intra-op threads for the cores that are free (cores minus the 1-minute load average, at least 1):
-    OpenMP threads that wait on a busy core spin. OMP_NUM_THREADS, set by the user or by the sweep for
-    each of its workers, is left as it is, and so are multi-process runs (Lightning's launcher divides
-    the cores among them)."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads = max(1, round(cores - load))
+    """Intra-op threads: OMP_NUM_THREADS where the user or the sweep (a share for each worker) set it,
+    else the free cores (cores minus the 1-minute load average, at least 1): a lone run must not
+    oversubscribe a busy machine, where OpenMP threads waiting on a taken core spin."""
+    given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if given.isdigit() and int(given) > 0:
+        threads, why = int(given), f"OMP_NUM_THREADS={given}"
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        threads, why = max(1, round(cores - load)), f"{cores} cores, load {load:.2f}"
     torch.set_num_threads(threads)
-    log(f"using {threads} threads: {cores} cores, load {load:.2f}")
+    log(f"using {threads} threads: {why}")
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
@@ -114,30 +115,17 @@ def build_trainer(cfg: DictConfig, root_dir: str | Path, callbacks: Sequence[Any
     """A Trainer for ``cfg``; ``overrides`` replace single Trainer arguments (a benchmark's step count,
     a resolved strategy or precision)."""
     _quiet_lightning()
-    trainer = cfg.trainer
+    t = cfg.trainer
     arguments = dict(
-        default_root_dir=str(root_dir),
-        max_epochs=trainer.max_epochs if trainer.max_epochs > 0 else -1,
-        max_steps=trainer.max_steps,
-        accelerator=trainer.accelerator,
-        devices=trainer.devices,
-        num_nodes=trainer.num_nodes,
-        precision=trainer.precision,
+        default_root_dir=str(root_dir), max_epochs=t.max_epochs if t.max_epochs > 0 else -1, max_steps=t.max_steps,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, precision=t.precision,
         # with trainer.cuda_graph the clipping is inside the captured step (Lightning clips only in
         # automatic optimization)
-        gradient_clip_val=None if trainer.cuda_graph else cfg.optim.grad_clip,
-        gradient_clip_algorithm="norm",
-        deterministic=trainer.deterministic,
-        limit_train_batches=trainer.limit_train_batches,
-        limit_val_batches=trainer.limit_val_batches,
-        check_val_every_n_epoch=trainer.check_val_every_n_epoch,
-        log_every_n_steps=trainer.log_every_n_steps,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        logger=list(loggers) or False,
-        callbacks=list(callbacks),
+        gradient_clip_val=None if t.cuda_graph else cfg.optim.grad_clip, gradient_clip_algorithm="norm",
+        deterministic=t.deterministic, limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        check_val_every_n_epoch=t.check_val_every_n_epoch, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
+        logger=list(loggers) or False, callbacks=list(callbacks),
     )
     return L.Trainer(**{**arguments, **overrides})
 
@@ -177,7 +165,7 @@ def run_trainer(cfg: DictConfig, run_dir: Path, *callbacks: Callback) -> Tuple[L
         log(f"trainer.precision={precision} is for GPUs; on the CPU it trains slower than fp32, so this run "
             "uses 32-true (recorded in result.json as precision)")
         precision = "32-true"
-    if placement.devices == 1:
+    if placement.devices == 1:  # several processes: Lightning's launcher divides the cores among them
         use_free_cores()
     strategy = cfg.trainer.strategy
     if strategy == "ddp" or (strategy == "auto" and plan.world_size > 1):

@@ -1,27 +1,16 @@
-"""The whole training step — forward, loss, backward, gradient clipping, optimizer update — as one
-callable that a CUDA device captures once as a CUDA graph and then replays (``trainer.cuda_graph``).
+"""The whole training step (forward, loss, backward, clipping, optimizer update) as one callable that a
+CUDA device captures once as a CUDA graph and then replays (``trainer.cuda_graph``); off CUDA it runs
+eagerly, so its arithmetic and Lightning plumbing are tested anywhere.
 
-Why: a small ViT's step on a GPU is bound by the host. ViT-Ti/4 at batch 128 on an H100 launches about
-830 kernels per step for about 6.5 ms of GPU work (results/bench/h100_step_profile.txt); a graph replay
-launches them all with one call. ``torch.compile(mode="reduce-overhead")`` graphs the forward and the
-backward only; here the loss and the optimizer's update are inside the graph too.
-
-Off CUDA (a CPU) the same step runs eagerly, operation for operation, so its arithmetic and its
-Lightning plumbing are tested anywhere.
-
-What a captured graph requires, and how this module provides it (PyTorch's "CUDA Graphs" notes):
-- static inputs: each call copies the batch into buffers captured once (training drops the last,
-  short batch, so every batch has one shape);
-- an optimizer that updates on the device without reading values back: ``capturable=True`` (Adam,
-  AdamW) and the learning rate as a device tensor, refilled from the param group before each replay,
-  so the host-side schedule (timm's) keeps driving it;
-- gradients allocated inside the capture: they are set to None first and the captured backward
-  writes (does not accumulate) them on each replay;
-- autocast without its weight-cast cache while capturing, or a cast cached earlier would be baked in;
-- warm-up iterations on a side stream before capture (lazy state, cuDNN choices, torch.compile's own
-  compilation). They change the weights, buffers and optimizer state, so those are restored after the
-  capture: the first replay is the run's first update. Optimizer state created by the warm-up restarts
-  at zero, its value before a first update for Adam and AdamW.
+Why: a small ViT's GPU step is bound by the host (ViT-Ti/4, batch 128, H100: ~830 kernel launches for
+~6.5 ms of work, results/bench/h100_step_profile.txt); ``torch.compile(mode="reduce-overhead")`` graphs
+forward and backward only. What capture requires (PyTorch's "CUDA Graphs" notes), and how it is met:
+static inputs (each batch is copied into buffers; training drops the short last batch); an optimizer
+that updates on the device (``capturable=True``, the learning rate a device tensor refilled from the
+param group before each replay, so timm's host-side schedule still drives it); gradients allocated
+inside the capture; autocast without its weight-cast cache; warm-up iterations on a side stream,
+whose changes to weights, buffers and optimizer state are undone, so the first replay is the run's
+first update.
 """
 
 from __future__ import annotations
@@ -37,11 +26,10 @@ from torch import Tensor, nn
 class WholeTrainStep:
     """``step(images, targets) -> loss`` (detached): one full optimizer update on the batch.
 
-    ``forward`` maps images to logits (the model, or its ``torch.compile``d form); ``model`` owns the
-    parameters and buffers; ``loss_fn(logits, targets)`` is the training loss. Mixed precision follows
-    the autocast context the call is made in (Lightning's precision plugin, or the caller's own).
-    After a capture the gradients live in the graph's memory: a ``zero_grad(set_to_none=True)`` by
-    someone else (Lightning's, before validation) leaves ``p.grad`` None, and the replays still train.
+    ``forward`` maps images to logits (the model, or its compiled form); ``model`` owns the parameters
+    and buffers. Mixed precision follows the caller's autocast context. After a capture the gradients
+    live in the graph's memory: another ``zero_grad(set_to_none=True)`` leaves ``p.grad`` None, and the
+    replays still train.
     """
 
     def __init__(
@@ -87,7 +75,6 @@ class WholeTrainStep:
         self.graph.replay()
         return self._static_loss.clone()
 
-    # ------------------------------------------------------------------------------------------
     def _parameters(self) -> List[Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
@@ -141,12 +128,8 @@ class WholeTrainStep:
             for p in self._parameters():
                 before = saved_state.get(p, {})
                 for key, value in self.optimizer.state.get(p, {}).items():
-                    if not isinstance(value, Tensor):
-                        continue
-                    if key in before:
-                        value.copy_(before[key])
-                    else:
-                        value.zero_()
+                    if isinstance(value, Tensor):  # state the warm-up created restarts at zero (Adam's start)
+                        value.copy_(before[key]) if key in before else value.zero_()
 
     def _warm_up_and_capture(self, images: Tensor, targets: Tensor, device: torch.device) -> None:
         autocast = _capture_safe_autocast(device)
@@ -178,14 +161,9 @@ def _capture_safe_autocast(device: torch.device):
 
 
 class ReplayingOptimizer(torch.optim.Optimizer):
-    """What Lightning steps when the update happens inside :class:`WholeTrainStep`.
-
-    Lightning (manual optimization) calls ``step(closure)``; here that runs the closure — the whole
-    step, whose update the wrapped optimizer already made — so Lightning still counts the step, runs
-    its hooks and checkpoints the wrapped optimizer's state. Param groups and state are the wrapped
-    optimizer's own (a learning-rate schedule built on this object drives the wrapped one), in the
-    manner of timm's Lookahead.
-    """
+    """What Lightning steps when the update happens inside :class:`WholeTrainStep`: ``step(closure)`` runs
+    the whole step, so Lightning still counts it, runs its hooks and checkpoints the wrapped optimizer's
+    state. Param groups and state are the wrapped optimizer's own (as timm's Lookahead)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):  # no super().__init__: nothing of its own to hold
         self.optimizer = optimizer
@@ -212,6 +190,3 @@ class ReplayingOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict) -> None:
         self.optimizer.load_state_dict(state_dict)
-
-    def __repr__(self) -> str:
-        return f"ReplayingOptimizer({self.optimizer!r})"
