@@ -14,15 +14,14 @@ import sys
 import time
 from typing import Any, Dict, List
 
-from vit_ablate.bench.context import BenchContext, BenchReport
-from vit_ablate.bench.table import Row
+from vit_ablate.bench.context import Bench, Row
 from vit_ablate.config import to_container
 
 __all__ = ["section_startup", "measure_startup", "STAGES"]
 
 STAGES = ("imports", "config", "data", "first_batch")
 
-# Runs in the child: seconds since its first line for each stage, as one JSON line on stdout.
+# Runs in the child: seconds since its first line at the end of each stage, as one JSON line on stdout.
 _CHILD = r"""
 import json, sys, time
 started = time.perf_counter()
@@ -45,29 +44,24 @@ print(json.dumps({name: at - started for name, at in marks.items()}))
 
 
 def measure_startup(cfg_container: Dict[str, Any], runs: int = 2, timeout: float = 600.0) -> List[Dict[str, float]]:
-    """One dict per fresh process: the seconds at which each stage ended (since the child's first
-    line) and ``process_s``, the wall time of the whole process as the parent saw it."""
+    """One dict per fresh process: the seconds at which each stage ended, and ``process_s``, the wall
+    time of the whole process as the parent saw it."""
     results = []
     for _ in range(runs):
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg_container)], capture_output=True, text=True,
-                              timeout=timeout)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"the start-up child failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
-        marks = json.loads(done.stdout.strip().splitlines()[-1])
-        results.append({**marks, "process_s": elapsed})
+        child = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg_container)], capture_output=True, text=True,
+                               timeout=timeout)
+        if child.returncode != 0:
+            raise RuntimeError(f"the start-up child failed: {(child.stderr.strip().splitlines() or [child.returncode])[-1]}")
+        results.append({**json.loads(child.stdout.strip().splitlines()[-1]), "process_s": time.perf_counter() - started})
     return results
 
 
-def section_startup(ctx: BenchContext, report: BenchReport) -> None:
-    ctx.log("startup: two fresh processes to the first training batch")
-    starts = measure_startup(to_container(ctx.cfg))
-    report.results["startup"] = {"starts": starts, "stages": list(STAGES)}
-    for index, marks in enumerate(starts):
-        previous, parts = 0.0, []
-        for stage in STAGES:
-            parts.append(f"{stage} {marks[stage] - previous:.1f}")
-            previous = marks[stage]
-        label = "first start" if index == 0 else "later start"
-        report.rows.append(Row("startup", f"{label}: {', '.join(parts)} s to the first batch; the process {marks['process_s']:.1f} s"))
+def section_startup(bench: Bench) -> None:
+    bench.log("startup: two fresh processes to the first training batch")
+    starts = measure_startup(to_container(bench.cfg))
+    bench.results["startup"] = {"starts": starts, "stages": list(STAGES)}
+    for label, marks in zip(("first start", "later start"), starts):
+        parts = [f"{stage} {marks[stage] - (marks[before] if before else 0.0):.1f}"
+                 for before, stage in zip((None,) + STAGES, STAGES)]
+        bench.rows.append(Row("startup", f"{label}: {', '.join(parts)} s to the first batch; the process {marks['process_s']:.1f} s"))

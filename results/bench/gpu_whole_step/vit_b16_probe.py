@@ -37,17 +37,15 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from vit_ablate.bench.env import device_name
-from vit_ablate.bench.flops import device_peak_flops, vit_flops
-from vit_ablate.bench.settings import MFU_REFERENCE
-from vit_ablate.bench.timing import StepTimer
+from vit_ablate.bench.flops import count_model_flops, device_peak_flops
+from vit_ablate.bench.timing import timed
 from vit_ablate.model import build_model, resolve_spec
 from vit_ablate.training.whole_step import WholeTrainStep
 
 VARIANTS = ("eager", "compile", "graph", "compile+graph")
 _TI4 = {"variant": "Ti/4", "img_size": 32, "num_classes": 10, "drop_path": 0.1}  # experiments/cifar10_vit_ti4.yaml
 MODELS = {
-    "b16": dict(MFU_REFERENCE),
+    "b16": {"variant": "B/16", "img_size": 224, "num_classes": 1000},
     "ti4": _TI4,
     "ti4rel": {**_TI4, "pos_embed": "relative"},
     "tiny": {"variant": "Ti/16", "img_size": 32, "num_classes": 10},  # --dry-run's model on the CPU
@@ -141,14 +139,14 @@ def measure(variant: str, batch: int, steps: int, peak: float, device: torch.dev
         if cuda:
             torch.cuda.synchronize()
         warm = time.perf_counter() - started
-        with StepTimer(device) as timer:
-            for _ in range(steps):
-                loss = step()
+        losses = []
+        seconds = timed(device, lambda: losses.append(step()), steps)
+        loss = losses[-1]
         if "profile" in tokens:
             print_profile(variant, step, device)
-    img_s = steps * batch / timer.seconds
-    flops = vit_flops(spec, training=True)
-    print(f"{variant:24s} batch {batch}: {img_s:8.1f} img/s, {timer.seconds / steps * 1e3:7.2f} ms/step, "
+    img_s = steps * batch / seconds
+    flops = count_model_flops(MODELS[model_name], training=True)
+    print(f"{variant:24s} batch {batch}: {img_s:8.1f} img/s, {seconds / steps * 1e3:7.2f} ms/step, "
           f"MFU {img_s * flops / peak:.1%}, warm-up {warm:.1f} s, peak memory "
           f"{torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan'):.1f} GiB, loss {float(loss):.4f}", flush=True)
 
@@ -200,10 +198,9 @@ def main() -> None:
     if args.dry_run:
         MODELS["b16"] = MODELS["ti4"] = MODELS["tiny"]
         MODELS["ti4rel"] = {**MODELS["tiny"], "pos_embed": "relative"}
-    name = device_name(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak, source = device_peak_flops(name, 1.0 if args.dry_run else None)
-    spec = resolve_spec(dict(MODELS["b16"]))
-    print(f"{name}; peak {peak / 1e12:.0f} TFLOP/s ({source}); b16: {vit_flops(spec, training=True) / 1e9:.1f} GFLOP per training image; "
+    print(f"{name}; peak {peak / 1e12:.0f} TFLOP/s ({source}); b16: {count_model_flops(MODELS['b16'], training=True) / 1e9:.1f} GFLOP per training image; "
           f"torch {torch.__version__}", flush=True)
     for variant in args.only.split(","):
         try:
