@@ -90,22 +90,20 @@ class EpochRecorder(Checkpoint):
         self._time_offset = self._fit_start = self._epoch_start = self._last_batch_end = self._train_time = 0.0
         self._samples = self._epoch_samples = 0
 
-    def restore(self, current_epoch: int) -> None:
-        """The rows of the epochs before ``current_epoch``. Lightning skips ``on_train_start`` when it
-        resumes from the final epoch's checkpoint: the run driver then calls this itself."""
+    def _restore(self, current_epoch: int) -> None:
         with open(self.path, newline="") if self.path.exists() else io.StringIO() as handle:
             self.rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) < current_epoch]
         self._time_offset = float(self.rows[-1]["time_s"]) if self.rows else 0.0
 
-    @property
-    def started(self) -> bool:
-        return self._fit_start > 0
-
     def on_train_start(self, trainer, pl_module) -> None:
-        self.restore(trainer.current_epoch)
+        self._restore(trainer.current_epoch)
         self._fit_start = time.perf_counter()
         if trainer.is_global_zero:
             self._write()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not self._fit_start:  # resumed from the final epoch's checkpoint: Lightning skipped on_train_start
+            self._restore(trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._last_batch_end = time.perf_counter()

@@ -102,13 +102,9 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def finished_result(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The ``result.json`` of a run that is not to be run again, else None. A ``completed`` result
-    without final metrics (left by a version that lost them) is rebuilt, not kept."""
+    """The ``result.json`` of a run that is not to be run again, else None."""
     previous = rundir.read_result(run_dir)
     if previous is None or previous.get("status") not in rundir.FINAL_STATUSES:
-        return None
-    if previous["status"] == rundir.COMPLETED and not previous.get("final") and previous.get("epochs", 0) == 0:
-        log(f"{rundir.RunDir(run_dir).result} says completed but holds no final metrics: rebuilding it from the run's checkpoint")
         return None
     log(f"{run_dir} already finished ({previous['status']}); nothing to do")
     return previous
@@ -168,19 +164,6 @@ def open_data(cfg: DictConfig):
     return datamodule
 
 
-def check_init_source(cfg: DictConfig, run_dir: Path) -> None:
-    """``init.path`` fits the model (every tensor present, resampled or excluded), checked before the run
-    directory exists. A run that resumes from its own checkpoint does not read ``init.path`` again."""
-    if not cfg.init.path or resume_checkpoint(run_dir) is not None:
-        return
-    from vit_ablate.model.transfer import check_init
-
-    try:
-        check_init(cfg.model, cfg.init.path, cfg.init.format, list(cfg.init.exclude))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def storage_problem(exc: BaseException) -> Optional[str]:
     """One line for a full, read-only or unwritable disk, naming the file; None for other errors."""
     if isinstance(exc, StorageError) or (isinstance(exc, OSError) and exc.errno in (
@@ -206,32 +189,37 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     sigterm = SigtermGuard()
     trainer, plan = run_trainer(cfg, run_dir, sigterm)
     datamodule.per_device_batch_size = plan.micro_batch
-    check_init_source(cfg, run_dir)
+    module = ViTModule(cfg)
+    # every rank loads init.path (a source that does not fit is refused before the run directory exists);
+    # a run that resumes from its own checkpoint does not read it again
+    init = module.apply_init() if cfg.init.path and resume_checkpoint(run_dir) is None else None
     with sigterm, run_lock(run_dir):  # a SIGTERM from here on stops the run with its outcome recorded
         prepare_run_dir(run_dir, cfg)
         if (previous := finished_result(run_dir)) is not None:  # finished while we waited for the lock
             return previous
         log(f"run directory {run_dir}")
-        log(plan.describe(cfg.data.batch_size) + f"; lr {scaled_lr(cfg):g} (optim.lr_scale_rule={cfg.optim.lr_scale_rule})")
-        return _fit(cfg, run_dir, trainer, datamodule, sigterm)
+        log(f"global batch {cfg.data.batch_size} = {plan.world_size} device(s) × {plan.micro_batch} per device × "
+            f"{plan.accumulation} accumulation step(s); lr {scaled_lr(cfg):g} (optim.lr_scale_rule={cfg.optim.lr_scale_rule})")
+        return _fit(cfg, run_dir, trainer, module, datamodule, sigterm, init)
 
 
-def _fit(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, datamodule, sigterm: SigtermGuard) -> Dict[str, Any]:
-    module = ViTModule(cfg)
+def _fit(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, module: ViTModule, datamodule, sigterm: SigtermGuard,
+         init) -> Dict[str, Any]:
     recorder = next(c for c in trainer.callbacks if isinstance(c, EpochRecorder))
     divergence = next(c for c in trainer.callbacks if isinstance(c, DivergenceCallback))
     resume = resume_checkpoint(run_dir)
     if resume:
-        log(f"resuming from {resume}")  # the checkpoint holds the weights: init.path is not read again
-    elif cfg.init.path:
-        module.apply_init(run_dir if rank_zero_only.rank == 0 else None)  # every rank loads; rank 0 reports
-    status, error, final, outcome = rundir.COMPLETED, None, None, {}
+        log(f"resuming from {resume}")  # the checkpoint holds the weights
+    elif init is not None and rank_zero_only.rank == 0:
+        from vit_ablate.model.transfer import write_summary
+
+        log(init.describe())
+        write_summary(init, run_dir)
+    status, error, final, outcome, failure, problem = rundir.COMPLETED, None, None, {}, None, None
     started, revision = time.time(), git_revision()  # the code that started the run, even if the checkout changes
     try:
         with sigterm.trainer_calls(trainer):
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-            if not recorder.started:  # resumed from the final epoch's checkpoint: nothing left to train
-                recorder.restore(trainer.current_epoch)
             if divergence.diverged_at is not None:
                 status, error = rundir.DIVERGED, f"non-finite loss by step {divergence.diverged_at}"
             else:
@@ -258,17 +246,15 @@ def _fit(cfg: DictConfig, run_dir: Path, trainer: L.Trainer, datamodule, sigterm
     except Exception as exc:  # recorded, then re-raised for the exit code
         if isinstance(exc, ConfigError):
             raise
-        problem = storage_problem(exc)
-        result = _result(cfg, trainer, recorder, rundir.FAILED, problem or "".join(traceback.format_exception(exc))[-4000:],
-                         final, outcome, started, revision)
-        _record(trainer, run_dir, result)
-        if problem is None:
-            raise
-        log(f"failed: {problem}")  # a full or read-only disk: the message says it all, no traceback
-        return result
+        status, failure, problem = rundir.FAILED, exc, storage_problem(exc)
+        error = problem or "".join(traceback.format_exception(exc))[-4000:]
     result = _result(cfg, trainer, recorder, status, error, final, outcome, started, revision)
     _record(trainer, run_dir, result)
-    if status == rundir.INTERRUPTED:
+    if failure is not None:
+        if problem is None:
+            raise failure
+        log(f"failed: {problem}")  # a full or read-only disk: the message says it all, no traceback
+    elif status == rundir.INTERRUPTED:
         if trainer.is_global_zero and trainer.progress_bar_callback is not None:
             print(file=sys.stderr)  # end the progress bar's line
         log(f"interrupted ({error}) after {result['epochs']} epoch(s), step {result['global_step']}: "

@@ -1,10 +1,8 @@
 """The one place a Lightning ``Trainer`` is built from a run config: devices, batch plan, precision,
-strategy, threads, loggers, callbacks and limits. ``run_trainer`` builds a training run's;
-``build_trainer`` takes its callbacks and loggers from the caller (``vit-ablate bench``).
-
-Every Trainer gets the same gradient clipping (paper Table 3: global norm 1), determinism, logging
-cadence and the settings our data modules rely on (no sanity validation, no Lightning sampler: the
-data modules shard themselves without padding).
+strategy, threads, loggers, callbacks and limits (``run_trainer``; ``vit-ablate bench`` brings its own
+callbacks and loggers to ``build_trainer``). Every Trainer gets the same gradient clipping (paper
+Table 3: global norm 1), determinism, logging cadence and what our data modules rely on (no sanity
+validation, no Lightning sampler: they shard themselves without padding).
 """
 
 from __future__ import annotations
@@ -35,10 +33,6 @@ class BatchPlan:
     per_device: int
     micro_batch: int
     accumulation: int
-
-    def describe(self, global_batch: int) -> str:
-        return (f"global batch {global_batch} = {self.world_size} device(s) × {self.micro_batch} per device"
-                f" × {self.accumulation} accumulation step(s)")
 
 
 def plan_batches(cfg: DictConfig, world_size: int) -> BatchPlan:
@@ -103,18 +97,14 @@ def _not_a_tip(record: logging.LogRecord) -> bool:
     return not str(record.getMessage()).startswith("💡 Tip")
 
 
-def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tips and a deprecation warning it raises inside torch's pytree on
-    every run: they say nothing about the run."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_not_a_tip)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-
-
 def build_trainer(cfg: DictConfig, root_dir: str | Path, callbacks: Sequence[Any], loggers: Sequence[Any], **overrides: Any) -> L.Trainer:
     """A Trainer for ``cfg``; ``overrides`` replace single Trainer arguments (a benchmark's step count,
     a resolved strategy or precision)."""
-    _quiet_lightning()
+    # Lightning's advertising tips and a deprecation warning it raises inside torch's pytree on every
+    # run say nothing about the run
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_not_a_tip)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     t = cfg.trainer
     arguments = dict(
         default_root_dir=str(root_dir), max_epochs=t.max_epochs if t.max_epochs > 0 else -1, max_steps=t.max_steps,
