@@ -34,14 +34,25 @@ def test_primary_paired_reproduced_and_equivalence_secondary(sweep_dir: Path):
     assert primary.p == pytest.approx(scipy_stats.ttest_rel([0.74, 0.75, 0.73], [0.80, 0.82, 0.81]).pvalue)
     assert primary.p_perm == 0.25
     assert "**Verdict: reproduced.**" in report.markdown
-    # The primary is not in the Holm family: the table says "primary" for it, and Holm runs over the
-    # 2d comparison and the equivalence (m = 2).
-    assert report.analysis.family_size == 2
+    # The primary is not in the Holm family: the table says "primary" for it. The 2d row is the declared
+    # equivalence's comparison, so the family holds it once (m = 1), with its TOST's one adjusted p.
+    assert report.analysis.family_size == 1
     assert "| model.pos_embed=none | 3 of 4 | 74.00 | 1.00 | [71.52, 76.48] | -7.00 | [-9.48, -4.52] | 0.00673 | 0.25 | primary |" in report.markdown
     equivalence = report.analysis.secondary[0]
-    # 2d − 1d: +1, 0, +1 points; TOST against ±2 points: p = 0.0286, Holm ×2 → 0.0572 ≥ 0.05.
-    assert equivalence.p == pytest.approx(0.0286, abs=1e-4) and equivalence.p_holm == pytest.approx(0.0572, abs=2e-4)
-    assert equivalence.verdict == "inconclusive at n = 3"
+    # 2d − 1d: +1, 0, +1 points; TOST against ±2 points: p = 0.0286 < 0.05, alone in the family.
+    assert equivalence.p == pytest.approx(0.0286, abs=1e-4) and equivalence.p_holm == equivalence.p
+    assert equivalence.verdict == "equivalent within ±0.02"
+    assert "| model.pos_embed=2d | 3 of 4 | 81.67 | 0.58 | [80.23, 83.10] | +0.67 | [-0.77, +2.10] | 0.184 | 0.5 | 0.0286 (TOST) |" in report.markdown
+    assert "→ equivalent within ±2.00 points" in report.markdown and "model.pos_embed=2d vs 1d" not in report.markdown
+    assert len([v for v in report.verdicts if "model.pos_embed=2d" in v]) == 1
+
+    # A family of the declared secondaries only: a group's comparison with the baseline is descriptive.
+    _declare(sweep_dir, "# primary: paired model.pos_embed=2d vs model.pos_embed=1d\n# holm: secondary\n")
+    report = run_report([str(sweep_dir)])
+    assert report.analysis.family_size == 0
+    assert "| 0.00673 | 0.25 | — |" in report.markdown
+    assert "model.pos_embed=none vs 1d: descriptive, not in the Holm family (difference -7.00 points" in report.markdown
+    assert "One Holm family (declared on line 2 of" in report.markdown
 
 
 def test_primary_inconclusive_states_the_power_for_the_papers_effect(tmp_path: Path):
@@ -125,7 +136,7 @@ def test_fisher_on_divergence(tmp_path: Path):
     # 4 of 4 diverged vs 0 of 4: Fisher's two-sided p = 2 / C(8, 4) = 2/70.
     assert r.counts == (4, 4, 0, 4) and r.p == pytest.approx(2 / 70) and r.verdict == "reproduced"
     # The declared baseline is the paper's pre-LN, not the alphabetically first "post".
-    assert report.analysis.baseline.label == "model.norm=pre"
+    assert report.analysis.baseline == "model.norm=pre"
     assert "baseline group `model.norm=pre` (the paper's choice, declared on the sweep file's # baseline: line)" in report.markdown
 
 
@@ -143,6 +154,7 @@ def test_fisher_on_divergence(tmp_path: Path):
          "2×2 design: its two factors are the same key"),
         ("# primary: paired a=1 vs a=2\n# primary: paired a=1 vs a=3\n", "2 primary contrasts \\(lines 1, 2\\)"),
         ("# primary: pairwise model.pos_embed=none vs model.pos_embed=1d\n", "did you mean paired"),
+        ("# holm: secondary + everything\n", "line 1 of .*: holm: expected one line '# holm: secondary' or"),
     ],
 )
 def test_bad_contrast_is_exit_2_naming_the_line_and_nothing_is_written(sweep_dir: Path, capsys, header, message):
@@ -206,5 +218,5 @@ def test_parse_keeps_where_and_options():
     (spec,) = parse_contrast_comments(
         '# primary: fisher model.norm=post vs model.norm=pre where optim.warmup_steps=0 expect=greater source="Xiong et al."\n'
     )
-    assert (spec.kind, spec.a, spec.b, spec.where, spec.expect, spec.source) == (
-        "fisher", {"model.norm": "post"}, {"model.norm": "pre"}, {"optim.warmup_steps": "0"}, "greater", "Xiong et al.")
+    assert (spec.kind, spec.a, spec.b, spec.where, spec.expect) == (
+        "fisher", {"model.norm": "post"}, {"model.norm": "pre"}, {"optim.warmup_steps": "0"}, "greater")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vit_ablate.report import run_report
-from vit_ablate.report.runs import UnreadableFile, safe_yaml_load
+from vit_ablate.rundir import Unreadable, load_yaml
 
 from .fabricate import run_config, write_run
 
@@ -22,10 +22,12 @@ BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 @pytest.mark.parametrize(
     "name, write, reason",
     [
-        ("laughs", lambda d: (d / "config.yaml").write_text(BILLION_LAUGHS), "expands to over 100,000 nodes"),
-        ("selfref", lambda d: (d / "config.yaml").write_text("model: &m\n  inner: *m\n"), "nests deeper than 64"),
-        ("bigint", lambda d: (d / "config.yaml").write_text(f"seed: {'9' * 400}\nmodel:\n  pos_embed: 1d\n"), None),
-        ("list", lambda d: (d / "result.json").write_text("[1, 2, 3]"), "result.json holds a JSON list, not an object"),
+        ("laughs", lambda d: (d / "config.yaml").write_text(BILLION_LAUGHS), "uses YAML aliases"),
+        ("selfref", lambda d: (d / "config.yaml").write_text("model: &m\n  inner: *m\n"), "uses YAML aliases"),
+        ("huge", lambda d: (d / "result.json").write_text(" " * (4 * 1024 * 1024 + 1)), "over the 4,194,304-byte limit"),
+        ("bigint", lambda d: (d / "config.yaml").write_text((d / "config.yaml").read_text().replace("seed: 2", f"seed: {'9' * 400}")),
+         None),
+        ("list", lambda d: (d / "result.json").write_text("[1, 2, 3]"), "result.json holds a list, not a mapping"),
         ("deepjson", lambda d: (d / "result.json").write_text("[" * 100_000 + "]" * 100_000), "result.json unreadable"),
     ],
 )
@@ -37,23 +39,23 @@ def test_one_hostile_run_is_listed_and_the_rest_reported(tmp_path: Path, name, w
     write(bad)
     assert len(BILLION_LAUGHS) < 1000
     report = run_report([str(sweep)], by=["model.pos_embed"])
-    excluded = {run.name: run for run in report.excluded}
+    excluded = report.excluded.set_index("run")
+    groups = report.analysis.groups
     if reason is None:  # a 400-digit seed is a legitimate (if odd) value: the run is reported
-        assert name not in excluded
-        assert sum(g.summary.n for g in report.analysis.groups) == 5
+        assert name not in excluded.index
+        assert groups["n"].sum() == 5
     else:
-        assert excluded[name].status == "unreadable" and reason in excluded[name].reason
+        assert excluded.loc[name, "status"] == "unreadable" and reason in excluded.loc[name, "why"]
         assert f"| {name} |" in report.markdown.split("## Not included", 1)[1]
-        means = {g.short: round(g.summary.mean, 4) for g in report.analysis.groups if g.summary.n}
-        assert means == {"1d": 0.81, "none": 0.705}
+        assert dict(zip(groups.loc[groups["n"] > 0, "short"], groups.loc[groups["n"] > 0, "mean"].round(4))) == \
+            {"1d": 0.81, "none": 0.705}
 
 
-def test_safe_yaml_load_limits():
-    assert safe_yaml_load("a: 1\nb: [1, 2]\n") == {"a": 1, "b": [1, 2]}
-    with pytest.raises(UnreadableFile, match="nodes"):
-        safe_yaml_load(BILLION_LAUGHS)
-    with pytest.raises(UnreadableFile, match="deeper"):
-        safe_yaml_load("&a [*a]")
+def test_load_yaml_refuses_aliases():
+    assert load_yaml("a: 1\nb: [1, 2]\n") == {"a": 1, "b": [1, 2]}
+    for text in (BILLION_LAUGHS, "&a [*a]"):
+        with pytest.raises(Unreadable, match="aliases"):
+            load_yaml(text)
 
 
 def test_manifest_dir_outside_the_sweep_folder_is_not_followed(tmp_path: Path):
@@ -68,10 +70,10 @@ def test_manifest_dir_outside_the_sweep_folder_is_not_followed(tmp_path: Path):
     entries.append("not an object")
     (sweep_dir / "sweep.json").write_text(json.dumps({"sweep": "s", "config": {}, "runs": entries}))
     report = run_report([str(sweep_dir)], by=["model.pos_embed"])
-    excluded = {run.name: run for run in report.excluded}
-    assert excluded["escape"].status == "unreadable" and "not a folder inside the sweep folder" in excluded["escape"].reason
-    assert excluded["root"].status == "unreadable" and "entry 4" in excluded
-    assert all(0.99 not in g.values for g in report.analysis.groups)  # the outside run was never read
+    excluded = report.excluded.set_index("run")
+    assert excluded.loc["escape", "status"] == "unreadable" and "not a folder inside the sweep folder" in excluded.loc["escape", "why"]
+    assert excluded.loc["root", "status"] == "unreadable" and "entry 4" in excluded.index
+    assert 0.99 not in report.analysis.runs["metric_value"].tolist()  # the outside run was never read
     assert outside.exists()
 
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import pandas as pd
 import pytest
 
 import yaml
@@ -64,8 +65,8 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
     # Not included: the diverged run and the pending (never started) one, with their statuses.
     excluded = md.split("## Not included", 1)[1]
     assert "| run-009 | model.pos_embed=none | 3 | diverged | result.json: diverged (loss is NaN at step 120) |" in excluded
-    assert "| run-010 | model.pos_embed=2d | 3 | pending | not started (manifest: pending) |" in excluded
-    assert {r.name for r in report.excluded} == {"run-009", "run-010"}
+    assert "| run-010 | model.pos_embed=2d | 3 | pending | not started (sweep.json: pending) |" in excluded
+    assert set(report.excluded["run"]) == {"run-009", "run-010"}
 
     # CSV: raw fractions.
     with open(out / "report.csv") as handle:
@@ -73,7 +74,6 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
     assert float(table["model.pos_embed=none"]["mean"]) == pytest.approx(0.74)
     assert float(table["model.pos_embed=none"]["delta"]) == pytest.approx(-0.07)
     assert table["model.pos_embed=none"]["n_pairs"] == "3" and table["model.pos_embed=1d"]["baseline"] == "True"
-    assert table["model.pos_embed=1d"]["ci_method"] == "t"
 
     # runs.csv: one row per run, enough to regenerate the report.
     with open(out / "runs.csv") as handle:
@@ -94,7 +94,8 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
 def test_report_is_deterministic(sweep_dir: Path, tmp_path: Path):
     first = run_report([str(sweep_dir)], out=str(tmp_path / "a"))
     second = run_report([str(sweep_dir)], out=str(tmp_path / "b"))
-    assert first.markdown.replace("/a/", "/b/") == second.markdown and first.rows == second.rows
+    assert first.markdown.replace("/a/", "/b/") == second.markdown
+    assert pd.DataFrame(first.rows).equals(pd.DataFrame(second.rows))
     assert (tmp_path / "a" / "report.csv").read_bytes() == (tmp_path / "b" / "report.csv").read_bytes()
 
 
@@ -131,7 +132,7 @@ def test_lr_grouping_draws_figure9_curves_and_checks_baseline(tmp_path: Path):
             write_run(runs / name, config, final=final)
     report = run_report([str(runs)], baseline="model.pool=cls")
     assert report.analysis.by == ["model.pool", "optim.lr"]
-    assert report.analysis.baseline.label == "model.pool=cls, optim.lr=0.0008"
+    assert report.analysis.baseline == "model.pool=cls, optim.lr=0.0008"
     assert "| model.pool=gap, optim.lr=0.0003 | 2 | 79.50 |" in report.markdown
     pngs = {p.name: mpimg.imread(p).shape for p in report.written if p.suffix == ".png"}
     assert pngs["lr_curves.png"] == (400, 640, 4)
@@ -198,10 +199,10 @@ def test_sweep_declared_baseline_is_the_default(sweep_dir: Path):
     manifest["baseline"] = {"model.pos_embed": "none"}
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
     report = run_report([str(sweep_dir)])
-    assert report.analysis.baseline.label == "model.pos_embed=none"
+    assert report.analysis.baseline == "model.pos_embed=none"
     assert "| model.pos_embed=none (baseline) | 3 of 4 | 74.00 |" in report.markdown
     # An explicit baseline wins over the declared one.
-    assert run_report([str(sweep_dir)], baseline="model.pos_embed=2d").analysis.baseline.label == "model.pos_embed=2d"
+    assert run_report([str(sweep_dir)], baseline="model.pos_embed=2d").analysis.baseline == "model.pos_embed=2d"
 
 
 POOL_LR_SWEEP = """\

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from .fabricate import run_config, write_run
-from vit_ablate.report.groups import default_by
-from vit_ablate.report.runs import collect_runs, lookup_metric, read_run_dir, runs_from_wandb, swept_parameters
-from vit_ablate.report.values import canon, flatten, sort_key
+from vit_ablate.report.analysis import default_by
+from vit_ablate.report.runs import Design, collect_runs, lookup_metric, runs_from_wandb, swept_parameters
+from vit_ablate.report.values import canon, sort_key
+from vit_ablate.rundir import flatten, read_run
 
 RESULT = {
     "status": "completed",
@@ -69,18 +70,19 @@ def test_swept_parameters_reads_values_distributions_and_nesting():
     }
 
 
-def test_read_run_dir_statuses(tmp_path: Path):
-    done = read_run_dir(write_run(tmp_path / "a", run_config("1d", 0, "a"), final=0.8))
-    assert done.status == "completed" and done.reason == "" and done.seed == "0"
-    assert done.params["model.pos_embed"] == "1d" and done.params["optim.lr"] == 0.001
-    assert np.allclose(done.curves["val/acc1"], [0.16, 0.32, 0.48, 0.64, 0.8])
-    running = read_run_dir(write_run(tmp_path / "b", run_config("1d", 1, "b"), status=None, epochs=3))
-    assert running.status == "missing"
-    assert "no result.json" in running.reason and "3 validation epochs" in running.reason
+def test_read_run_statuses(tmp_path: Path):
+    done = read_run(write_run(tmp_path / "a", run_config("1d", 0, "a"), final=0.8))
+    assert done["status"] == "completed" and done["reason"] == "" and done["config"]["seed"] == 0
+    assert done["config"]["model.pos_embed"] == "1d" and done["config"]["optim.lr"] == 0.001
+    assert np.allclose([row["val/acc1"] for row in done["history"]], [0.16, 0.32, 0.48, 0.64, 0.8])
+    running = read_run(write_run(tmp_path / "b", run_config("1d", 1, "b"), status=None, epochs=3))
+    assert running["status"] == "running"
+    assert "no result.json" in running["reason"] and "3 validation epochs" in running["reason"]
     broken = tmp_path / "c"
     write_run(broken, run_config("1d", 2, "c"), final=0.8)
     (broken / "result.json").write_text("{not json")
-    assert read_run_dir(broken).status == "unreadable"
+    assert read_run(broken)["status"] == "unreadable" and "not valid JSON" in read_run(broken)["reason"]
+    assert read_run(tmp_path / "never")["status"] == "pending"
 
 
 def test_collect_errors(tmp_path: Path):
@@ -97,19 +99,20 @@ def test_directory_of_runs_groups_by_differing_keys(tmp_path: Path):
         config["model"]["pool"], config["optim"]["lr"] = pool, lr
         config["logging"] = {"wandb_group": f"g{i}"}  # bookkeeping: differs, never a grouping key
         write_run(tmp_path / f"r{i}", config, final=0.8)
-    collection = collect_runs([str(tmp_path)])
-    assert len(collection) == 3 and not collection.has_manifest
-    assert default_by(collection) == ["model.pool", "optim.lr"]
+    runs, design = collect_runs([str(tmp_path)])
+    assert len(runs) == 3 and not design.has_manifest
+    assert default_by(runs, design) == ["model.pool", "optim.lr"]
 
 
 def test_manifest_runs_missing_and_pending(sweep_dir: Path):
-    collection = collect_runs([str(sweep_dir)])
-    statuses = {r.name: r.status for r in collection}
+    runs, design = collect_runs([str(sweep_dir)])
+    statuses = dict(zip(runs["run"], runs["status"]))
     assert statuses["run-009"] == "diverged" and statuses["run-010"] == "pending"
     assert sum(s == "completed" for s in statuses.values()) == 9
-    assert collection.swept == {"model.pos_embed": ["1d", "2d", "none"], "seed": [0, 1, 2]}
-    assert default_by(collection) == ["model.pos_embed"]
-    assert len(collection.references) == 3
+    assert design.swept == {"model.pos_embed": ["1d", "2d", "none"], "seed": [0, 1, 2]}
+    assert default_by(runs, design) == ["model.pos_embed"]
+    assert len(design.references) == 3
+    assert runs.set_index("run").loc["run-010", "model.pos_embed"] == "2d"  # from the manifest: it has no folder
 
 
 def test_manifest_without_reference_reads_the_sweep_file(sweep_dir: Path):
@@ -119,11 +122,11 @@ def test_manifest_without_reference_reads_the_sweep_file(sweep_dir: Path):
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
     sweep_file = Path(manifest["file"])
     sweep_file.write_text("# baseline: model.pos_embed=2d\n" + sweep_file.read_text())
-    collection = collect_runs([str(sweep_dir)])
-    assert [r["params"] for r in collection.references] == [
+    _, design = collect_runs([str(sweep_dir)])
+    assert [r["params"] for r in design.references] == [
         {"model.pos_embed": "none"}, {"model.pos_embed": "1d"}, {"model.pos_embed": "2d"}
     ]
-    assert collection.baseline == {"model.pos_embed": "2d"}
+    assert design.baseline == {"model.pos_embed": "2d"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,17 +174,17 @@ FAKE_RUNS = [
 
 
 def test_runs_from_wandb_with_fake_api():
-    api = FakeApi(FAKE_RUNS)
-    collection = runs_from_wandb("ent/proj/abc123", api=api)
+    api, design = FakeApi(FAKE_RUNS), Design()
+    records = runs_from_wandb("ent/proj/abc123", design, api=api)
     assert api.asked == "ent/proj/abc123"
-    assert [r.status for r in collection] == [
+    assert [r["status"] for r in records] == [
         "completed", "completed", "completed", "completed", "failed", "diverged", "running"
     ]
-    first = collection.runs[0]
-    assert first.params == {"model.pos_embed": "1d", "seed": 0}  # "_wandb" dropped
-    assert lookup_metric(first.result, "val/acc1") == (0.80, "final")
-    assert lookup_metric(first.result, "test/acc1") == (pytest.approx(0.79), "test")
-    assert lookup_metric(first.result, "fewshot/5") == (0.40, "fewshot")
-    assert first.curves["val/acc1"].tolist() == pytest.approx([0.1, 0.2, 0.3])
-    assert collection.swept == {"model.pos_embed": ["1d", "none"], "seed": [0, 1]}
-    assert collection.references[0]["params"] == {"model.pos_embed": "none"}
+    first = records[0]
+    assert first["params"] == {"model.pos_embed": "1d", "seed": 0}  # "_wandb" dropped
+    assert lookup_metric(first["result"], "val/acc1") == (0.80, "final")
+    assert lookup_metric(first["result"], "test/acc1") == (pytest.approx(0.79), "test")
+    assert lookup_metric(first["result"], "fewshot/5") == (0.40, "fewshot")
+    assert [row["val/acc1"] for row in first["history"]] == pytest.approx([0.1, 0.2, 0.3])
+    assert design.swept == {"model.pos_embed": ["1d", "none"], "seed": [0, 1]}
+    assert design.references[0]["params"] == {"model.pos_embed": "none"}

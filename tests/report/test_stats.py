@@ -17,7 +17,7 @@ def test_t_interval_covers_95_percent_of_three_seed_experiments():
     rng = np.random.default_rng(20240)
     true_mean, true_diff = 0.80, 0.012
     groups = rng.normal(true_mean, 0.02, size=(2000, 3))
-    covered = [lo <= true_mean <= hi for lo, hi, _, _ in (stats.mean_interval(g) for g in groups)]
+    covered = [lo <= true_mean <= hi for lo, hi in (stats.t_interval(g) for g in groups)]
     assert 0.93 <= np.mean(covered) <= 0.97
 
     # A paired design: a shared per-seed effect (data order, init) plus independent noise per arm.
@@ -35,23 +35,13 @@ def test_t_interval_covers_95_percent_of_three_seed_experiments():
         assert (test.ci_low <= true_diff <= test.ci_high) == expected[i]
 
 
-def test_percentile_bootstrap_would_undercover_which_is_why_small_n_uses_t():
-    # The reason for the rule, measured: the percentile bootstrap of 3 values never leaves [min, max].
+def test_t_interval_at_three_seeds_leaves_the_sample_range_and_n1_has_none():
+    # Why Student's t and not a bootstrap: a percentile bootstrap of 3 values never leaves [min, max].
     values = [0.30, 0.32, 0.35]
-    low, high, note, method = stats.mean_interval(values)
-    assert method == "t" and low < min(values) and high > max(values)
-    b_low, b_high, _ = stats.bootstrap_ci(np.random.default_rng(1).normal(0, 1, 40), seed=0)
-    assert b_low < 0.5 and b_high > -0.5
-    assert stats.mean_interval(np.arange(30.0))[3] == "bootstrap"
-
-
-def test_summary_n1_has_no_ci_and_zero_variance_ci_is_the_point():
-    one = stats.summarize([0.7])
-    assert one.n == 1 and one.mean == 0.7
-    assert math.isnan(one.std) and math.isnan(one.ci_low) and math.isnan(one.ci_high)
-    assert "n=1" in one.ci_note and one.ci_method == ""
-    flat = stats.summarize([0.5, 0.5, 0.5])
-    assert (flat.ci_low, flat.ci_high, flat.std) == (0.5, 0.5, 0.0)
+    low, high = stats.t_interval(values)
+    assert low < min(values) and high > max(values)
+    assert all(math.isnan(x) for x in stats.t_interval([0.7]))
+    assert stats.t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
 
 
 def test_paired_test_uses_ttest_rel_and_reports_the_exact_signflip_beside_it():
@@ -59,8 +49,8 @@ def test_paired_test_uses_ttest_rel_and_reports_the_exact_signflip_beside_it():
     b = np.array([0.32, 0.32, 0.33])
     test = stats.paired_test(a, b)
     assert test.p_t == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
-    assert test.perm.p == 0.25 and test.perm.method == "exact sign-flip"  # 2 of 8 patterns
-    assert test.estimate == pytest.approx(0.05 / 3)
+    assert (test.p_perm, test.min_perm_p) == (0.25, 0.25)  # 2 of 8 patterns
+    assert test.estimate == pytest.approx(0.05 / 3) and test.sd == pytest.approx(np.std(a - b, ddof=1))
 
 
 def test_tost_fisher_and_power_known_answers():
@@ -72,8 +62,8 @@ def test_tost_fisher_and_power_known_answers():
     assert -0.01 < low < high < 0.01  # the 90% interval inside the margin: the same decision
     assert stats.tost(d, margin=0.001)[0] > 0.05
     # 6 of 6 diverged vs 0 of 6: the hypergeometric tail 2 / C(12, 6) = 2/924.
-    assert stats.fisher_test(6, 6, 0, 6) == pytest.approx(2 / 924)
-    assert stats.fisher_test(3, 3, 0, 3) == pytest.approx(0.1)  # 3 seeds a side can never reach 0.05
+    assert stats.fisher(6, 6, 0, 6) == pytest.approx(2 / 924)
+    assert stats.fisher(3, 3, 0, 3) == pytest.approx(0.1)  # 3 seeds a side can never reach 0.05
     # Power against simulation: 20,000 three-seed experiments with a true effect of 2 sd.
     draws = np.random.default_rng(5).normal(0.02, 0.01, size=(20000, 3))
     rejected = np.mean(scipy_stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05)
@@ -83,35 +73,27 @@ def test_tost_fisher_and_power_known_answers():
     assert stats.t_power(mde, 0.01, 3) == pytest.approx(0.8, abs=1e-3)
 
 
-def test_summary_std_is_sample_std():
-    s = stats.summarize([0.80, 0.82, 0.81])
-    assert s.mean == pytest.approx(0.81)
-    assert s.std == pytest.approx(0.01)  # ddof=1: sqrt((0.01² + 0.01² + 0) / 2)
-
-
 def test_signflip_finds_planted_difference_exact_p():
     baseline = np.array([0.80, 0.81, 0.79, 0.82, 0.80])
     treated = baseline + 0.02  # +2 points on every seed
-    result = stats.signflip_test(treated - baseline)
+    p, floor = stats.signflip(treated - baseline, [0])
     # Only "all +" and "all −" of the 2^5 patterns are as extreme: p = 2/32.
-    assert result.p == pytest.approx(2 / 32) and result.p == 0.0625
-    assert result.method == "exact sign-flip"
-    assert result.min_p == 0.0625
+    assert p == pytest.approx(2 / 32) and floor == 0.0625
 
     eight = np.array([0.80, 0.81, 0.79, 0.82, 0.80, 0.78, 0.83, 0.81])
-    assert stats.signflip_test((eight + 0.02) - eight).p == 2 / 256  # 0.0078125 < 0.05
+    assert stats.signflip((eight + 0.02) - eight, [0]) == pytest.approx((2 / 256, 2 / 256))  # 0.0078125 < 0.05
 
 
 def test_signflip_same_group_gives_p_one():
     values = np.array([0.80, 0.81, 0.79, 0.82, 0.80])
     d = values - values.copy()
     assert d.mean() == 0.0
-    assert stats.signflip_test(d).p == 1.0
+    assert stats.signflip(d, [0])[0] == 1.0
 
 
 def test_signflip_agrees_with_scipy_on_mixed_signs():
     d = np.array([0.013, -0.004, 0.021, 0.007, -0.011, 0.016])
-    ours = stats.signflip_test(d).p
+    ours = stats.signflip(d, [0])[0]
     # scipy's one-sample "samples" permutation flips signs; exact with n_resamples=inf.
     ref = scipy_stats.permutation_test(
         (d,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
@@ -121,25 +103,23 @@ def test_signflip_agrees_with_scipy_on_mixed_signs():
 
 def test_signflip_monte_carlo_beyond_16_pairs_is_deterministic():
     d = np.full(20, 0.01)
-    first, second = stats.signflip_test(d, seed=7), stats.signflip_test(d, seed=7)
-    assert first.p == second.p
-    assert first.p <= 5e-5  # exact answer 2/2^20 ≈ 1.9e-6; scipy's two-sided Monte Carlo floor 2·2/(B+1)
-    assert first.method.startswith("Monte Carlo")
+    first, second = stats.signflip(d, [7]), stats.signflip(d, [7])
+    assert first == second
+    assert first[0] <= 5e-5  # exact answer 2/2^20 ≈ 1.9e-6; scipy's two-sided Monte Carlo floor 2·2/(B+1)
+    assert first[1] == 0.0  # Monte Carlo: no floor stated
 
 
 def test_unpaired_permutation_exact():
-    result = stats.permutation_test_unpaired([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    result = stats.welch_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     # C(6,3) = 20 splits; only the observed one and its mirror are as extreme.
-    assert result.p == pytest.approx(2 / 20)
-    assert result.min_p == pytest.approx(0.1)
-    assert stats.permutation_test_unpaired([1.0, 2.0], [1.0, 2.0]).p == 1.0
+    assert result.p_perm == pytest.approx(2 / 20) and result.min_perm_p == pytest.approx(0.1)
+    assert result.p_t == pytest.approx(scipy_stats.ttest_ind([1, 2, 3], [4, 5, 6], equal_var=False).pvalue)
+    assert stats.welch_test([1.0, 2.0], [1.0, 2.0]).p_perm == 1.0
 
 
 def test_min_attainable_p():
-    assert stats.min_attainable_p(3) == 0.25
-    assert stats.min_attainable_p(5) == 0.0625
-    assert stats.min_attainable_p(6) == 0.03125
-    assert stats.signflip_test([0.01]).p == 1.0
+    assert [stats.signflip(np.full(n, 0.01), [0])[1] for n in (3, 5, 6)] == [0.25, 0.0625, 0.03125]
+    assert stats.signflip(np.array([0.01]), [0]) == (1.0, 1.0)
 
 
 def test_holm_matches_hand_computation():

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Dict, Mapping, Tuple
-
-__all__ = ["canon", "sort_key", "flatten"]
+from typing import Any, Mapping, Tuple
 
 _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -57,15 +55,3 @@ def sort_key(text: str) -> Tuple[int, float, str]:
     if _NUMBER_RE.match(text):
         return (0, float(text), text)
     return (1, 0.0, text)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """``{"model": {"pool": "gap"}}`` → ``{"model.pool": "gap"}``; lists stay values."""
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out

@@ -1,0 +1,273 @@
+"""Group the runs by the swept keys, summarise each group, compare each with the baseline, test the
+declared contrasts and Holm-adjust the declared family.
+
+A group is one setting of the ``by`` keys; its replicates are the runs that differ only in ``seed``.
+Runs that differ in any other key of their resolved config (epochs, image size, a fine-tune's
+``init.path``) are never pooled: :func:`differing_keys` names them and the report refuses or splits.
+Comparisons pair runs by seed (the same seed means the same data order and initialisation stream, so
+pairing removes that shared noise) and fall back to Welch's unpaired test, saying so, only when no seed
+is common to both groups.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from vit_ablate import rundir
+from vit_ablate.config import EXECUTION_KEYS
+from vit_ablate.report import stats
+from vit_ablate.report.contrasts import ContrastResult, decide, evaluate_contrast, validate_contrasts
+from vit_ablate.report.references import match_reference
+from vit_ablate.report.runs import Design, lookup_metric, metric_names, parse_baseline
+from vit_ablate.report.values import canon, sort_key
+
+
+@dataclass
+class Analysis:
+    metric: str
+    by: List[str]
+    runs: pd.DataFrame  # every run; ``value`` is NaN where it does not count, ``why`` says why
+    groups: pd.DataFrame  # one row a group, in the report's order; comparison columns NaN for the baseline
+    design: Design
+    baseline: Optional[str] = None  # the baseline group's label
+    baseline_reason: str = ""
+    primary: Optional[ContrastResult] = None
+    secondary: List[ContrastResult] = field(default_factory=list)
+    family_size: int = 0  # comparisons in the Holm family
+    is_fraction: bool = False  # accuracy in [0, 1]: shown ×100, differences in percentage points
+    higher_is_better: bool = True
+    sections: Counter = field(default_factory=Counter)  # where the metric was found in result.json
+    notes: List[str] = field(default_factory=list)
+
+
+def _is_execution(key: str) -> bool:
+    return key == "seed" or any(key == k or key.startswith(k + ".") for k in EXECUTION_KEYS)
+
+
+def default_by(runs: pd.DataFrame, design: Design) -> List[str]:
+    """The swept parameters minus seed; without a sweep, the config keys whose values differ."""
+    if design.has_manifest:
+        return [k for k in design.swept if not _is_execution(k)]
+    configured = runs[runs["has_config"]]
+    return [k for k in design.params if not _is_execution(k) and configured[k].nunique() > 1]
+
+
+def differing_keys(runs: pd.DataFrame, design: Design, by: Sequence[str]) -> Dict[str, List[str]]:
+    """Config keys other than ``by``, the seed and execution-only keys whose values differ between
+    runs: key → its values."""
+    configured = runs[runs["has_config"]]
+    return {k: sorted(configured[k].unique(), key=sort_key) for k in design.params
+            if k not in by and not _is_execution(k) and configured[k].nunique() > 1}
+
+
+def _metric_error(metric: str, results: Sequence[Mapping[str, Any]]) -> ValueError:
+    recorded = metric_names(results)
+    scores = [difflib.SequenceMatcher(None, metric, name).ratio() for name in recorded]
+    hint = recorded[scores.index(max(scores))] if scores and max(scores) >= 0.3 else None  # a tie: the first
+    return ValueError(f"--metric {metric}: no run recorded it" + (f" (did you mean {hint}?)" if hint else "")
+                      + (f"; the runs recorded: {', '.join(recorded[:12])}" if recorded else "; no run recorded any metric"))
+
+
+def _label(by: Sequence[str], key: Sequence[str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in zip(by, key)) if by else "all runs"
+
+
+def _values(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``value`` (the metric where the run counts: completed, finite; else NaN), ``section`` (where in
+    result.json it was found), ``recorded`` and ``why`` (why the run does not count) per run."""
+    found = [lookup_metric(r if isinstance(r, Mapping) else {}, metric) for r in runs["result"]]
+    value = pd.Series([math.nan if v is None else v for v, _ in found], index=runs.index, dtype=float)
+    recorded = pd.Series([v is not None for v, _ in found], index=runs.index)
+    completed = runs["status"].eq(rundir.COMPLETED)
+    counts = completed & np.isfinite(value)
+    why = np.select([counts, ~completed, ~recorded], ["", runs["reason"].where(runs["reason"].ne(""), runs["status"]),
+                                                       f"completed, but result.json has no {metric!r}"],
+                    f"completed, but {metric} is not finite")
+    return runs.assign(value=value.where(counts), metric_value=value, section=[s for _, s in found], recorded=recorded, why=why)
+
+
+def _matches(group: pd.Series, wanted: Mapping[str, str], by: Sequence[str]) -> bool:
+    return all((group[k] if k in by else group["common"].get(k)) == v for k, v in wanted.items())
+
+
+def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primary, notes) -> Tuple[Optional[str], str]:
+    usable = groups[groups["n"] > 0]
+    if requested is not None:
+        wanted = parse_baseline(requested)
+        if not wanted:
+            raise ValueError(f"baseline {requested!r} names no KEY=VALUE (e.g. model.pos_embed=1d)")
+        hits = groups[[_matches(g, wanted, by) for _, g in groups.iterrows()]]
+        if (hits["n"] > 0).sum() > 1:
+            raise ValueError(f"baseline {requested!r} is ambiguous: it matches {(hits['n'] > 0).sum()} groups "
+                             f"({'; '.join(hits[hits['n'] > 0].index)}); add the other grouping key(s)")
+        if (hits["n"] > 0).sum() == 1:
+            return hits[hits["n"] > 0].index[0], "given by --baseline"
+        if len(hits):  # it exists, but none of its runs completed: a finding, not a user error
+            notes.append(f"baseline {requested} has no completed runs ({hits['n_total'].iloc[0]} listed under Not "
+                         "included); no comparisons")
+            return None, "given by --baseline, but without completed runs"
+        raise ValueError(f"baseline {requested!r} matches no group; the groups are: " + "; ".join(groups.index))
+    if usable.empty:
+        return None, "no group has completed runs"
+    if design.baseline:
+        hits = usable[[_matches(g, design.baseline, by) for _, g in usable.iterrows()]]
+        if len(hits) == 1:
+            return hits.index[0], "the paper's choice, declared on the sweep file's # baseline: line"
+        notes.append(f"the sweep declares baseline {_label(list(design.baseline), design.baseline.values())}, which "
+                     + ("matches no group with completed runs" if hits.empty else "matches several groups"))
+    if primary is not None and primary.kind in ("paired", "equivalence"):
+        hits = usable[[_matches(g, {**primary.spec.b, **primary.spec.where}, by) for _, g in usable.iterrows()]]
+        if len(hits) == 1:
+            return hits.index[0], "the reference side of the declared primary contrast"
+    return usable.index[0], "the first group: the sweep file declares no baseline"
+
+
+def _summarise(runs: pd.DataFrame, by: List[str], design: Design) -> pd.DataFrame:
+    """One row a group (index: its label): key values, n, n_total, mean, std, 95% t interval, seeds, the
+    params every run shares (``common``, for matching references) and the matching reference."""
+    keys = runs[by].apply(tuple, axis=1) if by else pd.Series([()] * len(runs), index=runs.index)
+    runs["group"] = [_label(by, k) for k in keys]
+    order = sorted(dict.fromkeys(keys), key=lambda k: tuple(sort_key(v) for v in k))
+    groups = runs.groupby("group", sort=False)["value"].agg(n="count", n_total="size", mean="mean", std="std")
+    groups = groups.loc[[_label(by, k) for k in order]]
+    half = scipy_stats.t.ppf(1 - stats.ALPHA / 2, groups["n"] - 1) * groups["std"] / np.sqrt(groups["n"])
+    groups["ci_low"], groups["ci_high"] = groups["mean"] - half, groups["mean"] + half
+    for k, key in zip(by, zip(*order)):
+        groups[k] = key
+    groups["short"] = [", ".join(k) if by else "all runs" for k in order]
+    members = {label: rows[rows["value"].notna()] if rows["value"].notna().any() else rows
+               for label, rows in runs.groupby("group", sort=False)}
+    groups["common"] = [{c: rows[c].iloc[0] for c in design.params if rows[c].nunique() == 1}
+                        for rows in (members[label] for label in groups.index)]
+    groups["reference"] = [match_reference(design.references, common) for common in groups["common"]]
+    counted = runs[runs["value"].notna()].sort_values("seed", key=lambda s: s.map(lambda v: sort_key(v or "")))
+    groups["seeds"] = [" ".join(counted.loc[counted["group"] == label, "seed"].fillna("—")) for label in groups.index]
+    return groups
+
+
+COMPARISON_COLUMNS = ["delta", "delta_ci_low", "delta_ci_high", "n_pairs", "paired", "p_t", "p_signflip", "min_signflip_p"]
+
+
+def _compare(groups: pd.DataFrame, counted: pd.DataFrame, baseline: Optional[str], seed: int, notes: List[str]) -> pd.DataFrame:
+    """Each group with runs against the baseline: paired by seed, else Welch's."""
+    if baseline is None:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    wide = counted.dropna(subset=["seed"]).pivot_table(index="seed", columns="group", values="value", aggfunc="mean")
+    rows = {}
+    for i, label in enumerate(l for l in groups.index if l != baseline and groups.at[l, "n"] > 0):
+        both = wide[[label, baseline]].dropna() if label in wide and baseline in wide else pd.DataFrame()
+        both = both.loc[sorted(both.index, key=sort_key)]
+        if len(both):
+            test = stats.paired_test(both[label], both[baseline], [seed, 1, i])
+            if len(both) < max(groups.at[label, "n"], groups.at[baseline, "n"]):
+                notes.append(f"{label} vs baseline: paired on the {len(both)} seeds present in both groups")
+        else:
+            test = stats.welch_test(counted.loc[counted["group"] == label, "value"],
+                                    counted.loc[counted["group"] == baseline, "value"], [seed, 1, i])
+            notes.append(f"{label} vs baseline: no seed in common with the baseline: Welch's unpaired t-test "
+                         "(and the unpaired permutation test)")
+        rows[label] = [test.estimate, test.ci_low, test.ci_high, 0 if test.unpaired else test.n, not test.unpaired,
+                       test.p_t, test.p_perm, test.min_perm_p]
+    return pd.DataFrame(list(rows.values()), index=list(rows), columns=COMPARISON_COLUMNS)
+
+
+def _same_pair(result: ContrastResult, group: pd.Series, base: pd.Series, by: Sequence[str]) -> bool:
+    """Whether a declared paired or equivalence contrast compares exactly these two groups."""
+    spec = result.spec
+    if spec.kind not in ("paired", "equivalence"):
+        return False
+    sides = [{**spec.a, **spec.where}, {**spec.b, **spec.where}]
+    if any(set(side) != set(by) for side in sides):
+        return False
+    return {frozenset(s.items()) for s in sides} == {frozenset(zip(by, g[list(by)])) for g in (group, base)}
+
+
+def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = None, metric: str = "val/acc1",
+            baseline: Optional[str] = None, seed: int = 0) -> Analysis:
+    """Group, summarise, compare, test the declared contrasts, Holm-adjust. Raises ValueError for an
+    unusable baseline, grouping key, metric or contrast, or for runs that differ outside ``by``."""
+    notes = list(design.notes)
+    by = list(default_by(runs, design) if by is None else by)
+    unknown = [k for k in by if k not in design.params]
+    if unknown:
+        raise ValueError("grouping key(s) found in no run's config: " + ", ".join(
+            k + "".join(f" (did you mean {h}?)" for h in difflib.get_close_matches(k, design.params, n=1)) for k in unknown))
+    differing = differing_keys(runs, design, by)
+    if differing:
+        raise ValueError("the runs differ in " + "; ".join(f"{k} ({', '.join(v[:4])})" for k, v in differing.items())
+                         + ", which is neither a grouping key nor the seed: a report never pools them (group by "
+                         "them with --by, or split the report by them with --split)")
+    runs = _values(runs, metric)
+    if not runs["recorded"].any() and runs["status"].eq(rundir.COMPLETED).any():
+        raise _metric_error(metric, list(runs["result"]))
+    values_of = {k: set(runs[k]) for k in design.params}
+    for key, listed in design.swept.items():
+        values_of.setdefault(key, set()).update(canon(v) for v in listed or [])
+    validate_contrasts(design.contrasts, values_of)
+
+    groups = _summarise(runs, by, design)
+    counted = runs[runs["value"].notna()]
+    for label, rows in counted.groupby("group"):
+        duplicated = sorted(s for s, c in Counter(rows["seed"].dropna()).items() if c > 1)
+        if duplicated:
+            notes.append(f"{label}: several runs share seed {', '.join(duplicated)}; they count separately in n, mean "
+                         "and std, and are averaged for the paired comparison")
+    notes += [f"{label}: n=1, so no standard deviation and no interval" for label in groups.index[groups["n"] == 1]]
+    if "data.val_split" in runs and runs["data.val_split"].eq("0").any() and metric.startswith("val/"):
+        notes.append(f"runs with data.val_split=0 validate on the test split: their {metric} is a test-split number")
+
+    analysis = Analysis(metric=metric, by=by, runs=runs, groups=groups, design=design, notes=notes,
+                        sections=Counter(counted["section"]), higher_is_better=_higher_is_better(metric))
+    for k, spec in enumerate(design.contrasts):
+        result = evaluate_contrast(spec, runs, by, metric, lambda a: match_reference(design.references, dict(a)), [seed, 4, k])
+        if spec.role == "primary":
+            analysis.primary = result
+            notes += [f"primary contrast: {n}" for n in result.notes]
+            decide(result)
+            if result.kind != "equivalence" and result.expect is None:
+                notes.append("the primary contrast states no expected direction (expect=greater|less, or paper "
+                              "reference values for both sides): a significant result cannot be called reproduced")
+        else:
+            analysis.secondary.append(result)
+    analysis.baseline, analysis.baseline_reason = _choose_baseline(groups, by, baseline, design, analysis.primary, notes)
+
+    comparisons = _compare(groups, counted, analysis.baseline, seed, notes)
+    groups["holm"] = ""  # which adjusted p the group's comparison has: primary, a declared test, or none
+    in_family = []
+    for label in comparisons.index:
+        declared = [r for r in ([analysis.primary] if analysis.primary else []) + analysis.secondary
+                    if _same_pair(r, groups.loc[label], groups.loc[analysis.baseline], by)]
+        if declared:
+            groups.at[label, "holm"] = "primary" if declared[0].spec.role == "primary" else f"secondary {declared[0].kind}"
+        elif "baseline" in design.holm[0]:
+            in_family.append(label)
+        else:
+            groups.at[label, "holm"] = "not in the Holm family"
+    adjusted = stats.holm([r.p for r in analysis.secondary] + [comparisons.at[label, "p_t"] for label in in_family])
+    for result, p in zip(analysis.secondary, adjusted):
+        result.p_holm = float(p)
+        decide(result)
+    groups = groups.join(comparisons.astype({"n_pairs": "Int64", "paired": "boolean"}))
+    groups["p_holm"] = math.nan
+    groups.loc[in_family, "p_holm"] = adjusted[len(analysis.secondary):]
+    for label in groups.index[groups["holm"].str.startswith("secondary")]:
+        groups.at[label, "p_holm"] = next(r.p_holm for r in analysis.secondary
+                                          if _same_pair(r, groups.loc[label], groups.loc[analysis.baseline], by))
+    groups["is_baseline"] = groups.index == analysis.baseline
+    analysis.groups, analysis.family_size = groups, int(np.count_nonzero(~np.isnan(adjusted)))
+    values = counted["value"]
+    analysis.is_fraction = bool(("acc" in metric.lower() or metric.lower().startswith("fewshot"))
+                                and len(values) and values.between(0, 1).all())
+    return analysis
+
+
+def _higher_is_better(metric: str) -> bool:
+    return not any(word in metric.lower() for word in ("loss", "err", "wall_time", "time_s", "perplexity"))
