@@ -17,7 +17,7 @@ BAD_COMMAND_LINES = [
     (["model.pool=mean"], "model.pool='mean' is not valid", "cls, gap, gap_fc_norm, map"),
     (["model.pos_embed=none", "model.pos_embed_at=every_layer"], "model.pos_embed_at='every_layer'", "supports input"),
     (["model.img_size=30"], "model.img_size=30 but data 'synthetic' gives 32", "set model.img_size=32"),
-    (["data.name=imagefolder", "model.img_size=30"], "model.variant='Ti/16' cuts the image into 16×16-pixel patches", "16 does not divide 30"),
+    (["data.name=imagefolder", "model.img_size=30"], "model.variant='Ti/8' cuts the image into 8×8-pixel patches", "8 does not divide 30"),
     (["optim.schedule=cosin"], "optim.schedule='cosin' is not valid", "did you mean 'cosine'"),
     (["optim.name=adamm"], "optim.name='adamm' is not a timm optimizer", "did you mean 'adam"),
     (["data.name=cifra10"], "data.name='cifra10' is not valid", "did you mean 'cifar10'"),

@@ -29,14 +29,7 @@ def import_graph() -> Dict[str, Set[str]]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = graph.setdefault(name, set())
         tree = ast.parse(path.read_text())
-        type_only = {  # `if TYPE_CHECKING:` imports are for annotations and never run
-            id(inner) for node in ast.walk(tree)
-            if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
-            for stmt in node.body for inner in ast.walk(stmt)
-        }
-        for node in ast.walk(tree):
-            if id(node) in type_only:
-                continue
+        for node in ast.walk(tree):  # `if TYPE_CHECKING:` imports count too: a circle there is one in the design
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names if alias.name.startswith("vit_ablate"))
             elif isinstance(node, ast.ImportFrom):

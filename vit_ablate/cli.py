@@ -13,18 +13,17 @@ from typing import List, Optional
 
 from vit_ablate import rundir
 from vit_ablate.config import ConfigError, split_items
+from vit_ablate.schema import did_you_mean
 
 EXIT_USAGE = 2
 STATUS_EXIT = {rundir.COMPLETED: 0, rundir.DIVERGED: 0, rundir.FAILED: 1, rundir.INTERRUPTED: 130}
 
 
 def _config_epilog(items: List[str]) -> str:
-    """Every key with its resolved value, meaning and valid values. Reads only the schema: no torch import."""
-    from vit_ablate.config import describe, load_config, validate_config
+    """Every key with its resolved value, meaning and valid values (the registries' names among them)."""
+    from vit_ablate.config import describe, load_config
 
-    files, overrides = split_items(items)
-    cfg = load_config(files, overrides, validate=False)
-    validate_config(cfg, registries=False)
+    cfg = load_config(*split_items(items))
     return (
         "Every key, resolved from the defaults and the arguments above; set any of them as key=value\n"
         "(e.g. model.pos_embed=2d); after each key its meaning and its valid values.\n\n" + describe(cfg)
@@ -132,7 +131,10 @@ def _usage_error(usage_parser: argparse.ArgumentParser, stray: List[str]) -> int
 
     message = f"unrecognized arguments: {' '.join(stray)}"
     dashed = [item for item in stray if item.startswith("--") and item[2:].partition("=")[0] in SCHEMA]
-    if dashed:
+    if not dashed:
+        options = [o for action in usage_parser._actions for o in action.option_strings]
+        message += did_you_mean(stray[0].partition("=")[0], options)
+    else:
         key, _, value = dashed[0][2:].partition("=")
         message += f"; overrides are written without dashes: {key}={value or 'VALUE'}"
     print(usage_parser.format_usage(), end="", file=sys.stderr)

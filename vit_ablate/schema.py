@@ -1,29 +1,87 @@
-"""Schema building blocks shared by the config sections: the error type, value ranges, and fields that
-carry their one-line meaning and valid values (what ``vit-ablate train --help`` prints).
-
-It sits below both ``vit_ablate.config`` and ``vit_ablate.model`` (which owns the ``model`` section), so
-neither has to import the other's module to describe a key.
+"""Building blocks of the config schema, below both ``vit_ablate.config`` and ``vit_ablate.model`` (which
+owns the ``model`` section): the error type, value ranges, registries of names, fields that carry their
+meaning and valid values (what ``vit-ablate train --help`` prints), the one check of a value against its
+field, and the one "did you mean" hint that every lookup of a name gives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, TypeVar
 
-__all__ = ["ConfigError", "Range", "POSITIVE", "NON_NEGATIVE", "FRACTION", "SEED", "setting", "section"]
+__all__ = ["ConfigError", "did_you_mean", "Range", "Registry", "POSITIVE", "NON_NEGATIVE", "FRACTION", "SEED",
+           "setting", "section", "check_value", "format_value"]
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run. The CLI prints the message and exits with status 2."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Per-key metadata: meaning and valid values
-# ---------------------------------------------------------------------------------------------
+def did_you_mean(word: object, candidates: Iterable[object], prefix: str = "") -> str:
+    """``"; did you mean 'x'?"`` for the candidate nearest ``word`` (``prefix`` put before it), or ""."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.5)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+def format_value(value: Any) -> str:
+    """A value as it is written on the command line: null, true, [1, 2]."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower().replace("none", "null")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(format_value, value)) + "]"
+    return str(value)
+
+
+def _not_valid(key: str, value: Any, names: List[str]) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(names)}{did_you_mean(value, names)}")
+
+
+class Registry(Generic[T]):
+    """The names one config key (e.g. ``model.pos_embed``) accepts, each mapped to what it builds.
+
+    The schema field names its registry as its valid values, so a name is listed (``--help``) and checked
+    from the registrations alone. ``home`` is the module whose import registers the built-in names: it is
+    imported at the first lookup, so that the schema itself imports without torch.
+    """
+
+    def __init__(self, key: str, home: Optional[str] = None):
+        self.key, self.home = key, home
+        self._entries: Dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(obj: T) -> T:
+            if name in self._entries:
+                raise KeyError(f"{self.key}: {name!r} is registered twice")
+            self._entries[name] = obj
+            with contextlib.suppress(AttributeError, TypeError):
+                obj.registry_name = name  # type: ignore[attr-defined]  # lets a component report its own name
+            return obj
+
+        return add
+
+    def names(self) -> List[str]:
+        if self.home:
+            importlib.import_module(self.home)
+        return sorted(self._entries)
+
+    def get(self, name: Any) -> T:
+        if not isinstance(name, str) or name not in self.names():
+            raise _not_valid(self.key, name, self.names())
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+
 @dataclass(frozen=True)
 class Range:
-    """The interval a numeric key (or each element of a list key) must lie in."""
+    """The interval a numeric key (or each element of a list key) must lie in; never inf or nan."""
 
     low: float = -math.inf
     high: float = math.inf
@@ -32,7 +90,7 @@ class Range:
     multiple_of: Optional[int] = None
 
     def __contains__(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
@@ -45,16 +103,16 @@ class Range:
             text = f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}{')' if self.high_open else ']'}"
         return text + (f" and a multiple of {self.multiple_of}" if self.multiple_of else "")
 
-    def nearest(self, value: float, default: Any) -> Any:
-        """The valid value nearest ``value`` where a closed bound is nearest, else the key's default."""
+    def nearest(self, value: Any) -> Any:
+        """The valid value nearest ``value`` where a closed finite bound is nearest, else None."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return default  # not a number at all (a key typed Any): nothing is "nearest"
-        if not self.low_open and value < self.low and math.isfinite(self.low):
+            return None
+        if not self.low_open and value < self.low:
             nearest = self.low
         elif not self.high_open and value > self.high and math.isfinite(self.high):
             nearest = self.high
         else:
-            return default
+            return None
         if self.multiple_of:
             nearest = math.ceil(nearest / self.multiple_of) * self.multiple_of
         return int(nearest) if float(nearest).is_integer() and isinstance(value, int) else nearest
@@ -71,8 +129,8 @@ SEED = Range(0, 2**32 - 1)  # Lightning's seed_everything picks a random seed ou
 
 
 def setting(default: Any = None, help: str = "", *, valid: Any = None, factory: Any = None):
-    """A schema field with its one-line meaning and its valid values: a ``Range``, a tuple of names,
-    or text for names that a registry owns (checked there; the text is what ``--help`` prints)."""
+    """A schema field with its one-line meaning and its valid values: a ``Range``, a tuple of values, a
+    ``Registry``, or text for names that another library owns (checked by the caller)."""
     metadata = {"help": help, "valid": valid}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -81,3 +139,25 @@ def setting(default: Any = None, help: str = "", *, valid: Any = None, factory: 
 
 def section(cls: type, help: str):
     return field(default_factory=cls, metadata={"help": help, "valid": None})
+
+
+def check_value(key: str, f: Any, value: Any) -> None:
+    """``value`` of the dataclass field ``f`` (dotted ``key``) against the field's valid values; every
+    number must be finite. Raises ConfigError naming the key, the value and a valid one."""
+    valid = f.metadata.get("valid")
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+        raise ConfigError(f"{key}={format_value(value)} is not a finite number")
+    if value is None:
+        return
+    if isinstance(valid, Registry):
+        valid.get(value)
+    elif isinstance(valid, tuple) and format_value(value) not in map(format_value, valid):
+        raise _not_valid(key, value, [format_value(v) for v in valid])
+    elif isinstance(valid, Range) and any(item not in valid for item in items):
+        nearest = valid.nearest(next(item for item in items if item not in valid))
+        if nearest is None and f.default is not None and f.default in valid:
+            nearest = f.default
+        hint = f"; e.g. {key}={format_value(nearest)}" if nearest is not None and not isinstance(value, list) else ""
+        what = "each element" if isinstance(value, (list, tuple)) else "it"
+        raise ConfigError(f"{key}={format_value(value)} is out of range: {what} must be {valid.describe()}{hint}")

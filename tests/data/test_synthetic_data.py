@@ -215,20 +215,6 @@ def test_train_subset_is_class_balanced(make_cfg):
     assert torch.bincount(split.labels, minlength=8).tolist() == [13, 13, 13, 13, 12, 12, 12, 12]
 
 
-@pytest.mark.parametrize(
-    "override, fragment",
-    [
-        ("data.img_size=64", "data.synthetic.cell"),
-        ("data.synthetic.grid=5", "data.synthetic.grid=5"),
-        ("data.synthetic.grid=2", "data.synthetic.grid=2"),
-        ("data.synthetic.num_val=0", "data.synthetic.num_val=0"),
-    ],
-)
-def test_invalid_geometry_is_rejected_naming_the_key(make_cfg, override, fragment):
-    with pytest.raises(ValueError, match=fragment.replace(".", r"\.")):
-        build_datamodule(make_cfg(override))
-
-
 def test_unknown_name_suggests_the_nearest(make_cfg):
     with pytest.raises(ValueError) as info:
         build_datamodule(make_cfg("data.name=cifra10"))

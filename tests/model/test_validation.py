@@ -30,7 +30,7 @@ SIZE = dict(num_classes=3)  # what these tests change of the shared tiny model
         ({"variant": "XL/16"}, ["model.variant='XL/16'", "Ti, S, B, L, H"]),
         ({"heads": 5}, ["model.dim=32", "model.heads=5"]),
         ({"pos_embed": "rope2d", "dim": 24, "heads": 4}, ["rope2d", "divisible by 4"]),
-        ({"pos_embd": "2d"}, ["model.pos_embd", "did you mean model.pos_embed"]),
+        ({"pos_embd": "2d"}, ["unknown config key 'model.pos_embd'", "did you mean 'model.pos_embed'"]),
         ({"depth": 0}, ["model.depth=0", "positive"]),
     ],
 )

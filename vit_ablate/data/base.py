@@ -1,4 +1,4 @@
-"""The ``DATASETS`` registry and what every data module shares: splits, batch sizes, ranks, loaders.
+"""What every data module (registered in ``config.DATASETS``) shares: splits, batch sizes, ranks, loaders.
 
 A data module is built from the full run config, knows ``num_classes``, ``img_size``, ``in_chans``,
 ``mean`` and ``std`` right after construction (so the run can be checked against ``cfg.model`` before
@@ -34,11 +34,9 @@ from vit_ablate.data.sample_loader import (
     make_sample_loader,
     train_transform,
 )
-from vit_ablate.registry import Registry
+from vit_ablate.config import DATASETS
 
 __all__ = ["DATASETS", "Split", "ImageDataModule", "balanced_indices", "holdout_split", "PAPER_MEAN", "PAPER_STD"]
-
-DATASETS: Registry = Registry("data.name")
 
 # The ViT reference code maps pixels to [-1, 1], i.e. (x - 127.5) / 127.5 (timm: IMAGENET_INCEPTION_*).
 PAPER_MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)

@@ -10,7 +10,7 @@ Splits: ``train`` is the 50k training set less ``data.val_split`` held-out image
 ``data.train_subset`` class-balanced images; ``val`` is the hold-out when ``val_split > 0``, else the
 10k test set; ``test`` is always the 10k test set.
 
-``data.root`` (default ``.data``, git-ignored) holds torchvision's ``cifar-10-batches-py`` /
+``data.root`` (``config.data_root``: by default ``.data``, git-ignored) holds torchvision's ``cifar-10-batches-py`` /
 ``cifar-100-python``; ``data.download=true`` fetches it (in ``prepare_data``, i.e. once per node).
 Without it, ``check_available`` names a missing folder or a file whose checksum does not match (a
 truncated download) before anything is written.
@@ -19,7 +19,6 @@ truncated download) before anything is written.
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -27,23 +26,20 @@ import torchvision
 from torch import Tensor
 from torchvision.datasets.utils import check_integrity
 
+from vit_ablate.config import FIXED_DATASETS, data_root
 from vit_ablate.data.base import DATASETS, ImageDataModule, Split
 
-__all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "DEFAULT_ROOT"]
-
-DEFAULT_ROOT = ".data"
+__all__ = ["CIFAR10DataModule", "CIFAR100DataModule"]
 
 
 class _CIFARDataModule(ImageDataModule):
     torchvision_class: type
     folder: str  # torchvision's extracted folder name under the root
     num_classes: int
-    native_size = 32
-    in_chans = 3
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.root = Path(cfg.data.root or DEFAULT_ROOT).expanduser()
+        self.root = data_root(cfg)
         self.img_size = int(cfg.data.img_size) if cfg.data.img_size is not None else self.native_size
         self._raw: Dict[bool, Tuple[Tensor, Tensor]] = {}
 
@@ -111,11 +107,11 @@ class _CIFARDataModule(ImageDataModule):
 class CIFAR10DataModule(_CIFARDataModule):
     torchvision_class = torchvision.datasets.CIFAR10
     folder = "cifar-10-batches-py"
-    num_classes = 10
+    num_classes, native_size, _ = FIXED_DATASETS["cifar10"]
 
 
 @DATASETS.register("cifar100")
 class CIFAR100DataModule(_CIFARDataModule):
     torchvision_class = torchvision.datasets.CIFAR100
     folder = "cifar-100-python"
-    num_classes = 100
+    num_classes, native_size, _ = FIXED_DATASETS["cifar100"]

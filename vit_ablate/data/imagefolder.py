@@ -41,6 +41,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from vit_ablate.config import data_root
 from vit_ablate.data.base import DATASETS, ImageDataModule, Split
 from vit_ablate.data.sample_loader import load_rgb, resize_center_crop
 
@@ -126,7 +127,7 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(cfg)
         if not cfg.data.root:
             raise ValueError("data.root must be set for data.name=imagefolder (a folder with train/<class>/ images)")
-        self.root = Path(cfg.data.root).expanduser()
+        self.root = data_root(cfg)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root={str(self.root)!r} does not exist or is not a folder")
         if not (self.root / "train").is_dir():

@@ -164,15 +164,6 @@ def placements(grid: int) -> Dict[Tuple[int, int], List[Tuple[int, int]]]:
     return table
 
 
-def _check_geometry(cell: int, grid: int) -> None:
-    if cell < 2:
-        raise ValueError(f"data.synthetic.cell={cell} must be at least 2 pixels")
-    if grid < 4 or grid % 2:
-        raise ValueError(
-            f"data.synthetic.grid={grid} must be even and at least 4 (a 'below' pair must fit in half the rows)"
-        )
-
-
 @dataclasses.dataclass
 class SyntheticSample:
     """A generated split with the generator's metadata (used by the tests that check the ceiling)."""
@@ -184,10 +175,8 @@ class SyntheticSample:
 
 
 def generate_synthetic(num: int, *, cell: int = 8, grid: int = 4, seed: int = 0) -> SyntheticSample:
-    """Draw ``num`` images deterministically from ``seed`` (see the module docstring)."""
-    _check_geometry(cell, grid)
-    if num < 1:
-        raise ValueError(f"the number of synthetic images must be positive, got {num}")
+    """Draw ``num`` images deterministically from ``seed`` (see the module docstring); the config
+    checks the geometry (``cell`` ≥ 2, ``grid`` even and ≥ 4)."""
     g = torch.Generator().manual_seed(seed)
     n, size = num, cell * grid
 
@@ -251,19 +240,9 @@ class SyntheticDataModule(ImageDataModule):
         super().__init__(cfg)
         sc = cfg.data.synthetic
         self.cell, self.grid, self.dataset_seed = int(sc.cell), int(sc.grid), int(sc.seed)
-        _check_geometry(self.cell, self.grid)
         self.sizes = {"train": int(sc.num_train), "val": int(sc.num_val), "test": int(sc.num_test)}
-        for split, size in self.sizes.items():
-            if size < 1:
-                raise ValueError(f"data.synthetic.num_{split}={size} must be positive")
+        # never resized: a resize would cut patches across cells and void the ceiling (config refuses data.img_size)
         self.img_size = self.native_size = self.cell * self.grid
-        if cfg.data.img_size is not None and int(cfg.data.img_size) != self.img_size:
-            # Resizing would cut patches across cells and void the ceiling; change the geometry instead.
-            raise ValueError(
-                f"data.img_size={cfg.data.img_size} does not apply to data.name=synthetic, whose images are "
-                f"data.synthetic.cell * data.synthetic.grid = {self.img_size} pixels; leave data.img_size unset "
-                f"and change data.synthetic.cell/grid instead"
-            )
         self.class_names = list(CLASS_NAMES)
         self._samples: Dict[str, SyntheticSample] = {}
 

@@ -1,4 +1,4 @@
-"""The ViT model: one registry per ablation axis, composed by ``VisionTransformer``.
+"""The ViT model: one registry per ablation axis (model/schema.py), composed by ``VisionTransformer``.
 
 Where each axis lives:
     model.stem          stems.py       patch | hybrid | conv
@@ -11,56 +11,34 @@ Where each axis lives:
     model.variant       presets.py     Ti, S, B, L, H  ×  /patch
 """
 
-# Names resolve on first use (PEP 562), so that ``vit_ablate.model.schema`` (the config's ``model``
-# section) imports without torch; any name below imports its module, which registers its components.
+import dataclasses
+import importlib
+
+from vit_ablate.model.schema import HEADS, NORM_PLACEMENTS, PLACEMENTS, POOLINGS, POSITION_EMBEDDINGS, STEMS, ModelConfig
+from vit_ablate.schema import Registry
+
+# The ablation axes, by config key: the model's fields whose names a registry holds.
+AXES = {f"model.{f.name}": f.metadata["valid"] for f in dataclasses.fields(ModelConfig) if isinstance(f.metadata["valid"], Registry)}
+
+# Names that import torch resolve on first use (PEP 562), so that the config imports this package without it.
 _EXPORTS = {
-    "NORM_PLACEMENTS": "blocks",
-    "HEADS": "heads",
-    "POOLINGS": "pooling",
-    "PLACEMENTS": "pos_embed",
-    "POSITION_EMBEDDINGS": "pos_embed",
-    "STEMS": "stems",
     "load_timm_weights": "timm_interop",
     "load_timm_weights_file": "timm_interop",
     "timm_kwargs": "timm_interop",
     "to_timm_state_dict": "timm_interop",
     "VisionTransformer": "vit",
-    "ViTSpec": "vit",
     "build_model": "vit",
     "resolve_spec": "vit",
 }
 
-__all__ = ["AXES", *_EXPORTS]
-
-
-def _axes():
-    from vit_ablate.model.blocks import NORM_PLACEMENTS
-    from vit_ablate.model.heads import HEADS
-    from vit_ablate.model.pooling import POOLINGS
-    from vit_ablate.model.pos_embed import PLACEMENTS, POSITION_EMBEDDINGS
-    from vit_ablate.model.stems import STEMS
-
-    # The ablation axes, by config key: what `vit-ablate config show` and the tests enumerate.
-    return {
-        "model.stem": STEMS,
-        "model.pos_embed": POSITION_EMBEDDINGS,
-        "model.pos_embed_at": PLACEMENTS,
-        "model.norm": NORM_PLACEMENTS,
-        "model.pool": POOLINGS,
-        "model.head": HEADS,
-    }
+__all__ = ["AXES", "ModelConfig", "STEMS", "NORM_PLACEMENTS", "PLACEMENTS", "POSITION_EMBEDDINGS", "POOLINGS", "HEADS", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    import importlib
-
-    if name == "AXES":
-        value = _axes()
-    elif name in _EXPORTS:
-        import vit_ablate.model.vit  # noqa: F401  (builds on every registry: import them all first)
-
-        value = getattr(importlib.import_module(f"vit_ablate.model.{_EXPORTS[name]}"), name)
-    else:
+    if name == "ViTSpec":  # the former mirror of ModelConfig; bench/ still imports the name
+        return ModelConfig
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'vit_ablate.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"vit_ablate.model.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value

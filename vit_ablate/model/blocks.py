@@ -14,9 +14,8 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from vit_ablate.registry import Registry
+from vit_ablate.model.schema import NORM_PLACEMENTS
 
-NORM_PLACEMENTS: Registry = Registry("model.norm")
 
 
 class TransformerBlock(nn.Module):

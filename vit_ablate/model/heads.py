@@ -7,9 +7,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from vit_ablate.registry import Registry
+from vit_ablate.model.schema import HEADS
 
-HEADS: Registry = Registry("model.head")
 
 
 class Head(nn.Module):

@@ -18,9 +18,8 @@ import torch
 from timm.layers import AttentionPoolLatent
 from torch import nn
 
-from vit_ablate.registry import Registry
+from vit_ablate.model.schema import POOLINGS
 
-POOLINGS: Registry = Registry("model.pool")
 
 
 class Pooling(nn.Module):

@@ -29,10 +29,9 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from vit_ablate.registry import Registry
+from vit_ablate.model.schema import PLACEMENTS, POSITION_EMBEDDINGS, ModelConfig
+from vit_ablate.schema import ConfigError
 
-POSITION_EMBEDDINGS: Registry = Registry("model.pos_embed")
-PLACEMENTS: Registry = Registry("model.pos_embed_at")
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,10 @@ class PositionContext:
     depth: int
     at: str  # model.pos_embed_at
     rope_theta: float = 100.0
+
+    @classmethod
+    def of(cls, spec: ModelConfig, num_prefix_tokens: int, grid_size: Tuple[int, int]) -> "PositionContext":
+        return cls(tuple(grid_size), num_prefix_tokens, spec.dim, spec.heads, spec.depth, spec.pos_embed_at, spec.rope_theta)
 
     @property
     def num_patches(self) -> int:
@@ -125,11 +128,10 @@ class PositionEmbedding(nn.Module):
 
     @classmethod
     def check(cls, ctx: PositionContext) -> None:
-        """Raise ValueError for a model this kind cannot serve (called before anything is built)."""
-        name = getattr(cls, "registry_name", cls.__name__)
+        """Raise ConfigError for a model this kind cannot serve (called before anything is built)."""
         if ctx.at not in cls.placements:
-            raise ValueError(
-                f"model.pos_embed_at={ctx.at!r} is not valid with model.pos_embed={name!r}; "
+            raise ConfigError(
+                f"model.pos_embed_at={ctx.at!r} is not valid with model.pos_embed={cls.registry_name!r}; "
                 f"it supports {', '.join(cls.placements)}"
             )
 
@@ -331,7 +333,7 @@ class Learned2d(AdditivePositionEmbedding):
     def check(cls, ctx: PositionContext) -> None:
         super().check(ctx)
         if ctx.dim % 2:
-            raise ValueError(f"model.pos_embed='2d' needs an even model.dim (got {ctx.dim})")
+            raise ConfigError(f"model.pos_embed='2d' needs an even model.dim (got {ctx.dim})")
 
     def make_table(self, ctx: PositionContext) -> nn.Module:
         return LearnedTable2d(ctx.grid_size, ctx.num_prefix_tokens, ctx.dim)
@@ -371,7 +373,7 @@ class SinCos2d(AdditivePositionEmbedding):
     def check(cls, ctx: PositionContext) -> None:
         super().check(ctx)
         if ctx.dim % 4:
-            raise ValueError(f"model.pos_embed='sincos2d' needs model.dim divisible by 4 (got {ctx.dim})")
+            raise ConfigError(f"model.pos_embed='sincos2d' needs model.dim divisible by 4 (got {ctx.dim})")
 
     def make_table(self, ctx: PositionContext) -> nn.Module:
         return SinCosTable2d(ctx.grid_size, ctx.num_prefix_tokens, ctx.dim)
@@ -623,7 +625,7 @@ class Rope2d(PositionEmbedding):
     def check(cls, ctx: PositionContext) -> None:
         super().check(ctx)
         if ctx.head_dim % 4:
-            raise ValueError(
+            raise ConfigError(
                 f"model.pos_embed='rope2d' needs a head dimension (dim/heads) divisible by 4 (got {ctx.head_dim})"
             )
 

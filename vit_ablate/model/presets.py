@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import Dict, Tuple
 
+from vit_ablate.schema import ConfigError, did_you_mean
+
 # name: (hidden size D, layers, heads, MLP size)
 SIZES: Dict[str, Tuple[int, int, int, int]] = {
     "Ti": (192, 12, 3, 768),
@@ -17,19 +19,14 @@ SIZES: Dict[str, Tuple[int, int, int, int]] = {
     "H": (1280, 32, 16, 5120),  # paper Table 1: 632M
 }
 
-_VARIANT = re.compile(r"^(?P<size>[A-Za-z]+)/(?P<patch>\d+)$")
-
 
 def parse_variant(variant: str) -> Dict[str, int]:
     """``"B/16"`` → ``{"dim": 768, "depth": 12, "heads": 12, "mlp_dim": 3072, "patch_size": 16}``."""
-    match = _VARIANT.match(str(variant).strip())
+    match = re.fullmatch(r"(?P<size>[A-Za-z]+)/(?P<patch>[1-9]\d*)", str(variant).strip())
     if not match or match["size"] not in SIZES:
-        sizes = ", ".join(SIZES)
-        raise ValueError(
-            f"model.variant={variant!r} is not valid; use '<size>/<patch>' with size one of {sizes} (e.g. 'B/16', 'Ti/4')"
+        raise ConfigError(
+            f"model.variant={variant!r} is not valid; use '<size>/<patch>' with size one of {', '.join(SIZES)} "
+            f"(e.g. 'B/16', 'Ti/4'){did_you_mean(str(variant).partition('/')[0], SIZES)}"
         )
     dim, depth, heads, mlp_dim = SIZES[match["size"]]
-    patch = int(match["patch"])
-    if patch <= 0:
-        raise ValueError(f"model.variant={variant!r}: the patch size must be positive")
-    return {"dim": dim, "depth": depth, "heads": heads, "mlp_dim": mlp_dim, "patch_size": patch}
+    return {"dim": dim, "depth": depth, "heads": heads, "mlp_dim": mlp_dim, "patch_size": int(match["patch"])}

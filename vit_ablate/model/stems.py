@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,23 +23,11 @@ from timm.layers import HybridEmbed, PatchEmbed, StdConv2dSame
 from timm.models.resnetv2 import ResNetV2
 from torch import nn
 
-from vit_ablate.registry import Registry
-
-if TYPE_CHECKING:
-    from vit_ablate.model.vit import ViTSpec
-
-STEMS: Registry = Registry("model.stem")
+from vit_ablate.model.schema import STEMS, ModelConfig
+from vit_ablate.schema import ConfigError
 
 # paper §3.1: ResNet-50 up to stage 4, or with stage 4 folded into stage 3.
 HYBRID_STAGE_LAYERS: Dict[int, List[int]] = {3: [3, 4, 9], 4: [3, 4, 6, 3]}
-
-
-def _check_divisible(spec: "ViTSpec", stride: int, what: str) -> None:
-    if spec.img_size % stride:
-        raise ValueError(
-            f"model.img_size={spec.img_size} is not divisible by the {what} ({stride}); "
-            f"choose an image size that is a multiple of {stride}"
-        )
 
 
 class Stem(nn.Module):
@@ -47,11 +35,11 @@ class Stem(nn.Module):
     timm_names: Optional[Dict[str, str]] = {"": "patch_embed."}  # None: timm has no equivalent
 
     @classmethod
-    def check(cls, spec: "ViTSpec") -> None:
-        _check_divisible(spec, spec.patch_size, f"patch size model.patch_size={spec.patch_size}")
+    def check(cls, spec: ModelConfig) -> None:
+        """Raise ConfigError for a model this stem cannot serve (resolve_spec checks that the patch tiles the image)."""
 
     @classmethod
-    def flops(cls, spec: "ViTSpec") -> int:
+    def flops(cls, spec: ModelConfig) -> int:
         """Forward matmul FLOPs (2·MACs) for one image, biases not counted (as torch's FlopCounterMode)."""
         raise NotImplementedError(f"{cls.__name__} has no FLOP formula")  # abstract
 
@@ -60,7 +48,7 @@ class Stem(nn.Module):
 class PatchStem(Stem):
     """Linear projection of flattened P×P patches (paper eq. 1)."""
 
-    def __init__(self, spec: "ViTSpec"):
+    def __init__(self, spec: ModelConfig):
         super().__init__()
         embed = PatchEmbed(spec.img_size, spec.patch_size, spec.in_chans, spec.dim)
         # The weights stay those of timm's stride-P conv (`patch_embed.proj.*` converts by prefix);
@@ -70,7 +58,7 @@ class PatchStem(Stem):
         self.grid_size = tuple(embed.grid_size)
 
     @classmethod
-    def flops(cls, spec: "ViTSpec") -> int:
+    def flops(cls, spec: ModelConfig) -> int:
         return 2 * spec.grid_side**2 * spec.in_chans * spec.patch_size**2 * spec.dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -84,8 +72,8 @@ class PatchStem(Stem):
         return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
-def hybrid_layers(spec: "ViTSpec") -> List[int]:
-    return list(spec.hybrid_layers) if spec.hybrid_layers else HYBRID_STAGE_LAYERS.get(spec.hybrid_stage, [])
+def hybrid_layers(spec: ModelConfig) -> List[int]:
+    return list(spec.hybrid_layers or HYBRID_STAGE_LAYERS[spec.hybrid_stage])
 
 
 def hybrid_stride(layers: List[int]) -> int:
@@ -98,24 +86,20 @@ class HybridStem(Stem):
     """ResNetV2 (BiT-style, standardised convs, GroupNorm) feature map → 1×1 patches → D."""
 
     @classmethod
-    def check(cls, spec: "ViTSpec") -> None:
+    def check(cls, spec: ModelConfig) -> None:
         layers = hybrid_layers(spec)
-        if not layers:
-            raise ValueError(
-                f"model.hybrid_stage={spec.hybrid_stage!r} is not valid; choose one of 3, 4 "
-                "(or give model.hybrid_layers, the ResNet blocks per stage)"
-            )
-        if not 1 <= len(layers) <= 4 or any(n <= 0 for n in layers):
-            raise ValueError(f"model.hybrid_layers={layers} must hold 1 to 4 positive block counts")
+        if not 1 <= len(layers) <= 4:
+            raise ConfigError(f"model.hybrid_layers={layers} must hold 1 to 4 block counts")
         stride = hybrid_stride(layers)
         if spec.patch_size != stride:
-            raise ValueError(
+            raise ConfigError(
                 f"model.patch_size={spec.patch_size} does not match the hybrid stem's total stride {stride} "
                 f"(ResNet layers {layers}); a hybrid's '/P' is its stride: use variant '<size>/{stride}'"
             )
-        _check_divisible(spec, stride, f"hybrid stem's stride")
+        if spec.img_size % stride:
+            raise ConfigError(f"model.img_size={spec.img_size} is not divisible by the hybrid stem's stride {stride}")
 
-    def __init__(self, spec: "ViTSpec"):
+    def __init__(self, spec: ModelConfig):
         super().__init__()
         backbone = ResNetV2(
             layers=hybrid_layers(spec),
@@ -132,7 +116,7 @@ class HybridStem(Stem):
         self.grid_size = tuple(embed.grid_size)
 
     @classmethod
-    def flops(cls, spec: "ViTSpec") -> int:
+    def flops(cls, spec: ModelConfig) -> int:
         # the ResNet's layout lives in timm: count it on the meta device (no memory, no compute)
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -155,18 +139,17 @@ class ConvStem(Stem):
     timm_names = None
 
     @classmethod
-    def check(cls, spec: "ViTSpec") -> None:
-        super().check(spec)
+    def check(cls, spec: ModelConfig) -> None:
         if spec.patch_size < 2 or spec.patch_size & (spec.patch_size - 1):
-            raise ValueError(f"model.stem='conv' needs a power-of-two model.patch_size ≥ 2 (got {spec.patch_size})")
+            raise ConfigError(f"model.stem='conv' needs a power-of-two model.patch_size ≥ 2 (got {spec.patch_size})")
 
     @staticmethod
-    def widths(spec: "ViTSpec") -> List[int]:
+    def widths(spec: ModelConfig) -> List[int]:
         steps = int(math.log2(spec.patch_size))
         return [max(16, spec.dim >> (steps - i)) for i in range(steps)]
 
     @classmethod
-    def flops(cls, spec: "ViTSpec") -> int:
+    def flops(cls, spec: ModelConfig) -> int:
         flops, channels, size = 0, spec.in_chans, spec.img_size
         for width in cls.widths(spec):
             size = (size + 2 - 3) // 2 + 1
@@ -174,7 +157,7 @@ class ConvStem(Stem):
             channels = width
         return flops + 2 * spec.grid_side**2 * channels * spec.dim
 
-    def __init__(self, spec: "ViTSpec"):
+    def __init__(self, spec: ModelConfig):
         super().__init__()
         widths = self.widths(spec)
         layers: List[nn.Module] = []

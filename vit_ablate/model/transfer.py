@@ -27,10 +27,10 @@ import torch
 from vit_ablate.model.hf_interop import from_hf_state_dict, is_hf_state_dict
 from vit_ablate.model.pos_embed import Grid, resample_position_tensors
 from vit_ablate.model.safe_load import SAFETENSORS_SUFFIX, load_safetensors_file, load_state_dict_file, load_torch_file
+from vit_ablate.model.schema import INIT_FORMATS
 from vit_ablate.model.timm_interop import from_timm_state_dict
-from vit_ablate.model.vit import VisionTransformer, resolve_spec
-
-FORMATS = ("auto", "vit_ablate", "timm", "hf")
+from vit_ablate.model.vit import VisionTransformer, build_model, resolve_spec
+from vit_ablate.schema import did_you_mean
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HEAD_PREFIX = "head."
 CLASSIFIER_PREFIX = "head.fc."
@@ -106,24 +106,22 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def check_source(path: Optional[str], fmt: str = "auto") -> None:
-    """Cheap checks of ``init.path``/``init.format`` that need no model (before a run directory exists)."""
-    if fmt not in FORMATS:
-        raise InitError(f"init.format={fmt!r} is not valid; choose one of {', '.join(FORMATS)}")
+    """Cheap checks of ``init.path``/``init.format`` that need no model: the machine holds the file."""
+    if fmt not in INIT_FORMATS:
+        raise InitError(f"init.format={fmt!r} is not valid; choose one of {', '.join(INIT_FORMATS)}")
     if not path:
         return
     source = Path(path)
     if not source.exists():
-        raise InitError(f"init.path={str(path)!r} does not exist")
-    if (fmt == "hf" or (fmt == "auto" and source.is_dir())) and not (source / "config.json").is_file():
-        raise InitError(f"init.path={str(path)!r}: a Hugging Face ViT folder needs config.json")
+        raise InitError(f"init.path={str(path)!r} does not exist; give a checkpoint file or folder, or init.path=null")
+    if source.is_dir() and fmt in ("auto", "hf") and not (source / "config.json").is_file():
+        raise InitError(f"init.path={str(path)!r} is a folder without config.json (a Hugging Face ViT folder needs config.json and its weights)")
 
 
 def _read_hf_folder(folder: Path) -> SourceWeights:
     from vit_ablate.model.hf_interop import model_config_from_hf
 
     config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise InitError(f"init.path={str(folder)!r}: a Hugging Face ViT folder needs config.json")
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
@@ -166,8 +164,7 @@ def _read_checkpoint(path: Path) -> SourceWeights:
     except ValueError as exc:
         raise InitError(f"init.path={str(path)!r}: its model config cannot be read by this version ({exc})") from None
     unused = [k for k in state if not k.startswith(("model.", "ema.module."))]
-    return SourceWeights(str(path), "vit_ablate", tensors, unused, (spec.grid_side, spec.grid_side),
-                         {f: getattr(spec, f) for f in spec.__dataclass_fields__}, weights)
+    return SourceWeights(str(path), "vit_ablate", tensors, unused, (spec.grid_side, spec.grid_side), asdict(spec), weights)
 
 
 def read_source(model: VisionTransformer, path: str | os.PathLike, fmt: str = "auto") -> SourceWeights:
@@ -217,14 +214,9 @@ def apply_source(model: VisionTransformer, source: SourceWeights, exclude: Seque
     ours = model.state_dict()
     for prefix in exclude:
         if not any(name.startswith(prefix) for name in [*ours, *source.tensors]):
-            import difflib
-
             tops = sorted({name.split(".")[0] for name in ours})
-            close = difflib.get_close_matches(prefix, tops, n=1, cutoff=0.4)
-            raise InitError(
-                f"init.exclude entry {prefix!r} matches no tensor of the model or of {source.path}"
-                + (f"; did you mean {close[0]!r}?" if close else f" (top-level names: {', '.join(tops)})")
-            )
+            raise InitError(f"init.exclude entry {prefix!r} matches no tensor of the model or of {source.path}"
+                            + (did_you_mean(prefix, tops) or f" (top-level names: {', '.join(tops)})"))
 
     summary = InitSummary(source.path, source.format, source.weights, list(source.grid) if source.grid else None,
                           list(model.grid_size), unused=list(source.unused))
@@ -320,8 +312,6 @@ def write_summary(summary: InitSummary, run_dir: str | os.PathLike) -> Path:
 def check_init(model_cfg: Any, path: str, fmt: str = "auto", exclude: Sequence[str] = ()) -> InitSummary:
     """Build the model of ``model_cfg`` and initialise it from ``path``: every error ``init.path`` can
     raise, before anything is written (costs one model build and one read of the file)."""
-    from vit_ablate.model.vit import build_model
-
     return apply_init(build_model(model_cfg), path, fmt, exclude)
 
 

@@ -2,145 +2,81 @@
 
     images → stem → [prefix tokens] → pos-embed → dropout → blocks (norm placement) → pool → head
 
-Each arrow is a component chosen by name from a registry (stems.py, pooling.py, pos_embed.py,
-blocks.py, heads.py); this file never compares against those names. ``resolve_spec`` is the one place
-where a ``model`` config is checked, so a bad name or an impossible combination fails at build time.
+Each arrow is a component chosen by name from a registry (model/schema.py); this file never compares
+against those names. ``resolve_spec`` is where a ``model`` section is checked, once per process.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+import functools
+import json
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
 from torch.nn.init import trunc_normal_
 
 from vit_ablate.model.attention import Attention
-from vit_ablate.model.blocks import NORM_PLACEMENTS
-from vit_ablate.model.heads import HEADS
-from vit_ablate.model.pooling import POOLINGS
-from vit_ablate.model.pos_embed import PLACEMENTS, POSITION_EMBEDDINGS, PositionContext
+from vit_ablate.model.pos_embed import PositionContext
 from vit_ablate.model.presets import parse_variant
-from vit_ablate.model.stems import STEMS
+from vit_ablate.model.schema import HEADS, NORM_PLACEMENTS, POOLINGS, POSITION_EMBEDDINGS, STEMS, ModelConfig
+from vit_ablate.schema import ConfigError, check_value, did_you_mean
 
 
-@dataclass(frozen=True)
-class ViTSpec:
-    """A fully resolved model description: the preset expanded and every override applied."""
+def resolve_spec(cfg: Any) -> ModelConfig:
+    """The ``model`` section (a mapping, an OmegaConf node or a ModelConfig) with the variant's sizes
+    filled in, every value, name and combination checked. Raises ConfigError naming the key.
 
-    dim: int
-    depth: int
-    heads: int
-    mlp_dim: int
-    patch_size: int
-    img_size: int
-    in_chans: int
-    num_classes: int
-    norm: str
-    pool: str
-    head: str
-    head_hidden_dim: int
-    head_zero_init: bool
-    pos_embed: str
-    pos_embed_at: str
-    stem: str
-    hybrid_stage: int
-    hybrid_layers: Optional[Tuple[int, ...]]
-    qkv_bias: bool
-    layer_norm_eps: float
-    dropout: float
-    attn_dropout: float
-    drop_path: float
-    rope_theta: float
-    variant: str
+    Checked once per process: config validation and ``build_model`` ask for the same section."""
+    if dataclasses.is_dataclass(cfg):
+        cfg = dataclasses.asdict(cfg)
+    elif not isinstance(cfg, dict):
+        from omegaconf import OmegaConf
 
-    @property
-    def grid_side(self) -> int:
-        return self.img_size // self.patch_size
+        cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    return dataclasses.replace(_resolve(json.dumps(cfg, sort_keys=True)))
 
 
-def _as_dict(cfg: Any) -> Dict[str, Any]:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, ViTSpec):
-        return dataclasses.asdict(cfg)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise TypeError(f"build_model expects the `model` section as a mapping, got {type(cfg).__name__}")
-
-
-def resolve_spec(cfg: Any) -> ViTSpec:
-    """Expand ``model.variant``, apply overrides and validate every name and combination.
-
-    Raises ValueError naming the key, the bad value and the valid ones.
-    """
-    from vit_ablate.model.schema import ModelConfig  # the schema holds the defaults (one source of truth)
-
-    given = _as_dict(cfg)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        import difflib
-
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
-            hints.append(f"model.{key}" + (f" (did you mean model.{close[0]}?)" if close else ""))
-        raise ValueError(f"unknown model config key(s): {', '.join(hints)}")
-    values = {**dataclasses.asdict(ModelConfig()), **given}
-
-    preset = parse_variant(values["variant"])
-    for key, value in preset.items():
-        if values.get(key) is None:
-            values[key] = value
-    for key in ("dim", "depth", "heads", "mlp_dim", "patch_size", "img_size", "in_chans", "num_classes"):
-        if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] <= 0:
-            raise ValueError(f"model.{key}={values[key]!r} must be a positive integer")
-    if values["dim"] % values["heads"]:
-        raise ValueError(f"model.dim={values['dim']} is not divisible by model.heads={values['heads']}")
-    if values.get("head_hidden_dim") is None:
-        values["head_hidden_dim"] = values["dim"]
-    if values.get("hybrid_layers") is not None:
-        values["hybrid_layers"] = tuple(int(n) for n in values["hybrid_layers"])
-    spec = ViTSpec(**{f.name: values[f.name] for f in dataclasses.fields(ViTSpec)})
-
-    # Names: each registry raises "model.<key>='x' is not valid; choose one of …".
-    stem_cls = STEMS.get(spec.stem)
-    NORM_PLACEMENTS.get(spec.norm)
-    pool_cls = POOLINGS.get(spec.pool)
-    HEADS.get(spec.head)
-    pos_cls = POSITION_EMBEDDINGS.get(spec.pos_embed)
-    PLACEMENTS.get(spec.pos_embed_at)
-
-    # Combinations: each component checks what it needs.
-    stem_cls.check(spec)
-    pos_cls.check(_position_context(spec, pool_cls.num_prefix_tokens, (spec.grid_side, spec.grid_side)))
+@functools.lru_cache(maxsize=None)
+def _resolve(given_json: str) -> ModelConfig:
+    given = json.loads(given_json)
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for key in given:
+        if key not in fields:
+            raise ConfigError(f"unknown config key 'model.{key}'{did_you_mean(key, fields, 'model.')}")
+    spec = ModelConfig(**given)
+    for key, value in parse_variant(spec.variant).items():
+        if getattr(spec, key) is None:
+            setattr(spec, key, value)
+    if spec.head_hidden_dim is None:
+        spec.head_hidden_dim = spec.dim
+    for key, f in fields.items():
+        check_value(f"model.{key}", f, getattr(spec, key))
+    if spec.dim % spec.heads:
+        raise ConfigError(f"model.dim={spec.dim} is not divisible by model.heads={spec.heads}")
+    STEMS.get(spec.stem).check(spec)
+    _check_tiling(spec, patch_given=given.get("patch_size") is not None)
+    num_prefix = POOLINGS.get(spec.pool).num_prefix_tokens
+    POSITION_EMBEDDINGS.get(spec.pos_embed).check(PositionContext.of(spec, num_prefix, (spec.grid_side,) * 2))
     return spec
 
 
-def _position_context(spec: ViTSpec, num_prefix: int, grid_size: Tuple[int, int]) -> PositionContext:
-    return PositionContext(
-        grid_size=tuple(grid_size),
-        num_prefix_tokens=num_prefix,
-        dim=spec.dim,
-        heads=spec.heads,
-        depth=spec.depth,
-        at=spec.pos_embed_at,
-        rope_theta=spec.rope_theta,
-    )
+def _check_tiling(spec: ModelConfig, patch_given: bool) -> None:
+    """The patch tiles the image, in plain words (paper §3.1: the image is split into P×P patches)."""
+    patch, size = spec.patch_size, spec.img_size
+    if size % patch == 0:
+        return
+    fit = min((p for p in range(2, size + 1) if size % p == 0), key=lambda p: (abs(p - patch), p))
+    source, instead = ((f"model.patch_size={patch}", f"model.patch_size={fit}") if patch_given else
+                       (f"model.variant={spec.variant!r}", f"model.variant={spec.variant.partition('/')[0]}/{fit}"))
+    raise ConfigError(
+        f"{source} cuts the image into {patch}×{patch}-pixel patches, but the image is {size} pixels wide "
+        f"(model.img_size={size}) and {patch} does not divide {size}; use {instead}, or an image size that is a multiple of {patch}")
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, spec: ViTSpec):
+    def __init__(self, spec: ModelConfig):
         super().__init__()
         self.spec = spec
         block_cls = NORM_PLACEMENTS.get(spec.norm)
@@ -149,7 +85,7 @@ class VisionTransformer(nn.Module):
             spec.dim, spec.heads, spec.mlp_dim, block_cls.final_norm(spec.dim, spec.layer_norm_eps)
         )
         self.pos_embed = POSITION_EMBEDDINGS.get(spec.pos_embed)(
-            _position_context(spec, self.pool.num_prefix_tokens, self.stem.grid_size)
+            PositionContext.of(spec, self.pool.num_prefix_tokens, self.stem.grid_size)
         )
         self.pos_drop = nn.Dropout(spec.dropout)  # paper: dropout right after adding position embeddings
         # stochastic depth grows linearly with depth (timm's and DeiT's rule)
@@ -257,5 +193,9 @@ class VisionTransformer(nn.Module):
 
 
 def build_model(cfg: Any) -> VisionTransformer:
-    """The ``model`` section of a config (mapping, OmegaConf node or ViTSpec) → a VisionTransformer."""
+    """The ``model`` section of a config (mapping, OmegaConf node or ModelConfig) → a VisionTransformer."""
     return VisionTransformer(resolve_spec(cfg))
+
+
+def _position_context(spec: ModelConfig, num_prefix: int, grid_size: Tuple[int, int]) -> PositionContext:
+    return PositionContext.of(spec, num_prefix, grid_size)  # the name bench/flops.py imports
