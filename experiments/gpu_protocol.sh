@@ -18,7 +18,7 @@
 #
 # Environment: OUT (run folders; default runs/gpu_protocol, dry-run runs/gpu_protocol_dry), REPORTS
 # (report folders; default results, dry-run $OUT/reports), CIFAR_ROOT (CIFAR-10 as class folders;
-# default /root/data/cifar10, extracted from CIFAR_ARCHIVE, default ../shared/data/cifar10-jpeg.tar.gz,
+# default $VIT_ABLATE_DATA/cifar10 (VIT_ABLATE_DATA default .data), extracted from CIFAR_ARCHIVE, default ../shared/data/cifar10-jpeg.tar.gz,
 # when missing), GPUS (default 0), WAVE (runs per wave, default 16), WORKERS (default WAVE),
 # EXTRA (more key=value overrides for every run, e.g. "trainer.compile=reduce-overhead").
 set -euo pipefail
@@ -35,7 +35,7 @@ esac
 SWEEPS=(gpu_pos_embed gpu_pooling_lr gpu_hybrid gpu_norm)
 declare -A METRIC=([gpu_pos_embed]=val/acc1 [gpu_pooling_lr]=val/acc1 [gpu_hybrid]=val/acc1 [gpu_norm]=val/loss)
 
-CIFAR_ROOT=${CIFAR_ROOT:-/root/data/cifar10}
+CIFAR_ROOT=$(realpath -m "${CIFAR_ROOT:-${VIT_ABLATE_DATA:-.data}/cifar10}")  # absolute: data.root is taken as given
 CIFAR_ARCHIVE=${CIFAR_ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}
 if [ $DRY_RUN = 1 ]; then
   OUT=${OUT:-runs/gpu_protocol_dry}
