@@ -49,12 +49,9 @@ class EpochSeeding(Callback):
 
 
 class DivergenceCallback(Callback):
-    """Stop the run when the loss became NaN/inf on any rank (status ``diverged``, not a crash).
-
-    The module counts non-finite losses on the device; reading the counter is a host sync, so it is
-    read every ``check_every`` steps and at each epoch end (a non-finite loss poisons the weights, so a
-    late check still catches it).
-    """
+    """Stop the run when the loss became NaN/inf on any rank (status ``diverged``, not a crash). Reading
+    the module's device-side counter is a host sync: every ``check_every`` steps and at each epoch end
+    (a non-finite loss poisons the weights, so a late check still catches it)."""
 
     def __init__(self, check_every: int = 20):
         self.check_every = check_every

@@ -175,11 +175,9 @@ def storage_problem(exc: BaseException) -> Optional[str]:
 
 # ------------------------------------------------------------------------------------ the run
 def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Train (or resume, or report the finished run) and return the content of ``result.json``.
-
-    What can be checked without training (the name, the folder, the data, the devices, the batch plan,
-    ``init.path``) is checked before the run directory is created; it is locked while the run trains.
-    """
+    """Train (or resume, or report the finished run) and return the content of ``result.json``. The name,
+    folder, data, devices, batch plan and ``init.path`` are checked before the run directory is created;
+    it is locked while the run trains."""
     run_dir = resolve_run_dir(cfg)
     check_run_dir(run_dir, cfg)
     if (previous := finished_result(run_dir)) is not None:

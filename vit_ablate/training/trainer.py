@@ -143,10 +143,8 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> List[Any]:
 
 def run_trainer(cfg: DictConfig, run_dir: Path, *callbacks: Callback) -> Tuple[L.Trainer, BatchPlan]:
     """The Trainer of a training run in ``run_dir`` (nothing is written until it fits) and its batch plan.
-
-    Checkpoints: ``last`` after every epoch (what a rerun resumes from) and ``best`` by val/acc1
-    (ModelCheckpoint's own save_last saves only when the monitored metric improved).
-    """
+    Checkpoints: ``last`` after every epoch (what a rerun resumes from; ModelCheckpoint's own save_last
+    saves only when the monitored metric improved) and ``best`` by val/acc1."""
     placement = resolve_devices(cfg)
     plan = plan_batches(cfg, placement.devices * cfg.trainer.num_nodes)
     precision = str(cfg.trainer.precision)
