@@ -240,27 +240,20 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
     analysis.baseline, analysis.baseline_reason = _choose_baseline(groups, by, baseline, design, analysis.primary, notes)
 
     comparisons = _compare(groups, counted, analysis.baseline, seed, notes)
-    groups["holm"] = ""  # which adjusted p the group's comparison has: primary, a declared test, or none
-    in_family = []
-    for label in comparisons.index:
-        declared = [r for r in ([analysis.primary] if analysis.primary else []) + analysis.secondary
-                    if _same_pair(r, groups.loc[label], groups.loc[analysis.baseline], by)]
-        if declared:
-            groups.at[label, "holm"] = "primary" if declared[0].spec.role == "primary" else f"secondary {declared[0].kind}"
-        elif "baseline" in design.holm[0]:
-            in_family.append(label)
-        else:
-            groups.at[label, "holm"] = "not in the Holm family"
-    adjusted = stats.holm([r.p for r in analysis.secondary] + [comparisons.at[label, "p_t"] for label in in_family])
+    # One Holm family, one adjusted p per comparison: a group's comparison with the baseline that a
+    # declared contrast already makes is that contrast's (the primary's is unadjusted).
+    declared = {label: next((r for r in [analysis.primary, *analysis.secondary] if r and _same_pair(
+        r, groups.loc[label], groups.loc[analysis.baseline], by)), None) for label in comparisons.index}
+    in_family = [label for label, r in declared.items() if r is None and "baseline" in design.holm[0]]
+    adjusted = stats.holm([r.p for r in analysis.secondary] + list(comparisons.loc[in_family, "p_t"]))
     for result, p in zip(analysis.secondary, adjusted):
         result.p_holm = float(p)
         decide(result)
-    groups = groups.join(comparisons.astype({"n_pairs": "Int64", "paired": "boolean"}))
-    groups["p_holm"] = math.nan
-    groups.loc[in_family, "p_holm"] = adjusted[len(analysis.secondary):]
-    for label in groups.index[groups["holm"].str.startswith("secondary")]:
-        groups.at[label, "p_holm"] = next(r.p_holm for r in analysis.secondary
-                                          if _same_pair(r, groups.loc[label], groups.loc[analysis.baseline], by))
+    holm = {label: ("primary" if r.spec.role == "primary" else f"secondary {r.kind}") if r else
+            "" if label in in_family else "not in the Holm family" for label, r in declared.items()}
+    p_holm = {**dict(zip(in_family, adjusted[len(analysis.secondary):])), **{k: r.p_holm for k, r in declared.items() if r}}
+    groups = groups.join(comparisons.astype({"n_pairs": "Int64", "paired": "boolean"})).assign(
+        holm=pd.Series(holm, dtype=object), p_holm=pd.Series(p_holm, dtype=float))
     groups["is_baseline"] = groups.index == analysis.baseline
     analysis.groups, analysis.family_size = groups, int(np.count_nonzero(~np.isnan(adjusted)))
     values = counted["value"]

@@ -16,7 +16,7 @@ Kinds:
 * ``paired A vs B`` — mean of the per-seed differences A − B: paired t-test (decides) and the exact
   sign-flip p (beside it);
 * ``interaction A vs B by C vs D`` — a 2×2 design paired by seed: (A − B at C) − (A − B at D) per
-  seed, one-sample t-test; ``interaction KEY1 KEY2`` when each key has exactly two values;
+  seed, one-sample t-test;
 * ``fisher A vs B`` — runs whose status is ``outcome`` (default ``diverged``) out of the runs that
   finished (completed or diverged) in A and in B: Fisher's exact test;
 * ``equivalence A vs B margin=M`` — two one-sided t-tests that |mean(A − B)| < M (M in the metric's
@@ -54,8 +54,6 @@ KINDS = ("paired", "interaction", "fisher", "equivalence")
 HOLM_MEMBERS = ("secondary", "baseline")
 _OPTIONS = ("margin", "expect", "effect", "outcome", "source", "note")
 _LINE_RE = re.compile(r"^\s*#\s*(?P<role>primary|secondary|holm)\s*:(?P<body>.*)$", re.IGNORECASE)
-_EXPECT = {"greater": "greater", "higher": "greater", "+": "greater", ">": "greater",
-           "less": "less", "lower": "less", "-": "less", "<": "less"}
 
 
 def _side(s: Mapping[str, str]) -> str:
@@ -70,7 +68,6 @@ class ContrastSpec:
     b: Dict[str, str]
     c: Dict[str, str] = field(default_factory=dict)  # interaction: the second factor's two levels
     d: Dict[str, str] = field(default_factory=dict)
-    keys: Tuple[str, ...] = ()  # interaction short form: the two factors, levels read from the runs
     where: Dict[str, str] = field(default_factory=dict)
     margin: Optional[float] = None
     expect: Optional[str] = None  # "greater" | "less": the paper's sign of A − B
@@ -133,39 +130,31 @@ def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
             raise ValueError(f"{where}'where KEY=VALUE ...' must come last, once")
         spec.where = {k: canon(v) for k, v in sections.pop()}
         separators.pop()
-    if kind == "interaction" and bare and not separators and not any(sections[0]):
-        if len(bare) != 2:
-            raise ValueError(f"{where}interaction needs a 2×2 design: name two keys, or A vs B by C vs D")
-        spec.keys = (bare[0], bare[1])
-    else:
-        if bare:
-            raise ValueError(f"{where}{bare[0]!r} is not of the form key=value, 'vs', 'by' or 'where'")
-        expected = ["vs", "by", "vs"] if kind == "interaction" else ["vs"]
-        if separators != expected or any(not s for s in sections):
-            form = "A vs B by C vs D" if kind == "interaction" else "A vs B"
-            raise ValueError(f"{where}expected {kind} {form} (each side KEY=VALUE ...), got {body.strip()!r}")
-        sides = [{k: canon(v) for k, v in s} for s in sections]
-        spec.a, spec.b = sides[0], sides[1]
-        if kind == "interaction":
-            spec.c, spec.d = sides[2], sides[3]
-            for first, second, what in ((spec.a, spec.b, "A vs B"), (spec.c, spec.d, "C vs D")):
-                if len(first) != 1 or set(first) != set(second) or first == second:
-                    raise ValueError(f"{where}interaction needs a 2×2 design: {what} must be two values of one key "
-                                     f"(e.g. model.pool=cls vs model.pool=gap), got {_side(first)} vs {_side(second)}")
-            if set(spec.a) == set(spec.c):
-                raise ValueError(f"{where}interaction needs a 2×2 design: its two factors are the same key {next(iter(spec.a))}")
-        elif spec.a == spec.b:
-            raise ValueError(f"{where}both sides are {_side(spec.a)}: nothing to compare")
+    if bare:
+        raise ValueError(f"{where}{bare[0]!r} is not of the form key=value, 'vs', 'by' or 'where'")
+    expected = ["vs", "by", "vs"] if kind == "interaction" else ["vs"]
+    if separators != expected or any(not s for s in sections):
+        form = "A vs B by C vs D" if kind == "interaction" else "A vs B"
+        raise ValueError(f"{where}expected {kind} {form} (each side KEY=VALUE ...), got {body.strip()!r}")
+    spec.a, spec.b, spec.c, spec.d = [{k: canon(v) for k, v in s} for s in sections] + [{}, {}][: 4 - len(sections)]
+    if kind == "interaction":
+        for first, second, what in ((spec.a, spec.b, "A vs B"), (spec.c, spec.d, "C vs D")):
+            if len(first) != 1 or set(first) != set(second) or first == second:
+                raise ValueError(f"{where}interaction needs a 2×2 design: {what} must be two values of one key "
+                                 f"(e.g. model.pool=cls vs model.pool=gap), got {_side(first)} vs {_side(second)}")
+        if set(spec.a) == set(spec.c):
+            raise ValueError(f"{where}interaction needs a 2×2 design: its two factors are the same key {next(iter(spec.a))}")
+    elif spec.a == spec.b:
+        raise ValueError(f"{where}both sides are {_side(spec.a)}: nothing to compare")
     spec.margin = _number(options, "margin", where)
     if spec.margin is not None and not (math.isfinite(spec.margin) and spec.margin > 0):
         raise ValueError(f"{where}margin={options['margin']} must be a positive number (metric units, e.g. 0.01)")
     if kind == "equivalence" and spec.margin is None:
         raise ValueError(f"{where}an equivalence needs margin=M, the largest difference that counts as equal, in the "
                          "metric's units (e.g. margin=0.01 for one point of accuracy), stated before the runs")
-    if "expect" in options:
-        if options["expect"].lower() not in _EXPECT:
-            raise ValueError(f"{where}expect={options['expect']!r}: use expect=greater or expect=less (the sign of A − B)")
-        spec.expect = _EXPECT[options["expect"].lower()]
+    spec.expect = options.get("expect", "").lower() or None
+    if spec.expect not in (None, "greater", "less"):
+        raise ValueError(f"{where}expect={options['expect']!r}: use expect=greater or expect=less (the sign of A − B)")
     spec.effect = _number(options, "effect", where)
     spec.outcome = options.get("outcome", rundir.DIVERGED).lower()
     return spec
@@ -201,35 +190,20 @@ def parse_holm_comment(text: str, origin: str = "sweep file") -> Optional[Tuple[
     return members, f"declared on line {lineno} of {origin}"
 
 
-def _nearest(value: str, choices: Sequence[str]) -> str:
-    hint = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.0)
-    return f" (did you mean {hint[0]}?)" if hint else ""
-
-
 def validate_contrasts(specs: Sequence[ContrastSpec], values_of: Mapping[str, Sequence[str]]) -> None:
     """Every key and value a contrast names must exist in the runs (``values_of``: key → canonical
-    values seen); an interaction's factors must have two levels each. ValueError names the line."""
+    values seen). ValueError names the line."""
     for spec in specs:
-        for key in spec.keys:
-            if key not in values_of:
-                raise ValueError(f"{spec.where_text}key {key!r} is in no run{_nearest(key, sorted(values_of))}")
         for key, value in [item for side in (spec.a, spec.b, spec.c, spec.d, spec.where) for item in side.items()]:
             if key not in values_of:
-                raise ValueError(f"{spec.where_text}{key}={value} names a key no run has{_nearest(key, sorted(values_of))}")
+                hint = difflib.get_close_matches(key, sorted(values_of), n=1, cutoff=0.0)
+                raise ValueError(f"{spec.where_text}{key}={value} names a key no run has"
+                                 + (f" (did you mean {hint[0]}?)" if hint else ""))
             seen = sorted(values_of[key], key=sort_key)
             if value not in seen:
+                hint = difflib.get_close_matches(value, seen, n=1, cutoff=0.0)
                 raise ValueError(f"{spec.where_text}{key}={value} names a group the sweep does not have: {key} is "
-                                 f"{', '.join(seen)}{_nearest(value, seen)}")
-        if spec.keys:
-            levels = [sorted(values_of[key], key=sort_key) for key in spec.keys]
-            for key, seen in zip(spec.keys, levels):
-                if len(seen) != 2:
-                    example = f"{key}={seen[-1]} vs {key}={seen[0]}" if len(seen) > 2 else ""
-                    raise ValueError(f"{spec.where_text}interaction needs a 2×2 design, but {key} has {len(seen)} "
-                                     f"value{'s' if len(seen) != 1 else ''} ({', '.join(seen)})"
-                                     + (f": name two, e.g. 'interaction A vs B by {example}'" if example else ""))
-            (k1, k2), (l1, l2) = spec.keys, levels
-            spec.a, spec.b, spec.c, spec.d = {k1: l1[0]}, {k1: l1[1]}, {k2: l2[0]}, {k2: l2[1]}
+                                 f"{', '.join(seen)}" + (f" (did you mean {hint[0]}?)" if hint else ""))
 
 
 @dataclass

@@ -176,7 +176,7 @@ def plot_all(analysis: Analysis, out: Path) -> Tuple[List[Path], List[str]]:
     written, notes = [], []
     lr = LR_KEY in analysis.by and len(analysis.by) >= 2
     for name, drawn, why in (
-        ("curves.png", plot_curves(analysis, out / "curves.png"), "no included run has a metrics.csv with the curve column"),
+        ("curves.png", plot_curves(analysis, out / "curves.png"), "no included run has per-epoch values (a run folder's metrics.csv; a runs.csv holds none)"),
         ("final.png", plot_final(analysis, out / "final.png"), "no group has an included run"),
         ("lr_curves.png", plot_curves(analysis, out / "lr_curves.png", lr_styles=True) if lr else None,
          "no included run has learning curves" if lr else ""),

@@ -189,7 +189,7 @@ def _from_sweep_file(path: Path, design: Design) -> None:
         raise ValueError(f"{path}: a sweep file holds a mapping (method, parameters, command, ...)")
     design.read_header(text, str(path))
     design.swept = swept_parameters(config)
-    design.has_manifest, design.name = True, design.name or path.stem
+    design.has_manifest, design.name = True, design.name or str(config.get("name") or path.stem)
     design.sources.append(f"{path} (sweep file: swept keys, references, declared contrasts)")
 
 

@@ -17,13 +17,9 @@ _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _number(x: float) -> str:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if float(x).is_integer() and abs(x) < 1e15:
+    if math.isfinite(x) and x.is_integer() and abs(x) < 1e15:
         return str(int(x))  # 1.0 and 1 are one setting (dropout 0 vs 0.0)
-    return repr(float(x))  # shortest round-tripping form: 0.0008, 3e-05
+    return repr(x)  # the shortest round-tripping form: 0.0008, 3e-05; nan, inf
 
 
 def canon(value: Any) -> str:
@@ -52,6 +48,4 @@ def canon(value: Any) -> str:
 
 def sort_key(text: str) -> Tuple[int, float, str]:
     """Numbers in numeric order before words in alphabetical order (so 3e-4 sorts before 8e-4)."""
-    if _NUMBER_RE.match(text):
-        return (0, float(text), text)
-    return (1, 0.0, text)
+    return (0, float(text), text) if _NUMBER_RE.match(text) else (1, 0.0, text)
