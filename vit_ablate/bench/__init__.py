@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from vit_ablate.bench.context import TARGETS_FILE, Bench, Row, format_table, guarded, make_bench
+from vit_ablate.bench.context import TARGETS_FILE, Bench, guarded, make_bench
 from vit_ablate.bench.data import section_data
 from vit_ablate.bench.flops import count_model_flops, device_peak_flops
 from vit_ablate.bench.framework import section_framework
@@ -37,7 +37,7 @@ from vit_ablate.bench.models import section_components, section_model
 from vit_ablate.bench.startup import section_startup
 from vit_ablate.config import ConfigError, compile_mode, config_digest, to_container
 
-__all__ = ["run_bench", "benchmark", "count_model_flops", "device_peak_flops", "Row", "format_table", "SECTIONS"]
+__all__ = ["run_bench", "benchmark", "count_model_flops", "device_peak_flops", "SECTIONS"]
 
 SECTIONS = {"model": section_model, "components": section_components, "framework": section_framework,
             "data": section_data, "startup": section_startup, "gpu": section_gpu}
@@ -68,8 +68,7 @@ def benchmark(cfg, *, sections: Optional[Sequence[str]] = None, ddp: int = 0, js
         before = len(bench.rows)
         guarded(bench, name, f"the {name} section", lambda: section(bench))
         for row in bench.rows[before:]:
-            bench.log(f"{name}: {row.what}: " + (row.note or f"{row.img_s or 0:.1f} vs {row.ref_img_s or 0:.1f} img/s, ratio "
-                                                            f"{row.ratio if row.ratio is not None else float('nan'):.3f}"))
+            bench.log(f"{name}: {row.summary()}")
         _write(bench, started, json_path, complete=False)
     _write(bench, started, json_path, complete=True)
     return bench
@@ -115,8 +114,11 @@ def _environment(bench: Bench) -> Dict[str, Any]:
     import vit_ablate
     from vit_ablate.training.run import git_revision
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
+    except OSError:  # not Linux
+        cpu = platform.processor()
     cuda = bench.device.type == "cuda"
     return {
         "torch": torch.__version__, "timm": timm.__version__, "lightning": lightning.__version__,

@@ -15,7 +15,6 @@ import itertools
 import logging
 import tempfile
 import warnings
-from typing import Any, List, Tuple
 
 import torch
 

@@ -29,15 +29,11 @@ class Precision:
     name: str
 
     @property
-    def autocast_dtype(self) -> Optional[torch.dtype]:
-        return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.name)
-
-    @property
     def param_dtype(self) -> torch.dtype:
         return {"bf16-true": torch.bfloat16, "64-true": torch.float64}.get(self.name, torch.float32)
 
     def autocast(self, device: torch.device):
-        dtype = self.autocast_dtype
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.name)
         return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler:
