@@ -261,3 +261,25 @@ def test_single_run_groups_still_quote_the_paper(tmp_path: Path):
     report = run_report([str(sweep)], baseline="model.pos_embed=1d", out=str(tmp_path / "out"))
     v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
     assert "paper Table 8" in v_none and "61.38" in v_none, v_none
+
+
+def test_runs_that_differ_outside_the_grouping_keys_are_refused_or_split(tmp_path: Path, capsys):
+    from vit_ablate.cli import main
+
+    runs = tmp_path / "mixed"
+    for i, (pos, epochs, value) in enumerate([("1d", 5, 0.80), ("none", 5, 0.70), ("1d", 9, 0.90), ("none", 9, 0.75)]):
+        config = run_config(pos, 0, f"r{i}")
+        config["trainer"]["max_epochs"] = epochs
+        config["trainer"]["devices"] = i  # how a run executed never splits a group
+        write_run(runs / f"r{i}", config, final=value)
+    with pytest.raises(ValueError, match=r"the runs differ in trainer.max_epochs \(5, 9\), which is neither"):
+        run_report([str(runs)], by=["model.pos_embed"], out=str(tmp_path / "out"))
+    assert main(["report", str(runs), "--by", "model.pos_embed", "--out", str(tmp_path / "out")]) == 2
+    assert "the runs differ in trainer.max_epochs" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+    report = run_report([str(runs)], by=["model.pos_embed"], out=str(tmp_path / "out"), split=True)
+    assert [part.out.name for part in report.parts] == ["trainer.max_epochs=5", "trainer.max_epochs=9"]
+    assert [part.analysis.groups.loc["model.pos_embed=none", "delta"] for part in report.parts] == \
+        [pytest.approx(-0.10), pytest.approx(-0.15)]
+    assert "[trainer.max_epochs=9](trainer.max_epochs=9/report.md)" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "trainer.max_epochs=5" / "report.csv").is_file()
