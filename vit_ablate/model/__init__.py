@@ -23,7 +23,6 @@ AXES = {f"model.{f.name}": f.metadata["valid"] for f in dataclasses.fields(Model
 # Names that import torch resolve on first use (PEP 562), so that the config imports this package without it.
 _EXPORTS = {
     "load_timm_weights": "timm_interop",
-    "load_timm_weights_file": "timm_interop",
     "timm_kwargs": "timm_interop",
     "to_timm_state_dict": "timm_interop",
     "VisionTransformer": "vit",

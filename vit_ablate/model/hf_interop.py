@@ -44,8 +44,8 @@ _QKV = {("attention.attention.query", "attention.q_proj"): 0, ("attention.attent
         ("attention.attention.value", "attention.v_proj"): 2}
 _LAYER_RE = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
 
-# component attribute → (config key, what Hugging Face's ViT builds)
-_REQUIRED = {"stem": ("model.stem", "patch"), "pos_embed": ("model.pos_embed", "1d"), "pool": ("model.pool", "cls")}
+# the model keys whose value Hugging Face's ViT fixes (every head it has, linear or mlp, is ours too)
+_REQUIRED = {"stem": "patch", "pos_embed": "1d", "pos_embed_at": "input", "pool": "cls", "norm": "pre"}
 
 
 def is_hf_state_dict(state: Mapping[str, Any]) -> bool:
@@ -86,17 +86,8 @@ def from_hf_state_dict(state: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, tor
 
 def check_hf_compatible(model) -> None:
     """Raise ValueError naming each axis of ``model`` that Hugging Face's ViT cannot hold."""
-    problems = []
-    for attr, (key, needed) in _REQUIRED.items():
-        name = getattr(getattr(model, attr), "registry_name", None)
-        if name != needed:
-            problems.append(f"{key}={name!r} (needs {needed!r})")
-    if model.spec.pos_embed_at != "input":
-        problems.append(f"model.pos_embed_at={model.spec.pos_embed_at!r} (needs 'input')")
-    if model.spec.norm != "pre":
-        problems.append(f"model.norm={model.spec.norm!r} (needs 'pre')")
-    if model.spec.head not in ("linear", "mlp"):
-        problems.append(f"model.head={model.spec.head!r}")
+    problems = [f"model.{key}={getattr(model.spec, key)!r} (needs {needed!r})"
+                for key, needed in _REQUIRED.items() if getattr(model.spec, key) != needed]
     if problems:
         raise ValueError(f"Hugging Face's ViT has no equivalent of {', '.join(problems)}")
 
@@ -139,61 +130,33 @@ def _vit(name: str, classification: bool) -> str:
     return f"vit.{name}" if classification else name
 
 
+# Hugging Face config key → (our model key, Hugging Face's default)
+_HF_SHAPE = {"hidden_size": ("dim", 768), "num_hidden_layers": ("depth", 12), "num_attention_heads": ("heads", 12),
+             "intermediate_size": ("mlp_dim", 3072), "patch_size": ("patch_size", 16), "image_size": ("img_size", 224),
+             "num_channels": ("in_chans", 3), "layer_norm_eps": ("layer_norm_eps", 1e-12), "qkv_bias": ("qkv_bias", True)}
+
+
 def hf_config(model) -> Dict[str, Any]:
     """``config.json`` of the Hugging Face ViT that holds ``model``'s weights."""
     check_hf_compatible(model)
     spec = model.spec
-    classification = spec.head == "linear"
-    config: Dict[str, Any] = {
-        "model_type": "vit",
-        "architectures": ["ViTForImageClassification" if classification else "ViTModel"],
-        "hidden_size": spec.dim,
-        "num_hidden_layers": spec.depth,
-        "num_attention_heads": spec.heads,
-        "intermediate_size": spec.mlp_dim,
-        "hidden_act": "gelu",  # exact (erf) GELU, as ours (nn.GELU)
-        "hidden_dropout_prob": spec.dropout,
-        "attention_probs_dropout_prob": spec.attn_dropout,
-        "layer_norm_eps": spec.layer_norm_eps,
-        "image_size": spec.img_size,
-        "patch_size": spec.patch_size,
-        "num_channels": spec.in_chans,
-        "qkv_bias": spec.qkv_bias,
-        "encoder_stride": spec.patch_size,
-    }
-    if classification:
-        config["num_labels"] = spec.num_classes
-        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(spec.num_classes)}
-        config["label2id"] = {f"LABEL_{i}": i for i in range(spec.num_classes)}
+    config: Dict[str, Any] = {hf: getattr(spec, ours) for hf, (ours, _) in _HF_SHAPE.items()}
+    config.update(model_type="vit", hidden_act="gelu",  # exact (erf) GELU, as ours (nn.GELU)
+                  hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.attn_dropout, encoder_stride=spec.patch_size)
+    if spec.head == "linear":
+        labels = {str(i): f"LABEL_{i}" for i in range(spec.num_classes)}
+        config.update(architectures=["ViTForImageClassification"], num_labels=spec.num_classes, id2label=labels,
+                      label2id={name: int(i) for i, name in labels.items()})
     else:
-        config["pooler_output_size"] = spec.head_hidden_dim
-        config["pooler_act"] = "tanh"
+        config.update(architectures=["ViTModel"], pooler_output_size=spec.head_hidden_dim, pooler_act="tanh")
     return config
 
 
 def model_config_from_hf(config: Mapping[str, Any], num_classes: int | None = None) -> Dict[str, Any]:
     """The ``model`` section that builds Hugging Face ``config``'s architecture in vit_ablate."""
-    if config.get("model_type", "vit") != "vit":
-        raise ValueError(f"config.json has model_type={config.get('model_type')!r}; only Hugging Face 'vit' is supported")
-    if config.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"config.json has hidden_act={config.get('hidden_act')!r}; only 'gelu' matches this model")
-    dim = int(config.get("hidden_size", 768))
-    labels = config.get("id2label") or {}
-    return {
-        "dim": dim,
-        "depth": int(config.get("num_hidden_layers", 12)),
-        "heads": int(config.get("num_attention_heads", 12)),
-        "mlp_dim": int(config.get("intermediate_size", 3072)),
-        "patch_size": int(config.get("patch_size", 16)),
-        "img_size": int(config.get("image_size", 224)),
-        "in_chans": int(config.get("num_channels", 3)),
-        "num_classes": int(num_classes or len(labels) or 1000),
-        "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
-        "qkv_bias": bool(config.get("qkv_bias", True)),
-        "head_hidden_dim": int(config.get("pooler_output_size") or dim),
-        "stem": "patch",
-        "pos_embed": "1d",
-        "pos_embed_at": "input",
-        "norm": "pre",
-        "pool": "cls",
-    }
+    for key, only in (("model_type", "vit"), ("hidden_act", "gelu")):
+        if config.get(key, only) != only:
+            raise ValueError(f"config.json has {key}={config.get(key)!r}; only {only!r} matches this model")
+    model = {ours: type(default)(config.get(hf, default)) for hf, (ours, default) in _HF_SHAPE.items()}
+    return {**model, **_REQUIRED, "num_classes": int(num_classes or len(config.get("id2label") or {}) or 1000),
+            "head_hidden_dim": int(config.get("pooler_output_size") or model["dim"])}

@@ -31,6 +31,7 @@ from vit_ablate.model.schema import INIT_FORMATS
 from vit_ablate.model.timm_interop import from_timm_state_dict
 from vit_ablate.model.vit import VisionTransformer, build_model, resolve_spec
 from vit_ablate.schema import did_you_mean
+
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HEAD_PREFIX = "head."
 CLASSIFIER_PREFIX = "head.fc."
@@ -70,39 +71,27 @@ class InitSummary:
     unused: List[str] = field(default_factory=list)  # source tensors nothing was loaded from
     notes: List[str] = field(default_factory=list)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
     def describe(self) -> str:
         def names(items, limit=6) -> str:
             items = list(items)
             return ", ".join(items[:limit]) + (f" … ({len(items)} in all)" if len(items) > limit else "")
 
-        lines = [
-            f"init.path {self.path} ({self.format}{', ' + self.weights + ' weights' if self.weights else ''}): "
-            f"{len(self.loaded)} tensors loaded, {len(self.resampled)} resampled, "
-            f"{len(self.reinitialised)} re-initialised, {len(self.excluded)} excluded, {len(self.unused)} unused"
-        ]
-        if self.resampled:
-            lines.append(f"  resampled from grid {self.source_grid} to {self.grid}: {names(self.resampled)}")
-        if self.reinitialised:
-            reasons = sorted(set(self.reinitialised.values()))
-            lines.append(f"  re-initialised ({'; '.join(reasons)}): {names(self.reinitialised)}")
-        if self.excluded:
-            lines.append(f"  excluded (fresh init): {names(self.excluded)}")
-        if self.unused:
-            lines.append(f"  unused: {names(self.unused)}")
-        lines += [f"  note: {note}" for note in self.notes]
-        return "\n".join(lines)
+        lines = [f"init.path {self.path} ({self.format}{', ' + self.weights + ' weights' if self.weights else ''}): "
+                 f"{len(self.loaded)} tensors loaded, {len(self.resampled)} resampled, {len(self.reinitialised)} "
+                 f"re-initialised, {len(self.excluded)} excluded, {len(self.unused)} unused"]
+        reasons = "; ".join(sorted(set(self.reinitialised.values())))
+        for what, items in ((f"resampled from grid {self.source_grid} to {self.grid}", self.resampled),
+                            (f"re-initialised ({reasons})", self.reinitialised), ("excluded (fresh init)", self.excluded),
+                            ("unused", self.unused)):
+            if items:
+                lines.append(f"  {what}: {names(items)}")
+        return "\n".join(lines + [f"  note: {note}" for note in self.notes])
 
 
 # ------------------------------------------------------------------------------------------- reading
 def detect_format(path: str | os.PathLike) -> str:
     """``hf`` for a folder, ``vit_ablate`` for ``.ckpt``, ``timm`` for other files (refined by content)."""
-    path = Path(path)
-    if path.is_dir():
-        return "hf"
-    return "vit_ablate" if path.suffix == ".ckpt" else "timm"
+    return "hf" if Path(path).is_dir() else "vit_ablate" if Path(path).suffix == ".ckpt" else "timm"
 
 
 def check_source(path: Optional[str], fmt: str = "auto") -> None:
@@ -306,7 +295,7 @@ def apply_source(model: VisionTransformer, source: SourceWeights, exclude: Seque
 def write_summary(summary: InitSummary, run_dir: str | os.PathLike) -> Path:
     from vit_ablate.io import atomic_write_json
 
-    return atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary.to_dict())
+    return atomic_write_json(Path(run_dir) / SUMMARY_FILE, asdict(summary))
 
 
 def check_init(model_cfg: Any, path: str, fmt: str = "auto", exclude: Sequence[str] = ()) -> InitSummary:
@@ -314,10 +303,3 @@ def check_init(model_cfg: Any, path: str, fmt: str = "auto", exclude: Sequence[s
     raise, before anything is written (costs one model build and one read of the file)."""
     return apply_init(build_model(model_cfg), path, fmt, exclude)
 
-
-def parse_exclude(value: Any) -> Tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(str(v) for v in value)
