@@ -134,4 +134,4 @@ def _feed(bench: Bench, label: str, loader) -> Dict[str, Any]:
     pair = paired_ratio(measured["fed"], measured["resident"])
     bench.rows.append(Row("data", f"training fed by {label} vs a resident batch", measured["fed"].median,
                           measured["resident"].median, pair["ratio"], pair["low"], pair["high"]))
-    return {**{name: m.as_dict() for name, m in measured.items()}, "ratio": pair["ratio"], "ratio_spread": [pair["low"], pair["high"]]}
+    return {**{name: m.as_dict() for name, m in measured.items()}, **pair}

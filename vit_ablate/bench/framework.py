@@ -123,7 +123,7 @@ def section_framework(bench: Bench) -> None:
         runs[name] = Measured(name, [bench.steps * bench.batch / s for s in rounds], seconds)
     pair = paired_ratio(runs["lightning"], runs["plain"])
     bench.results["framework"] = {
-        "ratio": pair["ratio"], "ratio_spread": [pair["low"], pair["high"]], "spread": pair["spread"], "tax": 1 / pair["ratio"] - 1,
+        **pair, "tax": 1 / pair["ratio"] - 1,
         "lightning": runs["lightning"].as_dict(), "plain": runs["plain"].as_dict(),
         "loggers": ["csv"] if cfg.logging.csv else [], "callbacks": ["EpochSeeding", "DivergenceCallback", "EpochRecorder"],
     }

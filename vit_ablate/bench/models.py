@@ -31,11 +31,6 @@ def measure_models(bench: Bench, models: Dict[str, nn.Module]) -> Dict[str, Meas
                        device=bench.device, seed=bench.seed, progress=bench.log)
 
 
-def _ratio_result(a: Measured, b: Measured) -> Dict[str, object]:
-    pair = paired_ratio(a, b)
-    return {"ratio": pair["ratio"], "ratio_spread": [pair["low"], pair["high"]], "spread": pair["spread"], "ratio_rounds": pair["rounds"]}
-
-
 def section_model(bench: Bench) -> None:
     import timm
     import torch
@@ -57,7 +52,8 @@ def section_model(bench: Bench) -> None:
     measured = measure_models(bench, {"ours": ours, reference: theirs})
     mine_m, ref_m = measured["ours"], measured[reference]
     bench.model_img_s = mine_m.median
-    result = {"reference": reference, **_ratio_result(mine_m, ref_m), **facts,
+    pair = paired_ratio(mine_m, ref_m)
+    result = {"reference": reference, **pair, **facts,
               "candidates": {name: m.as_dict() for name, m in measured.items()}}
     if reference == "timm":
         diff = abs(mine_m.loss_step0 - ref_m.loss_step0)
@@ -68,7 +64,7 @@ def section_model(bench: Bench) -> None:
     else:
         what = "ours vs our default components (timm lacks one)"
         bench.notes.append(f"model: no timm comparison: {facts['timm_unavailable']}")
-    bench.rows.append(Row("model", what, mine_m.median, ref_m.median, result["ratio"], *result["ratio_spread"]))
+    bench.rows.append(Row("model", what, mine_m.median, ref_m.median, pair["ratio"], pair["low"], pair["high"]))
     bench.results["model"] = result
 
 
@@ -91,9 +87,8 @@ def section_components(bench: Bench) -> None:
     base = measured.pop("default")
     variants = {}
     for name, m in measured.items():
-        variants[name] = {**m.as_dict(), **_ratio_result(m, base)}
-        bench.rows.append(Row("components", f"{name} vs {label}", m.median, base.median, variants[name]["ratio"],
-                              *variants[name]["ratio_spread"]))
+        pair = variants[name] = {**m.as_dict(), **paired_ratio(m, base)}
+        bench.rows.append(Row("components", f"{name} vs {label}", m.median, base.median, pair["ratio"], pair["low"], pair["high"]))
     bench.results["components"] = {"default": base.as_dict(), "variants": variants, "skipped": skipped}
     extras = [f"model.{k}={v}" for k, v in EXTRA_COMPONENTS if (k, v) not in bench.components]
     if extras:

@@ -171,5 +171,5 @@ def paired_ratio(a: Measured, b: Measured) -> Dict[str, Any]:
     else:
         low = ratio = high = float("nan")
         spread = None
-    return {"ratio": float(ratio), "low": float(low), "high": float(high), "rounds": rounds, "spread": spread,
+    return {"ratio": float(ratio), "low": float(low), "high": float(high), "ratio_rounds": rounds, "spread": spread,
             "pairs": len(paired) or len(rounds)}
