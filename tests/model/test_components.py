@@ -111,8 +111,9 @@ def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse(
         return (x - mean) / torch.sqrt(var + 1e-6) * norm.weight + norm.bias
 
     with torch.no_grad():
-        paper = POOLINGS.get("gap")(dim, 2, 16, norm)(tokens)
-        timm_gap = POOLINGS.get("gap_fc_norm")(dim, 2, 16, norm)(tokens)
+        spec = resolve_spec({"dim": dim, "heads": 2, "mlp_dim": 16})
+        paper = POOLINGS.get("gap")(spec, norm)(tokens)
+        timm_gap = POOLINGS.get("gap_fc_norm")(spec, norm)(tokens)
         assert torch.allclose(paper, layer_norm(tokens).mean(dim=1), atol=1e-5)
         assert torch.allclose(timm_gap, layer_norm(tokens.mean(dim=1)), atol=1e-5)
         assert (paper - timm_gap).abs().max() > 0.1  # a real difference, not rounding

@@ -8,14 +8,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from vit_ablate.model.schema import NORM_PLACEMENTS
-
+from vit_ablate.model.schema import NORM_PLACEMENTS, ModelConfig
 
 
 class TransformerBlock(nn.Module):
@@ -26,19 +23,19 @@ class TransformerBlock(nn.Module):
     # timm builds the same block, so timm weights load into it (no timm class matches `post`).
     timm_equivalent: bool = True
 
-    def __init__(self, dim: int, mlp_dim: int, attention: nn.Module, dropout: float, drop_path: float, eps: float):
+    def __init__(self, spec: ModelConfig, attention: nn.Module, drop_path: float):
         super().__init__()
         # Attribute names follow timm's Block so state dicts convert by prefix alone.
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm1 = nn.LayerNorm(spec.dim, eps=spec.layer_norm_eps)
         self.attn = attention
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, mlp_dim, act_layer=nn.GELU, drop=dropout)  # dropout after both dense layers
+        self.norm2 = nn.LayerNorm(spec.dim, eps=spec.layer_norm_eps)
+        self.mlp = Mlp(spec.dim, spec.mlp_dim, act_layer=nn.GELU, drop=spec.dropout)  # dropout after both dense layers
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     @classmethod
-    def final_norm(cls, dim: int, eps: float) -> nn.Module:
-        return nn.LayerNorm(dim, eps=eps) if cls.needs_final_norm else nn.Identity()
+    def final_norm(cls, spec: ModelConfig) -> nn.Module:
+        return nn.LayerNorm(spec.dim, eps=spec.layer_norm_eps) if cls.needs_final_norm else nn.Identity()
 
 
 @NORM_PLACEMENTS.register("pre")
@@ -61,5 +58,3 @@ class PostNormBlock(TransformerBlock):
         x = self.norm1(x + self.drop_path1(self.attn(x)))
         return self.norm2(x + self.drop_path2(self.mlp(x)))
 
-
-FinalNormFactory = Callable[[int, float], nn.Module]

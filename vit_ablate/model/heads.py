@@ -7,23 +7,19 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from vit_ablate.model.schema import HEADS
-
+from vit_ablate.model.schema import HEADS, ModelConfig
 
 
 class Head(nn.Module):
     timm_names: Optional[Dict[str, str]] = {}  # None: timm has no equivalent
 
-    def __init__(self, dim: int, num_classes: int, hidden_dim: int, dropout: float, zero_init: bool):
+    def __init__(self, spec: ModelConfig, in_features: Optional[int] = None):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(self._in_features(dim, hidden_dim), num_classes)
-        if zero_init:  # paper §3.1 (fine-tuning head) and big_vision's default for training from scratch
+        self.drop = nn.Dropout(spec.dropout)
+        self.fc = nn.Linear(in_features or spec.dim, spec.num_classes)
+        if spec.head_zero_init:  # paper §3.1 (fine-tuning head) and big_vision's default for training from scratch
             nn.init.zeros_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)
-
-    def _in_features(self, dim: int, hidden_dim: int) -> int:
-        return dim
 
     @classmethod
     def flops(cls, dim: int, num_classes: int, hidden_dim: int) -> int:
@@ -47,12 +43,9 @@ class MLPHead(Head):
 
     timm_names = None  # timm's VisionTransformer has no pre-logits layer any more
 
-    def __init__(self, dim: int, num_classes: int, hidden_dim: int, dropout: float, zero_init: bool):
-        super().__init__(dim, num_classes, hidden_dim, dropout, zero_init)
-        self.pre_logits = nn.Linear(dim, hidden_dim)
-
-    def _in_features(self, dim: int, hidden_dim: int) -> int:
-        return hidden_dim
+    def __init__(self, spec: ModelConfig):
+        super().__init__(spec, spec.head_hidden_dim)
+        self.pre_logits = nn.Linear(spec.dim, spec.head_hidden_dim)
 
     @classmethod
     def flops(cls, dim: int, num_classes: int, hidden_dim: int) -> int:

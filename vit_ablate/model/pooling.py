@@ -18,7 +18,7 @@ import torch
 from timm.layers import AttentionPoolLatent
 from torch import nn
 
-from vit_ablate.model.schema import POOLINGS
+from vit_ablate.model.schema import POOLINGS, ModelConfig
 
 
 
@@ -28,7 +28,7 @@ class Pooling(nn.Module):
     timm_names: Optional[Dict[str, str]] = {}  # our suffix → timm's name; None: timm has no equivalent
     timm_kwargs: Dict[str, object] = {}  # the timm VisionTransformer arguments that build the same pooling
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
+    def __init__(self, spec: ModelConfig, final_norm: nn.Module):
         super().__init__()
         self.norm = final_norm
 
@@ -51,9 +51,9 @@ class ClassTokenPooling(Pooling):
     timm_kwargs = {"class_token": True, "global_pool": "token"}
     no_weight_decay_names = ("cls_token",)
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
-        super().__init__(dim, heads, mlp_dim, final_norm)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+    def __init__(self, spec: ModelConfig, final_norm: nn.Module):
+        super().__init__(spec, final_norm)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, spec.dim))
         nn.init.normal_(self.cls_token, std=1e-6)  # as timm
 
     def prefix_tokens(self, batch: int) -> torch.Tensor:
@@ -74,7 +74,7 @@ class GlobalAveragePooling(Pooling):
     timm_names = {"encoder_norm.": "norm."}
     timm_kwargs = {"class_token": False, "global_pool": "avg", "fc_norm": False}
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
+    def __init__(self, spec: ModelConfig, final_norm: nn.Module):
         nn.Module.__init__(self)
         self.encoder_norm = final_norm
 
@@ -109,9 +109,10 @@ class AttentionPooling(Pooling):
         # projection, then the MLP on the pooled token
         return 2 * dim * dim + 2 * tokens * dim * 2 * dim + 2 * (2 * tokens * dim) + 2 * dim * dim + 2 * (2 * dim * mlp_dim)
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, final_norm: nn.Module):
-        super().__init__(dim, heads, mlp_dim, final_norm)
-        self.attn_pool = AttentionPoolLatent(dim, num_heads=heads, mlp_ratio=mlp_dim / dim, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    def __init__(self, spec: ModelConfig, final_norm: nn.Module):
+        super().__init__(spec, final_norm)
+        self.attn_pool = AttentionPoolLatent(spec.dim, num_heads=spec.heads, mlp_ratio=spec.mlp_dim / spec.dim,
+                                             norm_layer=partial(nn.LayerNorm, eps=1e-6))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.attn_pool(self.norm(tokens))

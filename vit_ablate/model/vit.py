@@ -81,36 +81,16 @@ class VisionTransformer(nn.Module):
         self.spec = spec
         block_cls = NORM_PLACEMENTS.get(spec.norm)
         self.stem = STEMS.get(spec.stem)(spec)
-        self.pool = POOLINGS.get(spec.pool)(
-            spec.dim, spec.heads, spec.mlp_dim, block_cls.final_norm(spec.dim, spec.layer_norm_eps)
-        )
-        self.pos_embed = POSITION_EMBEDDINGS.get(spec.pos_embed)(
-            PositionContext.of(spec, self.pool.num_prefix_tokens, self.stem.grid_size)
-        )
+        self.pool = POOLINGS.get(spec.pool)(spec, block_cls.final_norm(spec))
+        self.pos_embed = POSITION_EMBEDDINGS.get(spec.pos_embed)(PositionContext.of(spec, self.pool.num_prefix_tokens, self.stem.grid_size))
         self.pos_drop = nn.Dropout(spec.dropout)  # paper: dropout right after adding position embeddings
-        # stochastic depth grows linearly with depth (timm's and DeiT's rule)
-        drop_path = [spec.drop_path * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
         self.blocks = nn.ModuleList(
-            block_cls(
-                spec.dim,
-                spec.mlp_dim,
-                Attention(
-                    spec.dim,
-                    spec.heads,
-                    qkv_bias=spec.qkv_bias,
-                    attn_dropout=spec.attn_dropout,
-                    dropout=spec.dropout,
-                    position=self.pos_embed.make_attention_position(i),
-                ),
-                dropout=spec.dropout,
-                drop_path=drop_path[i],
-                eps=spec.layer_norm_eps,
-            )
+            block_cls(spec, Attention(spec.dim, spec.heads, qkv_bias=spec.qkv_bias, attn_dropout=spec.attn_dropout,
+                                      dropout=spec.dropout, position=self.pos_embed.make_attention_position(i)),
+                      drop_path=spec.drop_path * i / max(spec.depth - 1, 1))  # grows linearly with depth (timm, DeiT)
             for i in range(spec.depth)
         )
-        self.head = HEADS.get(spec.head)(
-            spec.dim, spec.num_classes, spec.head_hidden_dim, spec.dropout, spec.head_zero_init
-        )
+        self.head = HEADS.get(spec.head)(spec)
         self._init_transformer_weights()
 
     def _init_transformer_weights(self) -> None:
