@@ -200,7 +200,7 @@ def test_datamodule_attributes_and_loaders(make_cfg):
 
 def test_splits_are_separate_draws_and_sized_from_config(make_cfg):
     dm = build_datamodule(make_cfg("data.synthetic.num_train=256", "data.synthetic.num_val=64", "data.synthetic.num_test=32"))
-    assert [dm.num_samples(s) for s in ("train", "val", "test")] == [256, 64, 32]
+    assert [len(dm.split(s)) for s in ("train", "val", "test")] == [256, 64, 32]
     assert not torch.equal(dm.sample("val").images[:32], dm.sample("test").images)
     again = build_datamodule(make_cfg("data.synthetic.num_train=256", "data.synthetic.num_val=64", "data.synthetic.num_test=32"))
     assert torch.equal(again.split("train").images, dm.split("train").images)
