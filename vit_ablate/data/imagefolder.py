@@ -37,7 +37,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -56,10 +55,6 @@ _CHUNK = 512  # images per task of the decoding pool
 _POOL_MIN_IMAGES = 2048  # below this, starting processes costs more than it saves
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
-
-
 def scan_split(folder: Path) -> Tuple[List[str], List[str], List[int]]:
     """``(classes, paths, labels)`` of one split folder, ImageFolder-style, with errors naming paths."""
     if not folder.is_dir():
@@ -73,11 +68,9 @@ def scan_split(folder: Path) -> Tuple[List[str], List[str], List[int]]:
         found = []
         for directory, subdirs, files in os.walk(folder / name, followlinks=True):
             subdirs.sort()
-            found += [os.path.join(directory, f) for f in sorted(files) if _is_image(f)]
+            found += [os.path.join(directory, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
         if not found:
-            raise FileNotFoundError(
-                f"class folder {str(folder / name)!r} contains no images (extensions: {', '.join(IMG_EXTENSIONS)})"
-            )
+            raise FileNotFoundError(f"class folder {str(folder / name)!r} contains no images (extensions: {', '.join(IMG_EXTENSIONS)})")
         paths += found
         labels += [label] * len(found)
     return classes, paths, labels
@@ -119,9 +112,7 @@ def decode_images(paths: Sequence[str], img_size: int, num_workers: int = 0) -> 
 class ImageFolderDataModule(ImageDataModule):
     """``data.name=imagefolder`` (module docstring). Attributes after construction: ``num_classes``,
     ``class_names``, ``img_size``, ``in_chans`` (3: images are converted to RGB), ``mean``/``std``
-    (0.5: the ViT reference code's [-1, 1] scaling), ``in_memory``, ``root``, ``split_dirs``."""
-
-    in_chans = 3
+    (0.5: the ViT reference code's [-1, 1] scaling), ``in_memory``, ``root``."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -132,39 +123,22 @@ class ImageFolderDataModule(ImageDataModule):
             raise FileNotFoundError(f"data.root={str(self.root)!r} does not exist or is not a folder")
         if not (self.root / "train").is_dir():
             raise FileNotFoundError(f"data.root={str(self.root)!r} has no train/ folder (expected train/<class>/<image>)")
-
-        self._index: Dict[str, Tuple[List[str], List[int]]] = {}
         self._decoded: Dict[str, Tensor] = {}  # digest → decoded images, shared by splits with the same files
-        self.class_names, paths, labels = scan_split(self.root / "train")
-        self._index["train"] = (paths, labels)
-        self.split_dirs: Dict[str, Path] = {"train": self.root / "train"}
+        self.class_names, *train = scan_split(self.root / "train")
+        self._index: Dict[str, Tuple[List[str], List[int]]] = {"train": tuple(train)}
         for name in ("val", "test"):
-            folder = self.root / name
-            if folder.is_dir():
-                classes, paths, labels = scan_split(folder)
-                self._check_classes(folder, classes)
-                self._index[name] = (paths, labels)
-                self.split_dirs[name] = folder
-        holdout = int(cfg.data.val_split) > 0
-        if not holdout and len(self.split_dirs) == 1:
-            raise FileNotFoundError(
-                f"data.root={str(self.root)!r} has neither val/ nor test/; add one or set data.val_split>0 "
-                f"to hold out training images for validation"
-            )
+            if (self.root / name).is_dir():
+                classes, *files = scan_split(self.root / name)
+                self._check_classes(self.root / name, classes)
+                self._index[name] = tuple(files)
+        if int(cfg.data.val_split) == 0 and len(self._index) == 1:
+            raise FileNotFoundError(f"data.root={str(self.root)!r} has neither val/ nor test/; add one or set "
+                                    f"data.val_split>0 to hold out training images for validation")
         self.num_classes = len(self.class_names)
-
-        first = self._index["train"][0][0]
-        try:
-            with Image.open(first) as img:
-                width, height = img.size
-        except Exception as exc:
-            raise ValueError(f"cannot read image file {first}: {type(exc).__name__}: {exc}") from None
-        self.img_size = int(cfg.data.img_size) if cfg.data.img_size is not None else min(width, height)
+        self.img_size = int(cfg.data.img_size or min(load_rgb(self._index["train"][0][0]).size))
         total = sum(len(paths) for paths, _ in self._index.values())
-        if cfg.data.in_memory is None:
-            self.in_memory = total < IN_MEMORY_MAX_IMAGES and self.img_size <= IN_MEMORY_MAX_SIZE
-        else:
-            self.in_memory = bool(cfg.data.in_memory)
+        auto = total < IN_MEMORY_MAX_IMAGES and self.img_size <= IN_MEMORY_MAX_SIZE
+        self.in_memory = auto if cfg.data.in_memory is None else bool(cfg.data.in_memory)
         # in memory, images are stored at img_size already; streamed, transforms resize each file
         self.native_size = self.img_size if self.in_memory else None
 
@@ -182,20 +156,19 @@ class ImageFolderDataModule(ImageDataModule):
         """The file paths and labels of split ``name`` after hold-out and subset selection."""
         holdout = int(self.data_cfg.val_split) > 0
         if name == "train" or (name == "val" and holdout):
-            paths, labels = self._index["train"]
-            labels_t = torch.as_tensor(labels, dtype=torch.long)
-            train_idx, held = self._train_selection(labels_t, holdout=holdout)
+            source = "train"
+        else:  # val/ and test/ stand in for each other
+            source = next((s for s in (name, "test" if name == "val" else "val") if s in self._index), None)
+        if source is None:  # only possible for test with a hold-out and neither folder
+            log.warning("%s has no test/ or val/ folder: testing on the data.val_split hold-out", self.root)
+            return self.split_files("val")
+        paths, labels = self._index[source]
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        index = torch.arange(len(paths))
+        if source == "train":
+            train_idx, held = self._train_selection(labels, holdout=holdout)
             index = train_idx if name == "train" else held
-        else:
-            order = ("val", "test") if name == "val" else ("test", "val")
-            source = next((s for s in order if s in self._index), None)
-            if source is None:  # only possible for test with a hold-out and neither folder
-                log.warning("%s has no test/ or val/ folder: testing on the data.val_split hold-out", self.root)
-                return self.split_files("val")
-            paths, labels = self._index[source]
-            labels_t = torch.as_tensor(labels, dtype=torch.long)
-            index = torch.arange(len(paths))
-        return [paths[i] for i in index.tolist()], labels_t[index]
+        return [paths[i] for i in index.tolist()], labels[index]
 
     # -------------------------------------------------------------------------------------------- decode
     def _digest(self, paths: Sequence[str]) -> str:
@@ -206,18 +179,15 @@ class ImageFolderDataModule(ImageDataModule):
             digest.update(f"\n{os.path.relpath(path, self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
         return digest.hexdigest()[:16]
 
-    def _cache_file(self, key: str) -> Optional[Path]:
-        return self.root / f".vit_ablate_cache_{key}.pt" if os.access(self.root, os.W_OK) else None
-
     def cache_path(self, paths: Sequence[str]) -> Optional[Path]:
         """Where the decoded tensor of ``paths`` is cached, or None when the root is not writable."""
-        return self._cache_file(self._digest(paths))
+        return self.root / f".vit_ablate_cache_{self._digest(paths)}.pt" if os.access(self.root, os.W_OK) else None
 
     def _decode_cached(self, paths: Sequence[str]) -> Tensor:
         key = self._digest(paths)
         if key in self._decoded:  # e.g. val and test both read test/
             return self._decoded[key]
-        cache = self._cache_file(key)
+        cache = self.cache_path(paths)
         images = None
         if cache is not None and cache.is_file():
             try:

@@ -1,16 +1,11 @@
 """The per-sample path: PIL images through timm/torchvision transforms in ``DataLoader`` workers.
 
-Used for datasets too large to hold in memory (ImageFolder at ImageNet scale) and, for in-memory
-datasets, for a *training* split whose augmentations need single PIL images: RandAugment
-(``augment.randaugment``, e.g. ``rand-m10-n2``) and the Inception crop (``augment.random_resized_crop``,
-the crop of the paper's ImageNet training, §B.1). The pipelines are composed from timm's building
-blocks — the same ones ``timm.data.create_transform`` composes — so that each config key maps to one
-transform and nothing else is switched on implicitly (``create_transform``'s training pipeline would
-also add colour jitter and a random interpolation, which no ablation config asks for).
-
-Index order, sharding and epochs come from ``ShardSampler`` (same semantics as ``DeviceLoader``).
-Worker seeds derive from ``(seed, epoch, rank)`` through the loader's generator, and ``seed_worker``
-seeds Python's ``random`` (RandAugment draws from it) and NumPy from the torch seed of the worker.
+Used for datasets too large to hold in memory (ImageFolder at ImageNet scale) and for a *training*
+split whose augmentations need single PIL images: RandAugment (``augment.randaugment``) and the
+Inception crop (``augment.random_resized_crop``, paper §B.1). The pipelines are composed from the timm
+blocks that ``timm.data.create_transform`` composes, so that each config key maps to one transform and
+nothing else is switched on (``create_transform`` would add colour jitter and random interpolation).
+Order, sharding and epochs come from ``ShardSampler``; worker seeds derive from ``(seed, epoch, rank)``.
 """
 
 from __future__ import annotations
@@ -27,76 +22,41 @@ from torchvision import transforms as T
 
 from vit_ablate.data.device_loader import ShardSampler
 
-__all__ = [
-    "resize_center_crop",
-    "train_transform",
-    "eval_transform",
-    "TensorImageDataset",
-    "FileImageDataset",
-    "load_rgb",
-    "seed_worker",
-    "make_sample_loader",
-]
-
-_BICUBIC = T.InterpolationMode.BICUBIC
+__all__ = ["resize_center_crop", "train_transform", "eval_transform", "TensorImageDataset", "FileImageDataset",
+           "load_rgb", "seed_worker", "make_sample_loader"]
 
 
 def resize_center_crop(img_size: int) -> T.Compose:
-    """Shorter side to ``img_size`` (bicubic), then the central square: the evaluation geometry.
-
-    The in-memory decode of ImageFolder uses exactly this too, so a dataset gives the same evaluation
-    images whether it is held in memory or streamed from disk.
-    """
-    return T.Compose([T.Resize(img_size, interpolation=_BICUBIC), T.CenterCrop(img_size)])
+    """Shorter side to ``img_size`` (bicubic), then the central square: the evaluation geometry, also of
+    ImageFolder's in-memory decode, so a dataset gives the same images in memory or streamed."""
+    return T.Compose([T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(img_size)])
 
 
-def _needs_resize(native_size: Optional[int], img_size: int) -> bool:
-    return native_size is None or native_size != img_size
-
-
-def train_transform(
-    augment,
-    img_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    native_size: Optional[int] = None,
-) -> T.Compose:
-    """PIL image → normalised float tensor, with the augmentations of the ``augment`` config section.
-
-    ``native_size`` is the side of the (square) input images when known (in-memory tensors); ``None``
-    means arbitrary files, which are first brought to ``img_size`` unless the Inception crop does it.
-    """
+def train_transform(augment, img_size: int, mean: Sequence[float], std: Sequence[float], native_size: Optional[int] = None) -> T.Compose:
+    """PIL image → normalised tensor with the ``augment`` section's augmentations. ``native_size``: the
+    side of square in-memory images; None (files) brings them to ``img_size`` unless the Inception crop does."""
     from timm.data.auto_augment import rand_augment_transform
     from timm.data.transforms import RandomResizedCropAndInterpolation
 
     steps: List[Callable] = []
     if augment.random_resized_crop:
-        # Inception crop: area in [8%, 100%], aspect ratio in [3/4, 4/3] (paper §B.1 / timm default).
+        # Inception crop: area in [8%, 100%], aspect ratio in [3/4, 4/3] (paper §B.1 / timm default)
         steps.append(RandomResizedCropAndInterpolation(img_size, scale=(0.08, 1.0), interpolation="bicubic"))
-    elif _needs_resize(native_size, img_size):
+    elif native_size != img_size:
         steps.append(resize_center_crop(img_size))
     if augment.random_crop_padding:
         steps.append(T.RandomCrop(img_size, padding=int(augment.random_crop_padding)))
     if augment.hflip:
         steps.append(T.RandomHorizontalFlip())
     if augment.randaugment:
-        hparams = {
-            "translate_const": int(img_size * 0.45),
-            "img_mean": tuple(round(255 * m) for m in mean),
-        }
+        hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
         steps.append(rand_augment_transform(str(augment.randaugment), hparams))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-def eval_transform(
-    img_size: int, mean: Sequence[float], std: Sequence[float], native_size: Optional[int] = None
-) -> T.Compose:
-    steps: List[Callable] = []
-    if _needs_resize(native_size, img_size):
-        steps.append(resize_center_crop(img_size))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
+def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], native_size: Optional[int] = None) -> T.Compose:
+    resize = [resize_center_crop(img_size)] if native_size != img_size else []
+    return T.Compose(resize + [T.ToTensor(), T.Normalize(mean, std)])
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -112,26 +72,21 @@ class TensorImageDataset(Dataset):
     """Samples of an in-memory uint8 ``(N, C, H, W)`` CPU tensor, as PIL images through ``transform``."""
 
     def __init__(self, images: Tensor, labels: Tensor, transform: Callable):
-        self.images = images.cpu()
-        self.labels = labels.cpu()
-        self.transform = transform
+        self.images, self.labels, self.transform = images.cpu(), labels.cpu(), transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> Tuple[Tensor, int]:
         array = self.images[index].permute(1, 2, 0).numpy()
-        img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-        return self.transform(img), int(self.labels[index])
+        return self.transform(Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)), int(self.labels[index])
 
 
 class FileImageDataset(Dataset):
     """Samples read from image files (ImageFolder semantics: ``paths[i]`` has class ``labels[i]``)."""
 
     def __init__(self, paths: Sequence[str], labels: Tensor, transform: Callable):
-        self.paths = list(paths)
-        self.labels = labels.cpu()
-        self.transform = transform
+        self.paths, self.labels, self.transform = list(paths), labels.cpu(), transform
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -141,46 +96,22 @@ class FileImageDataset(Dataset):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed ``random`` and NumPy in a worker from its torch seed (itself from the loader's generator)."""
+    """Seed ``random`` (RandAugment draws from it) and NumPy in a worker from its torch seed."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
 
 
-def make_sample_loader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    train: bool,
-    seed: int,
-    world_size: int = 1,
-    rank: int = 0,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A ``DataLoader`` over ``dataset`` with ``ShardSampler`` order and deterministic worker seeds.
-
-    Workers are not persistent: fresh workers per epoch take their seeds from the generator that
-    ``ShardSampler.set_epoch`` reseeds, so epoch ``e`` augments identically however the run got there.
-    """
+def make_sample_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int, world_size: int = 1, rank: int = 0,
+                       num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` in ``ShardSampler`` order with deterministic worker seeds. Workers
+    are not persistent: fresh ones per epoch take their seeds from the generator that
+    ``ShardSampler.set_epoch`` reseeds, so epoch ``e`` augments identically however the run got there."""
     generator = torch.Generator()
-    sampler = ShardSampler(
-        len(dataset), train=train, seed=seed, world_size=world_size, rank=rank, loader_generator=generator
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=train,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        persistent_workers=False,
-    )
+    sampler = ShardSampler(len(dataset), train=train, seed=seed, world_size=world_size, rank=rank, loader_generator=generator)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=num_workers,
+                        pin_memory=pin_memory, worker_init_fn=seed_worker, generator=generator, persistent_workers=False)
     if train and len(loader) == 0:
-        raise ValueError(
-            f"{len(dataset)} training images give rank {rank} of {world_size} no full batch of "
-            f"{batch_size}; lower data.batch_size or use more training images"
-        )
+        raise ValueError(f"{len(dataset)} training images give rank {rank} of {world_size} no full batch of "
+                         f"{batch_size}; lower data.batch_size or use more training images")
     return loader
