@@ -79,20 +79,8 @@ from torch import Tensor
 from vit_ablate.data.base import DATASETS, ImageDataModule, Split, balanced_indices
 from vit_ablate.data.device_loader import derive_seed
 
-__all__ = [
-    "GLYPHS",
-    "CONTENTS",
-    "RELATIONS",
-    "HALVES",
-    "NUM_CLASSES",
-    "NUM_ARRANGEMENTS",
-    "POSITION_FREE_CEILING",
-    "CLASS_NAMES",
-    "SyntheticSample",
-    "generate_synthetic",
-    "placements",
-    "SyntheticDataModule",
-]
+__all__ = ["GLYPHS", "CONTENTS", "RELATIONS", "HALVES", "NUM_CLASSES", "NUM_ARRANGEMENTS", "POSITION_FREE_CEILING",
+           "CLASS_NAMES", "SyntheticSample", "generate_synthetic", "placements", "SyntheticDataModule"]
 
 # ----------------------------------------------------------------------------------------------------
 # Class structure
