@@ -88,7 +88,7 @@ def test_report_over_fabricated_sweep(sweep_dir: Path):
     assert shapes["curves.png"] == (400, 640, 4) and shapes["final.png"][0] == 400
     assert all(p.stat().st_size < 200_000 for p in report.written)
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "final.png", "report.csv", "report.md", "runs.csv"]
-    assert "*final.png*: val/acc1 per group at the last epoch's validation" in md
+    assert "*final.png*: val/acc1 per group with the last epoch's weights" in md
 
 
 def test_report_is_deterministic(sweep_dir: Path, tmp_path: Path):
@@ -162,7 +162,7 @@ def test_unpaired_fallback_and_n1(tmp_path: Path):
     # Welch: means 70.5 vs 81.0, variances 0.5e-4 and 2e-4 over n=2 each → t = −0.105/0.01118 = −9.39.
     assert none["p_t"] == pytest.approx(scipy_stats.ttest_ind([0.70, 0.71], [0.80, 0.82], equal_var=False).pvalue)
     assert "| model.pos_embed=none | 2 | 70.50 | 0.71 |" in report.markdown
-    assert "model.pos_embed=none vs baseline: no seed in common with the baseline: Welch's unpaired t-test" in report.markdown
+    assert "model.pos_embed=none vs baseline: no seed in common: Welch's unpaired t-test" in report.markdown
     v_none = next(v for v in report.verdicts if v.startswith("model.pos_embed=none"))
     # Welch's t at n=2 vs 2 reaches p=0.0274; the exact permutation test could not go below 1/3.
     assert "Welch t p=0.0274" in v_none and "permutation p=0.333" in v_none

@@ -10,8 +10,8 @@ import pytest
 
 from .fabricate import run_config, write_run
 from vit_ablate.report.analysis import default_by
+from vit_ablate.report.references import canon, sort_key
 from vit_ablate.report.runs import Design, collect_runs, lookup_metric, runs_from_wandb, swept_parameters
-from vit_ablate.report.values import canon, sort_key
 from vit_ablate.rundir import flatten, read_run
 
 RESULT = {
@@ -182,9 +182,9 @@ def test_runs_from_wandb_with_fake_api():
     ]
     first = records[0]
     assert first["params"] == {"model.pos_embed": "1d", "seed": 0}  # "_wandb" dropped
-    assert lookup_metric(first["result"], "val/acc1") == (0.80, "final")
-    assert lookup_metric(first["result"], "test/acc1") == (pytest.approx(0.79), "test")
-    assert lookup_metric(first["result"], "fewshot/5") == (0.40, "fewshot")
+    assert lookup_metric(first["result"], "val/acc1") == (0.80, "summary")
+    assert lookup_metric(first["result"], "test/acc1") == (pytest.approx(0.79), "summary")
+    assert lookup_metric(first["result"], "fewshot/5") == (0.40, "summary")
     assert [row["val/acc1"] for row in first["history"]] == pytest.approx([0.1, 0.2, 0.3])
     assert design.swept == {"model.pos_embed": ["1d", "none"], "seed": [0, 1]}
     assert design.references[0]["params"] == {"model.pos_embed": "none"}

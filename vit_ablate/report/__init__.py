@@ -22,9 +22,8 @@ import pandas as pd
 from vit_ablate.io import atomic_write_text
 from vit_ablate.report.analysis import Analysis, analyse, default_by, differing_keys
 from vit_ablate.report.plots import FIGURES, figure_caption, plot_all
-from vit_ablate.report.runs import RUNS_TABLE, Design, collect_runs
-from vit_ablate.report.tables import report_rows, runs_rows, write_csv
-from vit_ablate.report.verdict import contrast_sentence, render_markdown, secondary_lines
+from vit_ablate.report.runs import RUNS_TABLE, collect_runs
+from vit_ablate.report.tables import contrast_sentence, render_markdown, report_rows, runs_rows, secondary_lines, write_csv
 
 __all__ = ["Report", "run_report", "collect_runs"]
 
@@ -46,11 +45,11 @@ class Report:
         return self.analysis.runs[self.analysis.runs["value"].isna()]
 
 
-def _default_out(paths: Sequence[str], design: Design, wandb_path: Optional[str]) -> Path:
+def _default_out(paths: Sequence[str], wandb_path: Optional[str]) -> Path:
     """``<sweep or run folder>/report``; a runs.csv's own folder; ``runs/wandb-<id>/report``. Several
     inputs have no natural home, so they need --out: a report never writes into one of its runs."""
-    inputs = [p for p in paths if not p.endswith((".yaml", ".yml"))]
-    if len(inputs) + bool(wandb_path) > 1 or not design.single_folder:
+    inputs = list(dict.fromkeys(p for p in paths if not p.endswith((".yaml", ".yml"))))
+    if len(inputs) + bool(wandb_path) > 1:
         raise ValueError(f"{len(inputs) + bool(wandb_path)} inputs given ({', '.join(inputs)}"
                          + (f", W&B {wandb_path}" if wandb_path else "") + "): name the output folder with --out "
                          "(with several inputs the report does not pick one run's folder to write into)")
@@ -84,21 +83,16 @@ def _write(analysis: Analysis, out: Path, name: str, sources_from_table: bool) -
 def run_report(paths: Sequence[str], by: Optional[List[str]] = None, metric: str = "val/acc1",
                baseline: Optional[str] = None, out: Optional[str] = None, wandb_path: Optional[str] = None,
                seed: int = 0, split: bool = False) -> Report:
-    """Collect runs, group them by ``by`` (default: the swept parameters minus seed), test the sweep
-    file's primary contrast, compare every group with ``baseline`` (``KEY=VALUE``; default: the sweep's
-    declared baseline, else the primary contrast's reference side, else the first group), and write
-    report.md, report.csv, runs.csv and the figures to ``out`` (default: see :func:`_default_out`).
-
-    ``paths`` may hold sweep folders, run folders, a runs.csv an earlier report wrote, and a sweep file
-    (``*.yaml``) whose header comments (references, baseline, contrasts, Holm family) apply. Runs that
-    differ in a config key outside ``by`` (other than the seed and how they executed) are an error, or
-    with ``split`` one report each, in ``out/<key=value,...>/``. Deterministic for a given ``seed``.
-    """
+    """Collect the runs of ``paths`` (sweep folders, run folders, a runs.csv, and a sweep file whose header
+    applies), group them by ``by`` (default: the swept keys), test the declared contrasts, compare every
+    group with ``baseline`` (``KEY=VALUE``), and write report.md, report.csv, runs.csv and the figures to
+    ``out``. Runs that differ in a config key outside ``by`` (but the seed and how they executed) are an
+    error, or with ``split`` one report each in ``out/<key=value,...>/``. Deterministic for a ``seed``."""
     paths = [str(p) for p in paths or []]
     if not [p for p in paths if not p.endswith((".yaml", ".yml"))] and not wandb_path:
         raise ValueError("no runs to report on: give a sweep directory, run directories, a runs.csv, or --wandb")
     runs, design = collect_runs(paths, wandb_path)
-    out_dir = Path(out) if out else _default_out(paths, design, wandb_path)
+    out_dir = Path(out) if out else _default_out(paths, wandb_path)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
     by = list(default_by(runs, design) if by is None else by)

@@ -1,12 +1,10 @@
 """Group the runs by the swept keys, summarise each group, compare each with the baseline, test the
 declared contrasts and Holm-adjust the declared family.
 
-A group is one setting of the ``by`` keys; its replicates are the runs that differ only in ``seed``.
-Runs that differ in any other key of their resolved config (epochs, image size, a fine-tune's
-``init.path``) are never pooled: :func:`differing_keys` names them and the report refuses or splits.
-Comparisons pair runs by seed (the same seed means the same data order and initialisation stream, so
-pairing removes that shared noise) and fall back to Welch's unpaired test, saying so, only when no seed
-is common to both groups.
+A group is one setting of the ``by`` keys; its replicates differ only in ``seed``. Runs that differ in
+any other key of their resolved config (epochs, image size, a fine-tune's ``init.path``) are never
+pooled (:func:`differing_keys`). Comparisons pair runs by seed (the same data order and initialisation
+stream: pairing removes that shared noise), and only without a common seed fall back to Welch's test.
 """
 
 from __future__ import annotations
@@ -24,10 +22,9 @@ from scipy import stats as scipy_stats
 from vit_ablate import rundir
 from vit_ablate.config import EXECUTION_KEYS
 from vit_ablate.report import stats
-from vit_ablate.report.contrasts import ContrastResult, decide, evaluate_contrast, validate_contrasts
-from vit_ablate.report.references import match_reference
-from vit_ablate.report.runs import Design, lookup_metric, metric_names, parse_baseline
-from vit_ablate.report.values import canon, sort_key
+from vit_ablate.report.contrasts import ContrastResult, ContrastSpec, decide, evaluate_contrast, validate_contrasts
+from vit_ablate.report.references import canon, match_reference, parse_assignments, sort_key
+from vit_ablate.report.runs import Design, lookup_metric, metric_names
 
 
 @dataclass
@@ -99,34 +96,33 @@ def _matches(group: pd.Series, wanted: Mapping[str, str], by: Sequence[str]) -> 
 
 
 def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primary, notes) -> Tuple[Optional[str], str]:
+    """``--baseline``, else the sweep's declared one, else the primary's reference side, else the first group."""
+    def hits(wanted: Mapping[str, str], among: pd.DataFrame) -> pd.DataFrame:
+        return among[[_matches(g, wanted, by) for _, g in among.iterrows()]] if wanted else among.iloc[:0]
+
     usable = groups[groups["n"] > 0]
     if requested is not None:
-        wanted = parse_baseline(requested)
-        if not wanted:
-            raise ValueError(f"baseline {requested!r} names no KEY=VALUE (e.g. model.pos_embed=1d)")
-        hits = groups[[_matches(g, wanted, by) for _, g in groups.iterrows()]]
-        if (hits["n"] > 0).sum() > 1:
-            raise ValueError(f"baseline {requested!r} is ambiguous: it matches {(hits['n'] > 0).sum()} groups "
-                             f"({'; '.join(hits[hits['n'] > 0].index)}); add the other grouping key(s)")
-        if (hits["n"] > 0).sum() == 1:
-            return hits[hits["n"] > 0].index[0], "given by --baseline"
-        if len(hits):  # it exists, but none of its runs completed: a finding, not a user error
-            notes.append(f"baseline {requested} has no completed runs ({hits['n_total'].iloc[0]} listed under Not "
+        found = hits({k: canon(v) for k, v in parse_assignments(requested, "baseline: ").items()}, groups)
+        if len(found[found["n"] > 0]) > 1:
+            raise ValueError(f"baseline {requested!r} is ambiguous: it matches {len(found[found['n'] > 0])} groups "
+                             f"({'; '.join(found[found['n'] > 0].index)}); add the other grouping key(s)")
+        if len(found[found["n"] > 0]):
+            return found[found["n"] > 0].index[0], "given by --baseline"
+        if len(found):  # it exists, but none of its runs completed: a finding, not a user error
+            notes.append(f"baseline {requested} has no completed runs ({found['n_total'].iloc[0]} listed under Not "
                          "included); no comparisons")
             return None, "given by --baseline, but without completed runs"
         raise ValueError(f"baseline {requested!r} matches no group; the groups are: " + "; ".join(groups.index))
     if usable.empty:
         return None, "no group has completed runs"
-    if design.baseline:
-        hits = usable[[_matches(g, design.baseline, by) for _, g in usable.iterrows()]]
-        if len(hits) == 1:
-            return hits.index[0], "the paper's choice, declared on the sweep file's # baseline: line"
-        notes.append(f"the sweep declares baseline {_label(list(design.baseline), design.baseline.values())}, which "
-                     + ("matches no group with completed runs" if hits.empty else "matches several groups"))
-    if primary is not None and primary.kind in ("paired", "equivalence"):
-        hits = usable[[_matches(g, {**primary.spec.b, **primary.spec.where}, by) for _, g in usable.iterrows()]]
-        if len(hits) == 1:
-            return hits.index[0], "the reference side of the declared primary contrast"
+    side = {**primary.spec.b, **primary.spec.where} if primary and primary.kind in ("paired", "equivalence") else {}
+    for wanted, reason in ((design.baseline, "the paper's choice, declared on the sweep file's # baseline: line"),
+                           (side, "the reference side of the declared primary contrast")):
+        if len(hits(wanted, usable)) == 1:
+            return hits(wanted, usable).index[0], reason
+        if wanted is design.baseline and wanted:
+            notes.append(f"the sweep declares baseline {_label(list(wanted), wanted.values())}, which matches "
+                         + ("no group with completed runs" if hits(wanted, usable).empty else "several groups"))
     return usable.index[0], "the first group: the sweep file declares no baseline"
 
 
@@ -153,30 +149,20 @@ def _summarise(runs: pd.DataFrame, by: List[str], design: Design) -> pd.DataFram
     return groups
 
 
-COMPARISON_COLUMNS = ["delta", "delta_ci_low", "delta_ci_high", "n_pairs", "paired", "p_t", "p_signflip", "min_signflip_p"]
-
-
-def _compare(groups: pd.DataFrame, counted: pd.DataFrame, baseline: Optional[str], seed: int, notes: List[str]) -> pd.DataFrame:
-    """Each group with runs against the baseline: paired by seed, else Welch's."""
-    if baseline is None:
-        return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    wide = counted.dropna(subset=["seed"]).pivot_table(index="seed", columns="group", values="value", aggfunc="mean")
+def _compare(groups: pd.DataFrame, runs: pd.DataFrame, by: List[str], baseline: Optional[str], seed: int,
+             notes: List[str]) -> pd.DataFrame:
+    """Each group with runs against the baseline, as an undeclared paired contrast (by seed, else Welch's)."""
     rows = {}
-    for i, label in enumerate(l for l in groups.index if l != baseline and groups.at[l, "n"] > 0):
-        both = wide[[label, baseline]].dropna() if label in wide and baseline in wide else pd.DataFrame()
-        both = both.loc[sorted(both.index, key=sort_key)]
-        if len(both):
-            test = stats.paired_test(both[label], both[baseline], [seed, 1, i])
-            if len(both) < max(groups.at[label, "n"], groups.at[baseline, "n"]):
-                notes.append(f"{label} vs baseline: paired on the {len(both)} seeds present in both groups")
-        else:
-            test = stats.welch_test(counted.loc[counted["group"] == label, "value"],
-                                    counted.loc[counted["group"] == baseline, "value"], [seed, 1, i])
-            notes.append(f"{label} vs baseline: no seed in common with the baseline: Welch's unpaired t-test "
-                         "(and the unpaired permutation test)")
-        rows[label] = [test.estimate, test.ci_low, test.ci_high, 0 if test.unpaired else test.n, not test.unpaired,
-                       test.p_t, test.p_perm, test.min_perm_p]
-    return pd.DataFrame(list(rows.values()), index=list(rows), columns=COMPARISON_COLUMNS)
+    for i, label in enumerate(l for l in groups.index if baseline and l != baseline and groups.at[l, "n"] > 0):
+        sides = [dict(zip(by, groups.loc[g, by])) for g in (label, baseline)]
+        r = evaluate_contrast(ContrastSpec("baseline", "paired", *sides), runs, by, "", seed=[seed, 1, i])
+        notes += [f"{label} vs baseline: {note}" for note in r.notes]
+        if 0 < r.n < max(groups.at[label, "n"], groups.at[baseline, "n"]) and not r.unpaired:
+            notes.append(f"{label} vs baseline: paired on the {r.n} seeds present in both groups")
+        rows[label] = [r.estimate, r.ci_low, r.ci_high, 0 if r.unpaired else r.n, not r.unpaired, r.p_t, r.p_perm,
+                       r.min_perm_p]
+    return pd.DataFrame(list(rows.values()), index=list(rows), columns=["delta", "delta_ci_low", "delta_ci_high",
+                        "n_pairs", "paired", "p_t", "p_signflip", "min_signflip_p"])
 
 
 def _same_pair(result: ContrastResult, group: pd.Series, base: pd.Series, by: Sequence[str]) -> bool:
@@ -225,7 +211,8 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
         notes.append(f"runs with data.val_split=0 validate on the test split: their {metric} is a test-split number")
 
     analysis = Analysis(metric=metric, by=by, runs=runs, groups=groups, design=design, notes=notes,
-                        sections=Counter(counted["section"]), higher_is_better=_higher_is_better(metric))
+                        sections=Counter(counted["section"]),
+                        higher_is_better=not any(w in metric.lower() for w in ("loss", "err", "time", "perplexity")))
     for k, spec in enumerate(design.contrasts):
         result = evaluate_contrast(spec, runs, by, metric, lambda a: match_reference(design.references, dict(a)), [seed, 4, k])
         if spec.role == "primary":
@@ -239,7 +226,7 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
             analysis.secondary.append(result)
     analysis.baseline, analysis.baseline_reason = _choose_baseline(groups, by, baseline, design, analysis.primary, notes)
 
-    comparisons = _compare(groups, counted, analysis.baseline, seed, notes)
+    comparisons = _compare(groups, runs, by, analysis.baseline, seed, notes)
     # One Holm family, one adjusted p per comparison: a group's comparison with the baseline that a
     # declared contrast already makes is that contrast's (the primary's is unadjusted).
     declared = {label: next((r for r in [analysis.primary, *analysis.secondary] if r and _same_pair(
@@ -260,7 +247,3 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
     analysis.is_fraction = bool(("acc" in metric.lower() or metric.lower().startswith("fewshot"))
                                 and len(values) and values.between(0, 1).all())
     return analysis
-
-
-def _higher_is_better(metric: str) -> bool:
-    return not any(word in metric.lower() for word in ("loss", "err", "wall_time", "time_s", "perplexity"))

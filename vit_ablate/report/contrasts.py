@@ -1,36 +1,27 @@
-"""Declared contrasts: the one primary test of a comparison, its declared secondaries, and the Holm family.
+"""Declared contrasts: the one primary test of a comparison, its declared secondaries, the Holm family.
 
-A sweep file states, beside its ``# reference:`` lines, the single question its sweep answers and how
-it is tested; the report tests that contrast at α = 0.05 without correction and derives the verdict
-from it alone::
+A sweep file's header states the question its sweep answers; the report tests the primary at α = 0.05
+without correction and takes the verdict from it alone::
 
     # primary: paired model.pos_embed=none vs model.pos_embed=1d
     # secondary: equivalence model.pos_embed=2d vs model.pos_embed=1d margin=0.01
     # primary: interaction model.pool=cls vs model.pool=gap by optim.lr=8e-4 vs optim.lr=3e-4 expect=greater
     # primary: fisher model.norm=post vs model.norm=pre where optim.warmup_steps=0 expect=greater
     # holm: secondary + baseline
-    # baseline: model.pos_embed=1d
 
-Kinds:
-
-* ``paired A vs B`` — mean of the per-seed differences A − B: paired t-test (decides) and the exact
-  sign-flip p (beside it);
-* ``interaction A vs B by C vs D`` — a 2×2 design paired by seed: (A − B at C) − (A − B at D) per
-  seed, one-sample t-test;
-* ``fisher A vs B`` — runs whose status is ``outcome`` (default ``diverged``) out of the runs that
-  finished (completed or diverged) in A and in B: Fisher's exact test;
-* ``equivalence A vs B margin=M`` — two one-sided t-tests that |mean(A − B)| < M (M in the metric's
-  units: 0.01 is one point of accuracy).
-
-``where KEY=VALUE ...`` restricts both sides; runs are paired by seed and by every grouping key the
-contrast leaves free. ``expect=greater|less`` is the paper's direction of A − B (for ``paired``, the
-paper's reference values of A and B give it when omitted); ``effect=X`` is the paper's size of A − B in
-the metric's units, for the power of an inconclusive result.
+Kinds: ``paired A vs B`` (mean per-seed difference A − B: paired t-test, the exact sign-flip p beside
+it); ``interaction A vs B by C vs D`` (a 2×2 design: (A − B at C) − (A − B at D) per seed, one-sample
+t-test); ``fisher A vs B`` (runs whose status is ``outcome``, default ``diverged``, out of the finished
+runs: Fisher's exact test); ``equivalence A vs B margin=M`` (TOST that |mean(A − B)| < M, M in the
+metric's units: 0.01 is one point of accuracy). ``where KEY=VALUE ...`` restricts both sides; runs are
+paired by seed and by every grouping key the contrast leaves free. ``expect=greater|less`` is the paper's
+sign of A − B (for ``paired``, the reference values give it when omitted); ``effect=X`` the paper's size
+of A − B in the metric's units, for the power of an inconclusive result.
 
 ``# holm:`` names the report's one Holm family: ``secondary`` (every ``# secondary:`` line) and, with
 ``+ baseline``, each group's paired difference to the baseline that no declared contrast already
-compares; without the line the family is ``secondary + baseline``. Each comparison is in it once, with
-one adjusted p, which alone decides a secondary's verdict.
+compares (the default without the line). Each comparison is in it once, with one adjusted p, which
+alone decides a secondary's verdict.
 """
 
 from __future__ import annotations
@@ -46,8 +37,7 @@ import pandas as pd
 
 from vit_ablate import rundir
 from vit_ablate.report import stats
-from vit_ablate.report.references import header_tokens
-from vit_ablate.report.values import canon, sort_key
+from vit_ablate.report.references import canon, header_tokens, sort_key
 
 ALPHA = stats.ALPHA
 KINDS = ("paired", "interaction", "fisher", "equivalence")
@@ -76,10 +66,6 @@ class ContrastSpec:
     line: int = 0
     text: str = ""
     origin: str = "sweep file"
-
-    @property
-    def where_text(self) -> str:
-        return f"line {self.line} of {self.origin}: {self.role}: "
 
     @property
     def label(self) -> str:
@@ -194,33 +180,28 @@ def validate_contrasts(specs: Sequence[ContrastSpec], values_of: Mapping[str, Se
     """Every key and value a contrast names must exist in the runs (``values_of``: key → canonical
     values seen). ValueError names the line."""
     for spec in specs:
+        where = f"line {spec.line} of {spec.origin}: {spec.role}: "
         for key, value in [item for side in (spec.a, spec.b, spec.c, spec.d, spec.where) for item in side.items()]:
             if key not in values_of:
                 hint = difflib.get_close_matches(key, sorted(values_of), n=1, cutoff=0.0)
-                raise ValueError(f"{spec.where_text}{key}={value} names a key no run has"
+                raise ValueError(f"{where}{key}={value} names a key no run has"
                                  + (f" (did you mean {hint[0]}?)" if hint else ""))
             seen = sorted(values_of[key], key=sort_key)
             if value not in seen:
                 hint = difflib.get_close_matches(value, seen, n=1, cutoff=0.0)
-                raise ValueError(f"{spec.where_text}{key}={value} names a group the sweep does not have: {key} is "
+                raise ValueError(f"{where}{key}={value} names a group the sweep does not have: {key} is "
                                  f"{', '.join(seen)}" + (f" (did you mean {hint[0]}?)" if hint else ""))
 
 
 @dataclass
-class ContrastResult:
-    spec: ContrastSpec
-    n: int = 0  # pairs (paired/interaction/equivalence); runs finished in A + B (fisher)
-    estimate: float = math.nan  # mean difference / interaction; fisher: rate(A) − rate(B)
-    ci_low: float = math.nan
-    ci_high: float = math.nan
+class ContrastResult(stats.MeanTest):
+    """A declared contrast's test; for fisher, ``n`` counts the finished runs of both sides, ``estimate``
+    is rate(A) − rate(B) and ``min_perm_p`` the smallest p Fisher's test can give with these totals."""
+
+    spec: Optional[ContrastSpec] = None
     ci_label: str = "95% t"
     p: float = math.nan  # the test's p: t-test, TOST, or Fisher
-    p_t: float = math.nan  # the two-sided t-test p (for an equivalence: of the difference)
-    p_perm: float = math.nan  # permutation p (exact sign-flip when paired)
-    min_perm_p: float = math.nan  # the smallest p of that test (of Fisher's, for fisher) at this n
     p_holm: float = math.nan  # secondaries: the family's adjusted p
-    sd: float = math.nan
-    per_seed: np.ndarray = field(default_factory=lambda: np.zeros(0))
     counts: Tuple[int, int, int, int] = (0, 0, 0, 0)  # fisher: events A, total A, events B, total B
     expect: Optional[str] = None
     effect: Optional[float] = None  # the paper's A − B in metric units (power), if known
@@ -228,7 +209,6 @@ class ContrastResult:
     power: float = math.nan
     detectable: float = math.nan  # smallest |effect| with 80% power at this n and spread
     verdict: str = ""
-    unpaired: bool = False
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -305,14 +285,11 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
             test = stats.paired_test(cell_a[common].to_numpy(), cell_b[common].to_numpy(), seed)
         elif len(cell_a) and len(cell_b):
             test = stats.welch_test(cell_a.to_numpy(), cell_b.to_numpy(), seed)
-            result.notes.append("no seed in common: Welch's unpaired t-test and the unpaired permutation test")
+            result.notes.append("no seed in common: Welch's unpaired t-test (and the unpaired permutation test)")
         else:
             result.notes.append("a side has no completed run with the metric: no test")
             return result
-    result.n, result.estimate, result.ci_low, result.ci_high = test.n, test.estimate, test.ci_low, test.ci_high
-    result.p = result.p_t = test.p_t
-    result.p_perm, result.min_perm_p, result.sd, result.per_seed, result.unpaired = (
-        test.p_perm, test.min_perm_p, test.sd, test.per_seed, test.unpaired)
+    vars(result).update(vars(test), p=test.p_t)
     if spec.kind == "equivalence":
         result.p, result.ci_low, result.ci_high = stats.tost(result.per_seed, spec.margin)
         result.ci_label = "TOST 90% t"

@@ -173,33 +173,25 @@ def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
 
 def plot_all(analysis: Analysis, out: Path) -> Tuple[List[Path], List[str]]:
     """Every figure that applies: (paths written, notes on figures not drawn)."""
-    written, notes = [], []
-    lr = LR_KEY in analysis.by and len(analysis.by) >= 2
-    for name, drawn, why in (
-        ("curves.png", plot_curves(analysis, out / "curves.png"), "no included run has per-epoch values (a run folder's metrics.csv; a runs.csv holds none)"),
-        ("final.png", plot_final(analysis, out / "final.png"), "no group has an included run"),
-        ("lr_curves.png", plot_curves(analysis, out / "lr_curves.png", lr_styles=True) if lr else None,
-         "no included run has learning curves" if lr else ""),
-    ):
-        written += [drawn] if drawn else []
-        notes += [f"{name} not drawn: {why}"] if not drawn and why else []
-    return written, notes
+    lr = LR_KEY in analysis.by and len(analysis.by) >= 2  # paper Figure 9: pooling × learning rate
+    drawn = {"curves.png": plot_curves(analysis, out / "curves.png"), "final.png": plot_final(analysis, out / "final.png"),
+             "lr_curves.png": plot_curves(analysis, out / "lr_curves.png", lr_styles=True) if lr else "not asked"}
+    why = "no included run has per-epoch values (a run folder's metrics.csv; a runs.csv holds none)"
+    return ([p for p in drawn.values() if isinstance(p, Path)],
+            [f"{name} not drawn: " + ("no group has an included run" if name == "final.png" else why)
+             for name, p in drawn.items() if p is None])
 
 
 def figure_caption(name: str, analysis: Analysis, stale: bool = False) -> str:
     """Which epoch and which weights a figure shows."""
-    if stale:
-        return ("not redrawn (this report's input holds no per-epoch values); left by an earlier report over the "
-                "run folders, whose curves were the mean over seeds with a band over seeds; the last epoch is the "
-                "value in the table")
-    clip = " (an accuracy's interval clipped to 0–100%)" if analysis.is_fraction else ""
-    if name == "final.png":
-        return (f"{analysis.metric} per group at the last epoch's validation, i.e. the weights of checkpoints/last.ckpt "
-                "(EMA weights where optim.ema_decay is set), never a best-epoch pick; grey dots are seeds, the bar the "
-                f"95% t interval of the mean{clip}; the paper's values (red diamonds) are on our axis only when they "
-                "measure our metric, otherwise in their own panel spanning the same number of points")
-    if name == "curves.png":
-        return ("validation after every epoch (metrics.csv: the weights at the end of that epoch), mean over seeds "
-                f"with a 95% t band{clip}; the last epoch is the value in the table")
-    return ("validation after every epoch (metrics.csv) per (other keys, learning rate), mean over seeds; the last "
-            "epoch is the value in the table (paper Figure 9 plots ImageNet 5-shot accuracy)")
+    clip = " (an accuracy's clipped to 0–100%)" if analysis.is_fraction else ""
+    return ("not redrawn (this report's input holds no per-epoch values): left by an earlier report over the run "
+            "folders; validation after every epoch, mean over seeds" if stale else
+            f"{analysis.metric} per group with the last epoch's weights (checkpoints/last.ckpt, EMA where set), never a "
+            f"best-epoch pick; grey dots are seeds, the bar the 95% t interval of the mean{clip}; the paper's values "
+            "(red diamonds) on our axis only when they measure our metric, else in a panel of the same span"
+            if name == "final.png" else
+            f"validation after every epoch (metrics.csv), mean over seeds with a 95% t band{clip}; the last epoch is the "
+            "value in the table" if name == "curves.png" else
+            "validation after every epoch per (other keys, learning rate), mean over seeds (paper Figure 9 plots "
+            "ImageNet 5-shot accuracy)")

@@ -1,20 +1,62 @@
-"""Paper reference values and the declared baseline, from a sweep file's header comments (W&B rejects
-unknown top-level keys, so they live in lines both the W&B agent and YAML ignore)::
+"""Canonical config values, and the paper's reference values and the declared baseline from a sweep
+file's header comments (W&B rejects unknown top-level keys, so they live in lines both the W&B agent and
+YAML ignore)::
 
     # reference: model.pos_embed=none value=0.61382 metric=imagenet_5shot source="paper Table 8"
     # baseline: model.pos_embed=1d
 
 Every ``key=value`` of a reference line but ``value``, ``metric``, ``source`` and ``note`` selects runs:
 a group matches when its runs share every one of them.
+
+The same setting reaches a report in several spellings (``0.0008`` in a resolved config.yaml, ``8e-4``
+in a sweep file, ``True`` from the W&B agent): grouping and matching compare :func:`canon` strings.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shlex
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from vit_ablate.report.values import canon
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _number(x: float) -> str:
+    if math.isfinite(x) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))  # 1.0 and 1 are one setting (dropout 0 vs 0.0)
+    return repr(x)  # the shortest round-tripping form: 0.0008, 3e-05; nan, inf
+
+
+def canon(value: Any) -> str:
+    """A canonical string for a config value: numbers by value, booleans and null in YAML spelling."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return str(value)  # exact digits: float() of a 400-digit integer overflows
+    if isinstance(value, (int, float)):
+        return _number(float(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER_RE.match(text):
+            return _number(float(text))
+        # Python's str() spellings, as the W&B agent passes them (config._wandb_literal maps the same).
+        # Only the exact capitalised forms: "none" is a legitimate value (model.pos_embed=none).
+        return {"True": "true", "False": "false", "None": "null"}.get(text, text)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(canon(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return json.dumps({str(k): canon(v) for k, v in value.items()}, sort_keys=True)
+    return str(value)
+
+
+def sort_key(text: str) -> Tuple[int, float, str]:
+    """Numbers in numeric order before words in alphabetical order (so 3e-4 sorts before 8e-4)."""
+    return (0, float(text), text) if _NUMBER_RE.match(text) else (1, 0.0, text)
+
 
 _RESERVED = ("value", "metric", "source", "note")  # describe the number rather than select runs
 _REFERENCE_RE = re.compile(r"^\s*#\s*reference\s*:(?P<body>.*)$", re.IGNORECASE)

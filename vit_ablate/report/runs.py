@@ -1,13 +1,10 @@
-"""The runs a report is about, as one pandas DataFrame (one row a run), and what their sweep declares.
+"""The runs a report is about as one DataFrame, one row a run, from sweep and run folders (read by
+``vit_ablate.rundir``), a runs.csv an earlier report wrote, or a W&B sweep; and what their sweep declares.
 
-Runs come from sweep and run folders (read by ``vit_ablate.rundir``, the one reader of run folders), a
-``runs.csv`` an earlier report wrote, or a W&B sweep. Every run found is a row, finished or not: a run
-that diverged, failed, is still running or never started keeps its status and the reason, so the
-report lists it under "Not included" instead of silently averaging over the survivors.
-
-Columns: ``run``, ``seed``, ``status``, ``reason``, ``source``, ``has_config``, ``result`` (result.json,
-or a runs.csv row's metrics), ``history`` (metrics.csv rows), and one column per config key holding
-its canonical value (``—`` where a run lacks the key).
+Every run is a row, finished or not (a diverged, failed, running or pending run keeps its status and
+reason, so the report lists it instead of averaging over the survivors). Columns: ``run``, ``seed``,
+``status``, ``reason``, ``source``, ``has_config``, ``result``, ``history`` (metrics.csv rows), and one
+per config key holding its canonical value (``—`` where a run lacks the key).
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ import pandas as pd
 
 from vit_ablate import rundir
 from vit_ablate.report.contrasts import ContrastSpec, parse_contrast_comments, parse_holm_comment
-from vit_ablate.report.references import parse_assignments, parse_baseline_comment, parse_reference_comments
-from vit_ablate.report.values import canon
+from vit_ablate.report.references import canon, parse_assignments, parse_baseline_comment, parse_reference_comments
 
 RUNS_TABLE = "runs.csv"  # the per-run table a report writes beside report.md, and can be regenerated from
 TABLE_FIXED = ("run", "seed", "status", "reason")  # runs.csv's columns that are neither parameters nor metrics
@@ -48,7 +44,6 @@ class Design:
     holm: Tuple[Tuple[str, ...], str] = DEFAULT_HOLM  # the Holm family's members and where it was declared
     sources: List[str] = field(default_factory=list)  # one line per input, for the report's header
     notes: List[str] = field(default_factory=list)
-    single_folder: bool = True  # every run came from one input (the default output goes beside it)
     params: List[str] = field(default_factory=list)  # the parameter columns of the runs table
 
     def read_header(self, text: str, origin: str) -> None:
@@ -84,9 +79,9 @@ def swept_parameters(sweep_config: Mapping[str, Any]) -> Dict[str, Optional[list
 
 
 def lookup_metric(result: Mapping[str, Any], metric: str) -> Tuple[Optional[float], Optional[str]]:
-    """``metric`` in a result.json: ``(value, section)`` or ``(None, None)``. Order: a runs.csv row
-    (``table``), ``final`` (val/acc1), ``test``, ``best``; ``fewshot/5`` → ``fewshot["5"]``; a
-    section-qualified name (``best/val/acc1``) picks the section; last, a top-level number."""
+    """``metric`` in a result: ``(value, section)`` or ``(None, None)``. Order: a runs.csv row (``table``),
+    a W&B ``summary``, ``final`` (val/acc1), ``test``, ``best``; then a section-qualified name
+    (``best/val/acc1``, ``fewshot/5`` → ``fewshot["5"]``); last, a top-level number."""
     def number(value: Any) -> Optional[float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
@@ -95,11 +90,8 @@ def lookup_metric(result: Mapping[str, Any], metric: str) -> Tuple[Optional[floa
         except OverflowError:  # a 400-digit integer is no metric value
             return math.nan
 
-    head, _, rest = metric.partition("/")
-    if head == "fewshot" and rest:
-        shots = result.get("fewshot") if isinstance(result.get("fewshot"), Mapping) else {}
-        return next(((number(v), "fewshot") for k, v in shots.items() if canon(k) == canon(rest)), (None, None))
-    for section, name in [(s, metric) for s in ("table", "final", "test", "best")] + [(head, rest)]:
+    # A runs.csv row and a W&B run's summary hold metrics by their full names.
+    for section, name in [(s, metric) for s in ("table", "summary", "final", "test", "best")] + [metric.partition("/")[::2]]:
         values = result.get(section)
         if isinstance(values, Mapping) and name in values:
             return number(values[name]), section
@@ -110,7 +102,8 @@ def metric_names(results: Sequence[Mapping[str, Any]]) -> List[str]:
     """Every metric some run recorded, in the spelling ``--metric`` takes."""
     names: Dict[str, None] = {}
     for result in results:
-        for section, prefix in (("table", ""), ("final", ""), ("test", ""), ("best", "best/"), ("fewshot", "fewshot/")):
+        for section, prefix in (("table", ""), ("summary", ""), ("final", ""), ("test", ""), ("best", "best/"),
+                                ("fewshot", "fewshot/")):
             if isinstance(result.get(section), Mapping):
                 names.update((f"{prefix}{k}", None) for k in result[section] if k != "epoch" or section != "best")
         names.update((k, None) for k, v in result.items()
@@ -215,16 +208,7 @@ def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str
         state = str(getattr(run, "state", "unknown")).lower()
         status = str(summary.get("status", "")).lower()
         status = status if status in rundir.RESULT_STATUSES else _WANDB_STATES.get(state, state)
-        result: Dict[str, Any] = {"status": status}
-        for key, value in summary.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("_"):
-                section, _, name = key.partition("/")
-                if section in ("val", "test"):
-                    result.setdefault("final" if section == "val" else "test", {})[key] = value
-                elif section in ("best", "fewshot") and name:
-                    result.setdefault(section, {})[name] = value
-                else:
-                    result[key] = value
+        result = {"status": status, "summary": {k: v for k, v in summary.items() if not k.startswith("_")}}
         history = list(run.scan_history(keys=["epoch", "val/acc1"])) if hasattr(run, "scan_history") else []
         records.append({"run": str(run.name or run.id), "path": f"{path.rsplit('/', 1)[0]}/{run.id}", "status": status,
                         "reason": "" if status == rundir.COMPLETED else f"W&B state {state}", "source": f"wandb {path}",
@@ -241,13 +225,12 @@ def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, 
     header comments and swept parameters apply to the runs beside them) or manifests declare.
 
     Raises ValueError when a path does not exist or when no run is found at all."""
-    design, records, inputs = Design(), [], 0
+    design, records = Design(), []
     sweep_files = [Path(p) for p in paths if str(p).endswith((".yaml", ".yml"))]
     for raw in dict.fromkeys(Path(p) for p in paths if Path(p) not in sweep_files):
         path = raw.parent if raw.name == rundir.SWEEP_MANIFEST and raw.is_file() else raw
         if not path.exists():
             raise ValueError(f"{raw}: no such file or directory")
-        inputs += 1
         if path.is_file() and path.suffix == ".csv":
             records += _from_table(path, design)
         elif path.is_dir():
@@ -255,9 +238,7 @@ def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, 
         else:
             raise ValueError(f"{raw}: not a directory (expected a sweep directory, run directories, a runs.csv or a sweep .yaml)")
     if wandb_path:
-        inputs += 1
         records += runs_from_wandb(wandb_path, design, api)
-    design.single_folder = inputs <= 1
     for sweep_file in sweep_files:
         if not sweep_file.is_file():
             raise ValueError(f"{sweep_file}: no such sweep file")
@@ -279,8 +260,3 @@ def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, 
     columns = pd.DataFrame([{k: canon(v) for k, v in r["params"].items() if k != "seed"} for r in records],
                            columns=design.params, index=frame.index).fillna(ABSENT)
     return pd.concat([frame, columns.drop(columns=[c for c in columns if c in frame])], axis=1), design
-
-
-def parse_baseline(text: str) -> Dict[str, str]:
-    """``--baseline KEY=VALUE[,KEY=VALUE]`` in canonical values."""
-    return {k: canon(v) for k, v in parse_assignments(text, "baseline: ").items()}

@@ -1,15 +1,9 @@
-"""The statistics of a report, from scipy and statsmodels. Ablation sweeps have few seeds (often 3),
-which decides every choice here:
-
-* the 95% interval of a mean, or of a mean paired difference, is Student's t (``mean ± t·s/√n``): its
-  coverage is 95% at any n when the seeds' values are roughly normal (a percentile bootstrap of 3 values
-  never leaves [min, max] and covers about 70%); n = 1 has none;
-* a paired difference is decided by the paired t-test; the exact sign-flip permutation p is shown
-  beside it, free of the normality assumption but never below 2/2^n (0.25 at n = 3);
-* a 2×2 interaction is the one-sample t-test of the per-seed interaction contrasts; counts (a run
-  diverged or not) use Fisher's exact test; an equivalence is two one-sided t-tests (TOST) against a
-  margin declared beforehand, so "no significant difference" is never read as "equal";
-* the power a test had at this n and spread says what "inconclusive" means in numbers.
+"""The statistics of a report, from scipy and statsmodels, chosen for few seeds (often 3): Student's t
+intervals (95% coverage at any n for roughly normal values, where a percentile bootstrap of 3 values
+never leaves [min, max] and covers ~70%); the paired t-test, with the exact sign-flip permutation p
+beside it (free of normality, never below 2/2^n: 0.25 at n = 3); Fisher's exact test for counts; TOST
+against a margin declared beforehand, so "no significant difference" is never read as "equal"; and the
+power a test had, which says what "inconclusive" means in numbers.
 """
 
 from __future__ import annotations
@@ -34,14 +28,14 @@ MONTE_CARLO_RESAMPLES = 100_000
 class MeanTest:
     """A mean difference (paired, interaction, or Welch's unpaired) with its interval and p-values."""
 
-    estimate: float
-    ci_low: float
-    ci_high: float
-    p_t: float  # two-sided t-test p: the p that decides
-    p_perm: float  # the permutation p beside it (exact sign-flip when paired)
-    min_perm_p: float  # the smallest p that permutation test can give at this n
-    n: int  # pairs; for Welch the smaller group
-    sd: float  # sd of the per-seed differences (NaN for n < 2 and for Welch)
+    estimate: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p_t: float = math.nan  # two-sided t-test p: the p that decides
+    p_perm: float = math.nan  # the permutation p beside it (exact sign-flip when paired)
+    min_perm_p: float = math.nan  # the smallest p that permutation test can give at this n
+    n: int = 0  # pairs; for Welch the smaller group
+    sd: float = math.nan  # sd of the per-seed differences (NaN for n < 2 and for Welch)
     per_seed: np.ndarray = field(default_factory=lambda: np.zeros(0))
     unpaired: bool = False
 
@@ -91,7 +85,7 @@ def welch_test(a: Sequence[float], b: Sequence[float], seed: Sequence[int] = (0,
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff, n = float(x.mean() - y.mean()), int(min(x.size, y.size))
     if n < 2:
-        return MeanTest(diff, math.nan, math.nan, math.nan, math.nan, math.nan, n, math.nan, unpaired=True)
+        return MeanTest(diff, n=n, unpaired=True)
     partitions = math.comb(x.size + y.size, x.size)
     exact = partitions <= EXACT_UNPAIRED_MAX
     p_perm = float(scipy_stats.permutation_test(
