@@ -72,35 +72,26 @@ def cmd_sweep(args) -> int:
     return summary.exit_code
 
 
+# report, analyze and export read what the user names (folders, checkpoints): any ValueError or
+# FileNotFoundError they raise is about that input and exits 2 like a bad config (main)
 def cmd_report(args) -> int:
     from vit_ablate.report import run_report
 
-    try:
-        report = run_report(args.runs, by=args.by, metric=args.metric, baseline=args.baseline, out=args.out, wandb_path=args.wandb)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from None
-    print(report.markdown)
+    print(run_report(args.runs, by=args.by, metric=args.metric, baseline=args.baseline, out=args.out, wandb_path=args.wandb).markdown)
     return 0
 
 
 def cmd_analyze(args) -> int:
     from vit_ablate.analyze import run_analysis
 
-    try:
-        summary = run_analysis(args.checkpoint, data=args.data, out=args.out, num_images=args.images, overrides=args.overrides)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from None
-    print(summary)
+    print(run_analysis(args.checkpoint, data=args.data, out=args.out, num_images=args.images, overrides=args.overrides))
     return 0
 
 
 def cmd_export(args) -> int:
     from vit_ablate.export import export
 
-    try:
-        folder = export(args.run, args.to, args.out)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from None
+    folder = export(args.run, args.to, args.out)
     print(f"wrote {folder}: model.safetensors and config.json, loadable by {'timm' if args.to == 'timm' else 'transformers'}")
     return 0
 
@@ -228,7 +219,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _usage_error(args.usage_parser, stray or extra)
         if extra:
             setattr(args, target, [*getattr(args, target), *extra])
-        return args.func(args)
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError) as exc:
+            if args.func not in (cmd_report, cmd_analyze, cmd_export):
+                raise
+            raise ConfigError(str(exc)) from None
     except ConfigError as exc:
         print(f"vit-ablate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
