@@ -1,19 +1,14 @@
 """CIFAR-10 / CIFAR-100 (paper §4: transfer targets) from torchvision's Python pickles, held in memory.
 
-The pickles already are raw pixels, so the whole set is decoded once into a uint8 ``(N, 3, 32, 32)``
-tensor (150 MB for the 50k training images) and batched by ``DeviceLoader``. ``data.img_size`` other
-than 32 (e.g. 224 to fine-tune at the pre-training resolution, paper §3.2) resizes each batch on the
-device instead of storing upsampled copies. ``data.in_memory`` does not apply.
+The pickles are raw pixels: the set is read once into a uint8 ``(N, 3, 32, 32)`` tensor (150 MB for the
+50k training images) batched by ``DeviceLoader``; another ``data.img_size`` (e.g. 224, fine-tuning at
+the pre-training resolution, paper §3.2) resizes each batch on the device. ``train`` is the 50k training
+set less the ``data.val_split`` hold-out, then its first ``data.train_subset`` (both class-balanced);
+``val`` is the hold-out, or the 10k test set without one; ``test`` is the test set.
 
-Splits: ``train`` is the 50k training set less ``data.val_split`` held-out images (the last
-``val_split`` class-balanced training images, deterministic), then limited to the first
-``data.train_subset`` class-balanced images; ``val`` is the hold-out when ``val_split > 0``, else the
-10k test set; ``test`` is always the 10k test set.
-
-``data.root`` (``config.data_root``: by default ``.data``, git-ignored) holds torchvision's ``cifar-10-batches-py`` /
-``cifar-100-python``; ``data.download=true`` fetches it (in ``prepare_data``, i.e. once per node).
-Without it, ``check_available`` names a missing folder or a file whose checksum does not match (a
-truncated download) before anything is written.
+``data.root`` (``config.data_root``, by default ``.data``) holds torchvision's ``cifar-10-batches-py`` /
+``cifar-100-python``; ``data.download=true`` fetches it once per node (``prepare_data``). Without it,
+``check_available`` names a missing folder or a file whose checksum does not match before anything is written.
 """
 
 from __future__ import annotations

@@ -1,29 +1,15 @@
-"""Any dataset laid out as class folders (torchvision ``ImageFolder`` semantics).
+"""Any dataset laid out as class folders (torchvision ``ImageFolder`` semantics) under ``data.root``:
+``train/<class>/**/<image>`` (required), ``val/`` and ``test/`` alike (each stands in for the other when
+absent; ``data.val_split`` holds training images out instead). Classes are ``train/``'s sub-folders in
+sorted order, and the other splits must have the same ones (class ids would silently shift otherwise).
 
-Layout under ``data.root``::
-
-    train/<class>/**/<image>     required
-    val/<class>/**/<image>       validation split (if absent: test/, or a hold-out via data.val_split)
-    test/<class>/**/<image>      test split (if absent: val/, or else the validation hold-out)
-
-Classes are the sub-folders of ``train/`` in sorted order; ``val/`` and ``test/`` must have the same
-class folders (otherwise class ids would silently shift). Images are the files with an image extension
-(``.jpg``, ``.png``, …, case-insensitive) anywhere below a class folder, in sorted order.
-
-Two ways to serve them:
-
-* in memory (``data.in_memory=true``, or automatically when there are fewer than 100k images of at
-  most 64 px): every image is decoded ONCE — in a process pool of ``data.num_workers`` processes — to
-  RGB, resized (shorter side to ``img_size``, bicubic) and centre-cropped into one uint8 tensor, then
-  served by ``DeviceLoader`` like CIFAR. The tensor is cached at ``<root>/.vit_ablate_cache_<digest>.pt``
-  when the root is writable (the digest covers the file list, sizes, mtimes and ``img_size``, so a
-  changed dataset is re-decoded); otherwise it lives in memory only.
-* streamed (large datasets, e.g. ImageNet): a ``DataLoader`` with workers reads and transforms each
-  image per sample (timm RandAugment, Inception crop, … — ``sample_loader.py``).
-
-``img_size`` is ``data.img_size``, or the shorter side of the first training image when unset.
-Every error names the offending path: a missing root, a root without ``train/``, a class folder with
-no images, an unreadable image, class folders that differ between splits.
+In memory (``data.in_memory``, by default when there are fewer than 100k images of at most 64 px) every
+image is decoded once, in ``data.num_workers`` processes, resized (shorter side to ``img_size``, bicubic)
+and centre-cropped into one uint8 tensor served by ``DeviceLoader``; it is cached at
+``<root>/.vit_ablate_cache_<digest>.pt`` when the root is writable (the digest covers the file list,
+sizes, mtimes and ``img_size``). Otherwise (e.g. ImageNet) ``DataLoader`` workers read each image per
+sample (``sample_loader.py``). ``img_size`` is ``data.img_size`` or the first training image's shorter
+side. Every error names the offending path.
 """
 
 from __future__ import annotations

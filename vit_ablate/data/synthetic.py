@@ -1,38 +1,25 @@
 r"""The embedded procedural dataset: position embeddings matter, with a provable ceiling without them.
 
-Why this dataset
-----------------
-Appendix D.4 of the ViT paper (Table 8) compares position embeddings — none, 1-D, 2-D, relative —
-and finds that *any* of them beats none, while the kind matters little. On natural images the gap is
-modest and takes ImageNet-scale runs to see. This dataset makes the same ablation answerable on a CPU
-in a minute: its labels depend on *where* things are, so a model that cannot see positions is capped
-at a ceiling that is known in advance, while a model with position embeddings can reach ~100%.
+Appendix D.4 of the ViT paper (Table 8) finds that *any* position embedding beats none while the kind
+matters little; on natural images the gap takes ImageNet-scale runs to see. Here labels depend on *where*
+things are, so a model that cannot see positions is capped at a ceiling known in advance, while one with
+position embeddings can reach ~100%: the ablation is answerable on a CPU in a minute.
 
-Construction (all sizes from ``data.synthetic``; defaults cell = 8, grid = 4 → 32×32 RGB images)
---------------------------------------------------------------------------------------------------
-* An image is a ``grid × grid`` array of ``cell × cell`` cells. The whole image starts as background:
-  i.i.d. uniform pixel noise in ``[80, 100]`` per channel (low-contrast grey). Low on purpose: the
-  proof below needs the noise to be i.i.d., not strong, while strong noise swamps the small
-  position embeddings of a freshly initialised ViT (std 0.02) and slows learning of the relative
-  bit (the quickstart ViT — dim 64, depth 3, patch 8, AdamW 3e-3, batch 64 — reaches 67% vs 100%
-  validation accuracy after 320 steps with noise in [40, 140] vs [80, 100]).
-* Exactly two cells carry a glyph: a shape (plus, square ring, diagonal cross, disc) painted in a
-  saturated colour (red, green, blue, yellow) with a per-instance colour jitter of ±20 and per-pixel
-  noise of ±12 over the cell's background noise. Glyph pixels have a channel ≥ 178; background
-  pixels never exceed 100, so glyphs are trivially told apart from noise and from each other.
-* Class = (content, relation, half), ``label = (content * 2 + relation) * 2 + half``, 8 classes:
+Construction (sizes from ``data.synthetic``; by default cell = 8, grid = 4 → 32×32 RGB images):
 
-  - content (2): the glyph pair, ``(plus, ring)`` or ``(cross, disc)`` — what is in the image;
-  - relation (2, a *relative*-position bit): the second glyph sits immediately ``right`` of the
-    first, or immediately ``below`` it;
-  - half (2, an *absolute*-position bit): the pair lies entirely in the ``top`` or ``bottom`` half.
-
-  The first glyph's cell is uniform over every placement valid for (relation, half) — for the
-  default grid 6 placements for ``right`` and 4 for ``below`` per half — so a model must really read
-  both relative and absolute position; no single position gives the class away.
+* A ``grid × grid`` array of ``cell × cell`` cells, all background: i.i.d. uniform pixel noise in
+  ``[80, 100]`` per channel. Low on purpose: the proof needs i.i.d. noise, not strong noise, and strong
+  noise swamps a fresh ViT's small position embeddings (std 0.02) and slows learning the relative bit.
+* Exactly two cells carry a glyph (plus, square ring, diagonal cross, disc) in a saturated colour with a
+  per-instance jitter of ±20 and per-pixel noise of ±12: glyph pixels have a channel ≥ 178, background
+  pixels never exceed 100.
+* Class = (content, relation, half), ``label = (content * 2 + relation) * 2 + half``, 8 classes: the
+  glyph pair ``(plus, ring)`` or ``(cross, disc)``; the second glyph immediately ``right`` of or
+  ``below`` the first (a *relative*-position bit); the pair in the ``top`` or ``bottom`` half (an
+  *absolute*-position bit). The first glyph's cell is uniform over the placements valid for
+  (relation, half), so no single position gives the class away.
 * Labels are exactly balanced (``arange(N) % 8``, shuffled); train, val and test are separate draws
-  whose seeds derive from ``data.synthetic.seed`` (``data.val_split`` does not apply: val is its own
-  draw). Everything is vectorised: 8192 + 2048 + 2048 images take a fraction of a second.
+  seeded from ``data.synthetic.seed`` (``data.val_split`` does not apply). All of it is vectorised.
 
 The ceiling (``POSITION_FREE_CEILING = 1 / NUM_ARRANGEMENTS = 1/4``)
 --------------------------------------------------------------------

@@ -22,15 +22,6 @@ class UnsafeCheckpointError(ValueError):
     """The file can only be loaded by running code it names (arbitrary unpickling)."""
 
 
-def _conversion_hint(path: Path) -> str:
-    return (
-        f"If you trust {path.name}, convert it once in a Python session: "
-        f"`blob = torch.load({str(path)!r}, weights_only=False)` and save its tensors with "
-        "`safetensors.torch.save_file(state_dict, 'weights.safetensors')` (or `torch.save` of a dict of "
-        "tensors and plain values), then point at the new file"
-    )
-
-
 def load_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU.
 
@@ -48,9 +39,11 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         if why is None:  # not a refused global: a corrupt or foreign file
             raise ValueError(f"{path} is not a readable torch file ({detail[-1].strip() if detail else exc})") from None
         raise UnsafeCheckpointError(
-            f"{path} was refused: loading it would run code it names ({why}); only tensors and plain values "
-            f"are read (torch.load weights_only=True). {_conversion_hint(path)}"
-        ) from None
+            f"{path} was refused: loading it would run code it names ({why}); only tensors and plain values are read "
+            f"(torch.load weights_only=True). If you trust {path.name}, convert it once in a Python session: "
+            f"`blob = torch.load({str(path)!r}, weights_only=False)` and save its tensors with "
+            "`safetensors.torch.save_file(state_dict, 'weights.safetensors')` (or `torch.save` of a dict of "
+            "tensors and plain values), then point at the new file") from None
     except Exception as exc:  # zip/pickle corruption of every kind
         raise ValueError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc})") from None
 
