@@ -213,3 +213,17 @@ def test_parse_keeps_where_and_options():
     )
     assert (spec.kind, spec.a, spec.b, spec.where, spec.expect) == (
         "fisher", {"model.norm": "post"}, {"model.norm": "pre"}, {"optim.warmup_steps": "0"}, "greater")
+
+
+def test_the_primary_test_runs_on_any_subset_of_seeds(sweep_dir: Path):
+    """One function computes the declared test from the table of runs, so a look at the first k seeds
+    is that function on those seeds' rows."""
+    from vit_ablate.report.contrasts import evaluate_contrast
+
+    _declare(sweep_dir, "# primary: paired model.pos_embed=none vs model.pos_embed=1d\n")
+    analysis = run_report([str(sweep_dir)]).analysis
+    first_two = analysis.runs[analysis.runs["seed"].isin(["0", "1"])]
+    look = evaluate_contrast(analysis.primary.spec, first_two, analysis.by, analysis.metric)
+    # none − 1d at seeds 0 and 1: −6 and −7 points.
+    assert look.n == 2 and look.per_seed == pytest.approx([-0.06, -0.07])
+    assert look.p_t == pytest.approx(scipy_stats.ttest_rel([0.74, 0.75], [0.80, 0.82]).pvalue)
