@@ -310,9 +310,10 @@ def read_run(path: str | os.PathLike, sweep: str = "", entry: Optional[Mapping[s
         status, run["error"] = INTERRUPTED, (f"its process (pid {last.pid}) and the sweep engine ended without "
                                              "recording an outcome; rerunning the sweep resumes it")
         reasons.append(run["error"])
-    elif entry.get("status") in SWEEP_ONLY_STATUSES:
+    elif entry.get("status") in SWEEP_ONLY_STATUSES:  # an older sweep.json kept a status per run
         status = entry["status"]
-        reasons.append(f"{status} (an older {SWEEP_MANIFEST})")
+        reasons.append({PENDING: "not started", RUNNING: "still running", STOPPED: "stopped early by the sweep"}[status]
+                       + f" ({SWEEP_MANIFEST}: {status})")
     elif paths.path.is_dir():
         status = RUNNING
         reasons.append(f"no {RESULT_FILE} (still running, or killed before writing it)"
