@@ -21,10 +21,8 @@ from torch import nn
 from vit_ablate.model.schema import POOLINGS, ModelConfig
 
 
-
 class Pooling(nn.Module):
     num_prefix_tokens: int = 0
-    # our parameter prefix → timm's, for timm_interop
     timm_names: Optional[Dict[str, str]] = {}  # our suffix → timm's name; None: timm has no equivalent
     timm_kwargs: Dict[str, object] = {}  # the timm VisionTransformer arguments that build the same pooling
 

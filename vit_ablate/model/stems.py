@@ -101,15 +101,8 @@ class HybridStem(Stem):
 
     def __init__(self, spec: ModelConfig):
         super().__init__()
-        backbone = ResNetV2(
-            layers=hybrid_layers(spec),
-            num_classes=0,
-            global_pool="",
-            in_chans=spec.in_chans,
-            preact=False,
-            stem_type="same",
-            conv_layer=partial(StdConv2dSame, eps=1e-8),
-        )
+        backbone = ResNetV2(layers=hybrid_layers(spec), num_classes=0, global_pool="", in_chans=spec.in_chans, preact=False,
+                            stem_type="same", conv_layer=partial(StdConv2dSame, eps=1e-8))
         embed = HybridEmbed(backbone, img_size=spec.img_size, patch_size=1, in_chans=spec.in_chans, embed_dim=spec.dim)
         self.backbone = embed.backbone
         self.proj = embed.proj
@@ -159,16 +152,13 @@ class ConvStem(Stem):
 
     def __init__(self, spec: ModelConfig):
         super().__init__()
-        widths = self.widths(spec)
         layers: List[nn.Module] = []
         channels = spec.in_chans
-        for width in widths:
+        for width in self.widths(spec):
             layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             channels = width
-        layers.append(nn.Conv2d(channels, spec.dim, 1))
-        self.convs = nn.Sequential(*layers)
-        side = spec.img_size // spec.patch_size
-        self.grid_size = (side, side)
+        self.convs = nn.Sequential(*layers, nn.Conv2d(channels, spec.dim, 1))
+        self.grid_size = (spec.grid_side, spec.grid_side)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.convs(images).flatten(2).transpose(1, 2)
