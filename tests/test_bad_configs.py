@@ -2,6 +2,7 @@
 a message naming its key, before anything is written and before Lightning is imported."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ BAD_CONFIGS = [
     (["optim.betas=[1.5,0.999]"], "optim.betas=[1.5, 0.999]", "[0, 1)"),
     (["optim.betas=[0.9]"], "optim.betas=[0.9]", "two numbers"),
     (["optim.lr=0"], "optim.lr=0", "positive"),
+    (["optim.lr=inf"], "optim.lr=inf is not a finite number", "optim.lr=0.001"),
+    (["optim.lr=nan"], "optim.lr=nan is not a finite number", "optim.lr=0.001"),
     (["optim.momentum=1.5"], "optim.momentum=1.5", "[0, 1)"),
     (["optim.eps=0"], "optim.eps=0", "positive"),
     (["optim.min_lr=-1e-5"], "optim.min_lr=-1e-05", ">= 0"),
@@ -134,6 +137,17 @@ def test_accelerator_gpu_without_a_gpu_is_named(tmp_path, capsys, no_training):
     err = capsys.readouterr().err
     assert "trainer.accelerator='gpu'" in err and "trainer.accelerator=cpu" in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan"])
+def test_every_numeric_key_refuses_inf_and_nan(text):
+    from vit_ablate.config import SCHEMA, ConfigError, load_config
+
+    numeric = {key: "List" in str(f.type) for key, f in SCHEMA.items() if "float" in str(f.type)}
+    assert len(numeric) >= 15
+    for key, is_list in numeric.items():
+        with pytest.raises(ConfigError, match=f"^{re.escape(key)}=.* is not a finite number"):
+            load_config(overrides=[f"{key}={f'[{text}, {text}]' if is_list else text}"])
 
 
 def test_table_covers_the_campaign():

@@ -136,3 +136,32 @@ def test_grad_clip_zero_means_off():
     assert load_config(overrides=["optim.grad_clip=0"]).optim.grad_clip == 0
     with pytest.raises(ConfigError, match="optim.grad_clip=-1.0 is out of range"):
         load_config(overrides=["optim.grad_clip=-1"])
+
+
+def test_relative_data_roots_lie_under_the_one_data_variable(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from vit_ablate.config import DATA_ROOT_ENV, data_root
+
+    def root(*overrides):
+        return data_root(load_config(overrides=list(overrides), validate=False))
+
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    assert (root(), root("data.root=cifar10")) == (Path(".data"), Path(".data/cifar10"))
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
+    assert (root(), root("data.root=cifar10")) == (tmp_path, tmp_path / "cifar10")
+    assert root(f"data.root={tmp_path / 'elsewhere'}") == tmp_path / "elsewhere"  # an absolute root as given
+    from vit_ablate.config import SCHEMA
+
+    assert f"${DATA_ROOT_ENV}" in SCHEMA["data.root"].metadata["help"]  # documented where --help shows it
+
+
+def test_no_experiment_or_sweep_names_one_machines_folder():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("experiments", "sweeps") for p in (repo / folder).rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        assert not re.search(r"/root\b|/home/|\.data/", path.read_text()), path

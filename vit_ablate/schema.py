@@ -145,19 +145,23 @@ def check_value(key: str, f: Any, value: Any) -> None:
     """``value`` of the dataclass field ``f`` (dotted ``key``) against the field's valid values; every
     number must be finite. Raises ConfigError naming the key, the value and a valid one."""
     valid = f.metadata.get("valid")
-    items = value if isinstance(value, (list, tuple)) else [value]
-    if any(isinstance(item, float) and not math.isfinite(item) for item in items):
-        raise ConfigError(f"{key}={format_value(value)} is not a finite number")
     if value is None:
         return
     if isinstance(valid, Registry):
         valid.get(value)
-    elif isinstance(valid, tuple) and format_value(value) not in map(format_value, valid):
-        raise _not_valid(key, value, [format_value(v) for v in valid])
-    elif isinstance(valid, Range) and any(item not in valid for item in items):
-        nearest = valid.nearest(next(item for item in items if item not in valid))
-        if nearest is None and f.default is not None and f.default in valid:
-            nearest = f.default
-        hint = f"; e.g. {key}={format_value(nearest)}" if nearest is not None and not isinstance(value, list) else ""
-        what = "each element" if isinstance(value, (list, tuple)) else "it"
-        raise ConfigError(f"{key}={format_value(value)} is out of range: {what} must be {valid.describe()}{hint}")
+        return
+    if isinstance(valid, tuple):
+        if format_value(value) not in map(format_value, valid):
+            raise _not_valid(key, value, [format_value(v) for v in valid])
+        return
+    items = value if isinstance(value, (list, tuple)) else [value]
+    finite = all(math.isfinite(item) for item in items if isinstance(item, float))
+    if finite and (not isinstance(valid, Range) or all(item in valid for item in items)):
+        return
+    nearest = valid.nearest(next(item for item in items if item not in valid)) if finite else None
+    if nearest is None and isinstance(f.default, (int, float)) and (not isinstance(valid, Range) or f.default in valid):
+        nearest = f.default
+    hint = f"; e.g. {key}={format_value(nearest)}" if nearest is not None and not isinstance(value, list) else ""
+    what = "each element" if isinstance(value, (list, tuple)) else "it"
+    must = valid.describe() if isinstance(valid, Range) else "a finite number"
+    raise ConfigError(f"{key}={format_value(value)} is {'out of range' if finite else 'not a finite number'}: {what} must be {must}{hint}")

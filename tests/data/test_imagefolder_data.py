@@ -37,6 +37,13 @@ def cfg_for(make_cfg, root, *more):
     return make_cfg("data.name=imagefolder", f"data.root={root}", "data.num_workers=0", "data.batch_size=4", *more)
 
 
+def test_a_relative_root_lies_under_the_data_variable(make_cfg, tmp_path, monkeypatch):
+    write_folder(tmp_path / "shapes")
+    monkeypatch.setenv("VIT_ABLATE_DATA", str(tmp_path))
+    dm = build_datamodule(cfg_for(make_cfg, "shapes"))
+    assert dm.root == tmp_path / "shapes" and len(dm.split("train")) == 12
+
+
 # --------------------------------------------------------------------------------------------- errors
 def test_root_must_be_set(make_cfg):
     with pytest.raises(ValueError, match="data.root must be set"):
