@@ -23,9 +23,10 @@ class ConfigError(ValueError):
     """A configuration that cannot run. The CLI prints the message and exits with status 2."""
 
 
-def did_you_mean(word: object, candidates: Iterable[object], prefix: str = "") -> str:
-    """``"; did you mean 'x'?"`` for the candidate nearest ``word`` (``prefix`` put before it), or ""."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.5)
+def did_you_mean(word: object, candidates: Iterable[object], prefix: str = "", cutoff: float = 0.5) -> str:
+    """``"; did you mean 'x'?"`` for the candidate nearest ``word`` (``prefix`` put before it), or ""
+    when none is within difflib's ``cutoff`` (0: always the nearest)."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
     return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
