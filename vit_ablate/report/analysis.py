@@ -25,6 +25,7 @@ from vit_ablate.report import stats
 from vit_ablate.report.contrasts import ContrastResult, ContrastSpec, decide, evaluate_contrast, validate_contrasts
 from vit_ablate.report.references import canon, match_reference, parse_assignments, sort_key
 from vit_ablate.report.runs import Design, lookup_metric, metric_names
+from vit_ablate.report.sequential import Plan, sequential_verdict, stage_looks
 
 
 @dataclass
@@ -176,6 +177,16 @@ def _same_pair(result: ContrastResult, group: pd.Series, base: pd.Series, by: Se
     return {frozenset(s.items()) for s in sides} == {frozenset(zip(by, g[list(by)])) for g in (group, base)}
 
 
+def _look(result: ContrastResult, plan: Plan, runs: pd.DataFrame, by: List[str], metric: str, design: Design) -> None:
+    """The sweep's group-sequential plan decides the primary: its looks, stage by stage, as the sweep made them."""
+    sizes = [len(v) if v else None for k, v in design.swept.items() if k != "seed"]
+    arms = math.prod(sizes) if None not in sizes else max(1, runs.groupby(by).ngroups if by else 1)
+    result.plan = plan
+    result.looks, result.looks_end = stage_looks(
+        plan, runs, arms, lambda rows: evaluate_contrast(result.spec, rows, by, metric).per_seed)
+    result.verdict = sequential_verdict(result.looks, result.looks_end, plan, result.expect)
+
+
 def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = None, metric: str = "val/acc1",
             baseline: Optional[str] = None, seed: int = 0) -> Analysis:
     """Group, summarise, compare, test the declared contrasts, Holm-adjust. Raises ValueError for an
@@ -198,6 +209,7 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
     for key, listed in design.swept.items():
         values_of.setdefault(key, set()).update(canon(v) for v in listed or [])
     validate_contrasts(design.contrasts, values_of)
+    plan = design.plan()
 
     groups = _summarise(runs, by, design)
     counted = runs[runs["value"].notna()]
@@ -207,7 +219,9 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
             notes.append(f"{label}: several runs share seed {', '.join(duplicated)}; they count separately in n, mean "
                          "and std, and are averaged for the paired comparison")
     notes += [f"{label}: n=1, so no standard deviation and no interval" for label in groups.index[groups["n"] == 1]]
-    if "data.val_split" in runs and runs["data.val_split"].eq("0").any() and metric.startswith("val/"):
+    on_test = runs["data.val_split"].eq("0") & runs.get("data.name", pd.Series("", index=runs.index)).ne("synthetic") \
+        if "data.val_split" in runs else pd.Series(False, index=runs.index)
+    if on_test.any() and metric.startswith("val/"):
         notes.append(f"runs with data.val_split=0 validate on the test split: their {metric} is a test-split number")
 
     analysis = Analysis(metric=metric, by=by, runs=runs, groups=groups, design=design, notes=notes,
@@ -219,6 +233,8 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
             analysis.primary = result
             notes += [f"primary contrast: {n}" for n in result.notes]
             decide(result)
+            if plan is not None:
+                _look(result, plan, runs, by, metric, design)
             if result.kind != "equivalence" and result.expect is None:
                 notes.append("the primary contrast states no expected direction (expect=greater|less, or paper "
                               "reference values for both sides): a significant result cannot be called reproduced")

@@ -210,6 +210,9 @@ class ContrastResult(stats.MeanTest):
     detectable: float = math.nan  # smallest |effect| with 80% power at this n and spread
     verdict: str = ""
     notes: List[str] = field(default_factory=list)
+    plan: Any = None  # the sweep's group-sequential plan (report.sequential.Plan), which then decides the verdict
+    looks: List[Any] = field(default_factory=list)  # its looks so far (report.sequential.Look)
+    looks_end: str = ""  # why no further look was made (a stage not finished, the plan's stop on failures)
 
     @property
     def kind(self) -> str:

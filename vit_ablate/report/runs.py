@@ -18,6 +18,7 @@ import pandas as pd
 
 from vit_ablate import rundir
 from vit_ablate.report.contrasts import ContrastSpec, parse_contrast_comments, parse_holm_comment
+from vit_ablate.report.sequential import Plan, parse_plan
 from vit_ablate.report.references import canon, parse_assignments, parse_baseline_comment, parse_reference_comments
 
 RUNS_TABLE = "runs.csv"  # the per-run table a report writes beside report.md, and can be regenerated from
@@ -45,6 +46,13 @@ class Design:
     sources: List[str] = field(default_factory=list)  # one line per input, for the report's header
     notes: List[str] = field(default_factory=list)
     params: List[str] = field(default_factory=list)  # the parameter columns of the runs table
+    header: Tuple[str, str] = ("", "")  # the sweep file's text and where it came from (the plan is read from it)
+
+    def plan(self) -> Optional[Plan]:
+        """The sweep's group-sequential plan (``# sequential:``), checked against its seeds and primary."""
+        primary = next((c for c in self.contrasts if c.role == "primary"), None)
+        return parse_plan(self.header[0], self.header[1], self.swept.get("seed"), primary is not None,
+                          primary.kind if primary else "")
 
     def read_header(self, text: str, origin: str) -> None:
         """References, baseline, declared contrasts and Holm family from a sweep file's header comments;
@@ -54,6 +62,7 @@ class Design:
         self.baseline = {k: canon(v) for k, v in baseline.items()} if baseline else None
         self.contrasts = parse_contrast_comments(text, origin)
         self.holm = parse_holm_comment(text, origin) or DEFAULT_HOLM
+        self.header = (text, origin)
 
 
 def swept_parameters(sweep_config: Mapping[str, Any]) -> Dict[str, Optional[list]]:

@@ -25,6 +25,7 @@ import pandas as pd
 from vit_ablate import rundir
 from vit_ablate.report.analysis import Analysis
 from vit_ablate.report.contrasts import ALPHA, ContrastResult
+from vit_ablate.report.sequential import plan_power
 
 TABLE_COLUMNS = ["group", "n", "mean", "std", "95% CI (t)", "Δ vs baseline", "Δ 95% CI (t)", "p (paired t)",
                  "p (sign-flip, exact)", "p (Holm)", "paper"]
@@ -130,6 +131,31 @@ def group_table(analysis: Analysis) -> str:
     return "\n".join(lines)
 
 
+LOOK_COLUMNS = ["stage", "seeds", "mean", "t", "efficacy boundary |t| ≥", "futility boundary |t| <",
+                "repeated 95% CI", "decision"]
+
+
+def look_lines(r: ContrastResult, units: "Units") -> List[str]:
+    """The plan, each look's statistic against its boundaries, and the repeated confidence interval."""
+    plan, level = r.plan, f"{100 * (1 - r.plan.alpha):g}%"
+    power = plan_power(plan)
+    lines = [f"Group-sequential plan ({md_escape(plan.where)}): {md_escape(plan.describe())}"
+             + (f"; power {power:.2f} at effect size {plan.effect_size:g} (mean / sd of the per-seed differences)" if power else "")
+             + ". Boundaries are for the paired t statistic at the seeds each look had; the repeated interval keeps its "
+             f"{level} coverage under every look. The fixed-n tests in the sentence above describe all the seeds; "
+             "the plan alone decides.", "",
+             _markdown_row([c.replace("95%", level) for c in LOOK_COLUMNS]), "|" + "---|" * len(LOOK_COLUMNS)]
+    for look in r.looks:
+        seeds = f"{look.n} of {len(plan.seeds_through(look.stage - 1))}" if look.dropped else f"{look.n}"
+        lines.append(_markdown_row([f"{look.stage} of {len(plan.stages)}", seeds, f"{units.delta(look.mean)}{units.unit}",
+                                    f"{look.t:+.3f}", f"{look.efficacy:.3f}",
+                                    DASH if look.futility is None else f"{look.futility:.3f}",
+                                    units.interval(*look.rci, signed=True), look.decision]))
+    if r.looks_end:
+        lines += ["", f"No further look: {md_escape(r.looks_end)}."]
+    return lines
+
+
 def report_rows(analysis: Analysis) -> List[Dict[str, Any]]:
     """report.csv: one row a group, then one a declared contrast; raw values (fractions, not percent)."""
     rows = []
@@ -146,6 +172,11 @@ def report_rows(analysis: Analysis) -> List[Dict[str, Any]]:
                      "delta": r.estimate, "delta_ci_low": r.ci_low, "delta_ci_high": r.ci_high, "ci_method": r.ci_label,
                      "p": r.p, "p_t": r.p_t, "p_signflip": r.p_perm, "p_holm": r.p_holm, "margin": r.spec.margin,
                      "power": r.power, "verdict": r.verdict})
+        for look in r.looks:
+            rows.append({"group": f"look {look.stage} of {len(r.plan.stages)}: {r.spec.label}", "role": "look",
+                         "n": look.n, "delta": look.mean, "delta_ci_low": look.rci[0], "delta_ci_high": look.rci[1],
+                         "ci_method": f"repeated {100 * (1 - r.plan.alpha):g}%", "t": look.t, "efficacy": look.efficacy,
+                         "futility": look.futility, "verdict": look.decision})
     return rows
 
 
@@ -342,6 +373,8 @@ def render_markdown(analysis: Analysis, title: str, figures: Sequence[Tuple[str,
     if r is not None:
         parts += [f"Declared on line {r.spec.line} of {md_escape(r.spec.origin)}: `{md_escape(r.spec.text)}`", "",
                   f"**Verdict: {md_escape(display_verdict(r, Units(analysis.is_fraction)))}.** {md_escape(primary_line)}"]
+        if r.plan is not None:
+            parts += ["", *look_lines(r, Units(analysis.is_fraction))]
     else:
         parts.append("None declared: the sweep file has no `# primary:` line, so this report gives no verdict; "
                      "every comparison below is secondary.")
