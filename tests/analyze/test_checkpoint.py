@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vit_ablate.analyze.checkpoint import default_output_dir, load_checkpoint
+from vit_ablate.analyze.checkpoint import load_checkpoint
 from vit_ablate.model import build_model
 
 from .helpers import write_checkpoint
@@ -100,12 +100,8 @@ def test_overrides_change_data_only(tmp_path: Path, tiny_config):
     assert loaded.config.data.root == "/some/where"
     with pytest.raises(ValueError, match="only data"):
         load_checkpoint(path, overrides=["model.pos_embed=2d"])
-    with pytest.raises(ValueError, match="did you mean data.batch_size"):
+    with pytest.raises(ValueError, match="did you mean 'data.batch_size'"):
         load_checkpoint(path, overrides=["data.batch_sise=3"])
     with pytest.raises(ValueError):
         load_checkpoint(path, overrides=["data.name=nosuchdata"])
 
-
-def test_default_output_dir():
-    assert default_output_dir("runs/a/checkpoints/last.ckpt") == Path("runs/a/analysis")
-    assert default_output_dir("elsewhere/model.ckpt") == Path("elsewhere/analysis")

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vit_ablate.analyze.figures import similarity_mosaic
-from vit_ablate.analyze.pos_similarity import cosine_similarity_matrix, position_table, similarity_by_distance
+from vit_ablate.analyze.pos_similarity import cosine_similarity_matrix, position_table, similarity_by_distance, similarity_mosaic
 from vit_ablate.model import build_model
 
 # what these tests change of the shared tiny model: a 3×3 grid of 8-px patches, two heads
@@ -76,7 +75,7 @@ def test_mosaic_places_each_patch_map_at_its_grid_cell():
     rows, cols = 2, 3
     n = rows * cols
     sim = np.arange(n * n, dtype=float).reshape(n, n)
-    mosaic = similarity_mosaic(sim, (rows, cols), gap=1)
+    mosaic = similarity_mosaic(sim, (rows, cols))
     assert mosaic.shape == (rows * (rows + 1) - 1, cols * (cols + 1) - 1)
     for r in range(rows):
         for c in range(cols):

@@ -82,7 +82,5 @@ def test_upsample_scales_to_the_image_and_max_one():
 def test_bad_arguments():
     with pytest.raises(ValueError):
         attention_rollout([])
-    with pytest.raises(ValueError, match="head_fusion"):
-        attention_rollout([torch.eye(2)[None, None]], head_fusion="median")
     with pytest.raises(ValueError, match="prefix"):
         rollout_patch_maps(torch.eye(5)[None], 0, (2, 2))
