@@ -102,6 +102,8 @@ def test_overrides_change_data_only(tmp_path: Path, tiny_config):
         load_checkpoint(path, overrides=["model.pos_embed=2d"])
     with pytest.raises(ValueError, match="did you mean 'data.batch_size'"):
         load_checkpoint(path, overrides=["data.batch_sise=3"])
+    with pytest.raises(ValueError, match=r"data.batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer$"):
+        load_checkpoint(path, overrides=["data.batch_size=abc"])  # one line, without OmegaConf's full_key lines
     with pytest.raises(ValueError):
         load_checkpoint(path, overrides=["data.name=nosuchdata"])
 

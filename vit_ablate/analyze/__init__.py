@@ -14,7 +14,7 @@ its end-of-run few-shot evaluation.
 
 
 def __getattr__(name: str):
-    # on first use: training imports `vit_ablate.analyze.fewshot` and should not pay for matplotlib
+    # on first use: training imports `vit_ablate.analyze.fewshot` and needs none of the figure code
     if name == "run_analysis":
         from vit_ablate.analyze.run import run_analysis
 

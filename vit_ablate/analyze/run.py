@@ -31,6 +31,7 @@ from vit_ablate.analyze.fewshot import fewshot_evaluate, split_batches
 from vit_ablate.analyze.filters import patch_filter_pca, patch_filters
 from vit_ablate.analyze.pos_similarity import cosine_similarity_matrix, position_table, similarity_by_distance, similarity_mosaic
 from vit_ablate.analyze.rollout import attention_rollout, rollout_patch_maps, upsample_maps
+from vit_ablate.data import build_datamodule
 from vit_ablate.io import atomic_write_json
 
 ROLLOUT_IMAGES = 8  # sample images in rollout.png
@@ -94,6 +95,9 @@ def _attention(model, datamodule, num_images: int, device, out: Path, label: str
     # every layer's float32 maps plus float64 working copies of one layer, per image
     batch = max(1, min(64, ATTENTION_BYTES // (spec.heads * tokens**2 * (4 * spec.depth + 24))))
     count = min(num_images, len(datamodule.split("val")))
+    if not count:
+        note = "attention distance and rollout: the val split has no images"
+        return {"attention_distance": {"note": note}, "rollout": {"note": note}}
     totals, images, maps = 0, [], []
     for batch_images, _ in split_batches(datamodule, "val", torch.arange(count), batch, device):
         attentions = model.attention_maps(batch_images)
@@ -102,9 +106,6 @@ def _attention(model, datamodule, num_images: int, device, out: Path, label: str
         if keep > 0:
             maps.append(rollout_patch_maps(attention_rollout([a[:keep] for a in attentions]), prefix, grid).float().cpu())
             images.append(batch_images[:keep].float().cpu())
-    if not count:
-        note = "attention distance and rollout: the val split has no images"
-        return {"attention_distance": {"note": note}, "rollout": {"note": note}}
     distances, prefix_share = totals / count
     uniform = float(patch_distance_matrix(grid, spec.patch_size).mean())  # a head attending to every patch alike
 
@@ -192,8 +193,6 @@ def run_analysis(checkpoint: str | os.PathLike, data: Optional[str] = None, out:
     out = Path(out) if out is not None else rundir.run_dir_of(loaded.path) / "analysis"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    from vit_ablate.data import build_datamodule
-
     try:  # every split it reads is read now, so that missing data fails before anything is written
         datamodule = build_datamodule(cfg)
         for split in (["val"] if num_images or fewshot else []) + (["train"] if fewshot else []):
