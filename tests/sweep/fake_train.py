@@ -1,12 +1,13 @@
 """A stand-in for ``vit-ablate train`` that starts in milliseconds: the runner's process handling is
 tested with it; real training is tested with ``vit-ablate train`` itself.
 
-    python fake_train.py acc=0.5 epochs=5 sleep=0.2 mode=ok|crash|fail
+    python fake_train.py acc=0.5 epochs=5 sleep=0.2 mode=ok|crash|fail [arm=b effect=0.02 fail_seed=3]
 
 It writes ``metrics.csv`` (one row per "epoch", ``val/acc1`` = ``acc``) and ``result.json`` into
 ``$VIT_ABLATE_RUN_DIR`` (or ``output_dir/sweep-$WANDB_SWEEP_ID/$WANDB_RUN_ID``), resumes from the
 epochs already in ``metrics.csv``, and on SIGTERM writes ``status: interrupted`` and exits 130.
-``mode=crash`` exits 3 without a result.json; ``mode=fail`` writes ``status: failed``.
+``mode=crash`` exits 3 without a result.json; ``mode=fail`` writes ``status: failed``. With ``arm=b``,
+``acc`` gains ``effect`` plus a small fixed jitter per seed, and ``fail_seed`` fails that seed's run.
 """
 
 import csv
@@ -25,6 +26,10 @@ os.makedirs(run_dir, exist_ok=True)
 with open(os.path.join(run_dir, "config.yaml"), "w") as handle:  # as training writes its resolved config
     handle.write("".join(f"{key}: {value}\n" for key, value in sorted(args.items())))
 acc = float(args.get("acc", 0.5))
+if args.get("arm") == "b":  # a per-seed difference: effect + jitter of sd ~0.002
+    acc += float(args.get("effect", 0)) + 0.003 * (((int(args.get("seed", 0)) * 37) % 7) - 3) / 3
+    if args.get("fail_seed") == args.get("seed"):
+        args["mode"] = "fail"
 epochs = int(args.get("epochs", 3))
 sleep = float(args.get("sleep", 0.05))
 mode = args.get("mode", "ok")

@@ -241,14 +241,15 @@ def test_hyperband_stops_the_run_below_the_band_threshold(tmp_path):
         "parameters": {"acc": {"values": [0.9, 0.8, 0.1, 0.85]}},
     }
     entries = []
-    for i, (acc, epochs, status) in enumerate([(0.9, 4, "completed"), (0.8, 4, "completed"), (0.1, 2, "running"),
-                                               (0.85, 2, "running")]):
+    # a band applies to a run whose history is longer than the band (sweeps' hyperband_stop_runs)
+    for i, (acc, epochs, status) in enumerate([(0.9, 4, "completed"), (0.8, 4, "completed"), (0.1, 3, "running"),
+                                               (0.85, 3, "running")]):
         run_dir = tmp_path / f"run-{i:03d}"
         run_dir.mkdir()
         (run_dir / "metrics.csv").write_text("epoch,val/acc1\n" + "".join(f"{e},{acc}\n" for e in range(epochs)))
         entries.append(({"name": run_dir.name, "params": {"acc": acc}, "status": status}, run_dir))
     runs = [to_sweep_run(e, d, "val/acc1") for e, d in entries]
-    assert [r.metric_history("val/acc1") for r in runs][2] == [0.1, 0.1]
+    assert [r.metric_history("val/acc1") for r in runs][2] == [0.1, 0.1, 0.1]
     assert runs_to_stop(config, runs) == ["run-002"]
     assert runs_to_stop({**config, "early_terminate": None}, runs) == []
 

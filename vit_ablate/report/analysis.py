@@ -182,7 +182,7 @@ def _look(result: ContrastResult, plan: Plan, runs: pd.DataFrame, by: List[str],
     sizes = [len(v) if v else None for k, v in design.swept.items() if k != "seed"]
     arms = math.prod(sizes) if None not in sizes else max(1, runs.groupby(by).ngroups if by else 1)
     result.plan = plan
-    result.looks, result.looks_end = stage_looks(
+    result.looks, result.looks_end, result.stage_open = stage_looks(
         plan, runs, arms, lambda rows: evaluate_contrast(result.spec, rows, by, metric).per_seed)
     result.verdict = sequential_verdict(result.looks, result.looks_end, plan, result.expect)
 

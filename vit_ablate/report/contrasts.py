@@ -213,6 +213,7 @@ class ContrastResult(stats.MeanTest):
     plan: Any = None  # the sweep's group-sequential plan (report.sequential.Plan), which then decides the verdict
     looks: List[Any] = field(default_factory=list)  # its looks so far (report.sequential.Look)
     looks_end: str = ""  # why no further look was made (a stage not finished, the plan's stop on failures)
+    stage_open: bool = False  # the stage after the last look is still to run
 
     @property
     def kind(self) -> str:

@@ -276,18 +276,18 @@ def plan_power(plan: Plan) -> Optional[float]:
 ENDED = ("completed", "diverged", "failed")  # a run that will not change any more within a sweep
 
 
-def stage_looks(plan: Plan, runs, arms: int, differences: Callable[[Any], Sequence[float]]) -> Tuple[List[Look], str]:
+def stage_looks(plan: Plan, runs, arms: int, differences: Callable[[Any], Sequence[float]]) -> Tuple[List[Look], str, bool]:
     """The looks a sweep makes, from its table of runs (``seed``, ``status``, ``value``): stage k is
     looked at once its ``arms`` × seeds runs have all ended, on the per-seed ``differences`` of the rows
-    of stages 1..k. Returns the looks and why there are no more (a stage not finished, the plan's stop
-    on failed runs, or the decision)."""
+    of stages 1..k. Returns the looks, why there are no more (or ""), and whether the stage after the
+    last look is still to run (rather than stopped by a decision or by the plan's rule on failures)."""
     diffs, dropped = [], []
     for k, seeds in enumerate(plan.stages):
         rows = runs[runs["seed"].isin(seeds)]
         ended = rows["status"].isin(ENDED)
         if int(ended.sum()) < arms * len(seeds):
             waiting = "not started" if rows.empty else f"{int(ended.sum())} of {arms * len(seeds)} runs ended"
-            return _decided(plan, diffs, dropped, f"stage {k + 1} of {len(plan.stages)}: {waiting}")
+            return _decided(plan, diffs, dropped, f"stage {k + 1} of {len(plan.stages)}: {waiting}", True)
         failed = int((rows["status"] == "failed").sum())
         if failed and plan.on_failure == "stop":
             return _decided(plan, diffs, dropped, f"stage {k + 1}: {failed} run(s) failed, and the plan stops before "
@@ -299,12 +299,12 @@ def stage_looks(plan: Plan, runs, arms: int, differences: Callable[[Any], Sequen
             return _decided(plan, diffs[:-1], dropped[:-1], f"stage {k + 1}: {len(d)} seed(s) with both arms; a look needs 2")
         looks = decide_looks(plan, diffs, dropped)
         if looks[-1].decision != "continue":
-            return looks, ""
-    return decide_looks(plan, diffs, dropped), ""
+            return looks, "", False
+    return decide_looks(plan, diffs, dropped), "", False
 
 
-def _decided(plan: Plan, diffs, dropped, why: str) -> Tuple[List[Look], str]:
-    return (decide_looks(plan, diffs, dropped) if diffs else []), why
+def _decided(plan: Plan, diffs, dropped, why: str, waiting: bool = False) -> Tuple[List[Look], str, bool]:
+    return (decide_looks(plan, diffs, dropped) if diffs else []), why, waiting
 
 
 def sequential_verdict(looks: Sequence[Look], why: str, plan: Plan, expect: Optional[str]) -> str:

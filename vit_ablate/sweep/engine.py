@@ -12,6 +12,7 @@ seeded by the sweep's name and the proposal's index, and for the runs hyperband 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import math
@@ -50,10 +51,16 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+@functools.lru_cache(maxsize=1)
 def _sweeps():
     with _quiet():
         import sweeps  # noqa: F401  (W&B's open-source sweep engine)
         import sweeps.config  # noqa: F401
+
+        # its first proposal imports more (scipy, asyncio, ...), and what those imports draw from the
+        # global RNGs would otherwise shift the first seeded proposal
+        with seeded(0):
+            sweeps.next_run({"method": "random", "parameters": {"x": {"distribution": "uniform", "min": 0, "max": 1}}}, [])
     return sweeps
 
 
@@ -69,6 +76,12 @@ class SweepSpec:
     overrides: List[str] = field(default_factory=list)  # CLI key=value, applied to every run
     references: List[Dict[str, Any]] = field(default_factory=list)
     baseline: Optional[Dict[str, str]] = None
+    plan: Any = None  # the group-sequential plan (report.sequential.Plan) of a `# sequential:` line
+
+    def stage_config(self, stage: int) -> Dict[str, Any]:
+        """The file's config with the ``seed`` values of stages 1..stage+1 only: what a staged sweep proposes from."""
+        seeds = self.parameters["seed"]["values"][: self.plan.looks[stage]]
+        return {**self.config, "parameters": {**self.parameters, "seed": {**self.parameters["seed"], "values": seeds}}}
 
     @property
     def method(self) -> str:
@@ -104,6 +117,7 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepS
     """Read a sweep file. Raises ``ConfigError`` for a missing file, bad YAML or bad header comments."""
     from vit_ablate.report.contrasts import parse_contrast_comments
     from vit_ablate.report.references import parse_baseline_comment, parse_reference_comments
+    from vit_ablate.report.sequential import parse_plan
 
     path = Path(path)
     if not path.is_file():
@@ -118,12 +132,18 @@ def load_sweep(path: str | os.PathLike, overrides: Sequence[str] = ()) -> SweepS
     try:
         references = parse_reference_comments(text)
         baseline = parse_baseline_comment(text)
-        parse_contrast_comments(text, str(path))  # a malformed declared test fails now, not at report time
+        contrasts = parse_contrast_comments(text, str(path))  # a malformed declared test fails now, not at report time
+        primary = next((c for c in contrasts if c.role == "primary"), None)
+        seed = (config.get("parameters") or {}).get("seed")
+        plan = parse_plan(text, str(path), seed.get("values") if isinstance(seed, dict) else None,
+                          primary is not None, primary.kind if primary else "")
+        if plan is not None and config.get("method") != "grid":
+            raise ValueError(f"{plan.where}: a plan runs every setting at each stage's seeds: use method: grid")
     except ValueError as exc:
         raise ConfigError(f"sweep file {str(path)!r}: {exc}") from None
     name = _SAFE_NAME.sub("-", str(config.get("name") or path.stem)).strip("-.") or path.stem
     return SweepSpec(path=path, text=text, config=config, name=name, overrides=list(overrides),
-                     references=references, baseline=baseline)
+                     references=references, baseline=baseline, plan=plan)
 
 
 # -------------------------------------------------------------------------------------------- macros
@@ -215,7 +235,9 @@ def validate_sweep(spec: SweepSpec, backend: str = "local", template: Optional[L
     """
     config = spec.config
     with _quiet():
-        problems = [f"sweep file: {v}" for v in _sweeps().schema_violations_from_proposed_config(config)]
+        # run_cap is a W&B server key (the local runner honours it too) that the sweeps package's schema lacks
+        problems = [f"sweep file: {v}" for v in _sweeps().schema_violations_from_proposed_config(
+            {k: v for k, v in config.items() if k != "run_cap"})]
     notes: List[str] = []
     if config.get("method") == "custom" and backend == "local":
         problems.append("sweep file: method 'custom' needs a W&B server; use grid, random or bayes locally")
@@ -349,7 +371,7 @@ def propose(config: Mapping[str, Any], runs: Sequence[Any], seed: int) -> Option
     is exhausted. ``runs`` are ``sweeps.SweepRun`` objects for every run proposed so far."""
     sweeps = _sweeps()
     with seeded(seed), _quiet():
-        run = sweeps.next_run(dict(config), list(runs), validate=True)
+        run = sweeps.next_run({k: v for k, v in config.items() if k != "run_cap"}, list(runs), validate=True)
     return None if run is None else {name: _plain(entry["value"]) for name, entry in run.config.items()}
 
 
@@ -398,12 +420,13 @@ def to_sweep_run(entry: Mapping[str, Any], run_dir: Optional[Path], metric: str,
             summary[metric] = history[-1][metric]
     sweeps = _sweeps()
     with _quiet():
+        # by the fields' aliases: pydantic 2.14 no longer honours sweeps' `allow_population_by_field_name`
         return sweeps.SweepRun(
             name=str(entry["name"]),
             config={k: {"value": v} for k, v in (entry.get("params") or {}).items()},
             state=_RUN_STATE.get(str(entry.get("status")), "pending"),
-            summary_metrics=summary,
-            history=history,
+            summaryMetrics=summary,
+            sampledHistory=history,
         )
 
 

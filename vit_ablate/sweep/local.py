@@ -206,6 +206,13 @@ def _on_its_own_line(log: Path, line: str) -> bytes:
     return (line if ends_a_line else "\n" + line).encode()
 
 
+def _canonical_seed(entry: Mapping[str, Any]) -> str:
+    """A proposal's seed in the canonical spelling a plan's stages use."""
+    from vit_ablate.report.references import canon
+
+    return canon((entry.get("params") or {}).get("seed"))
+
+
 def _normalised(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -254,6 +261,10 @@ class SweepRunner:
         self.signals: List[int] = []
         self.halt: Optional[str] = None  # why no further run may start (the experiment changed)
         self.base_digest: Optional[str] = None
+        self.stage = 0  # with a sequential plan: the stage whose seeds may run (0-based)
+        self.looked = 0  # looks logged so far
+        self.decided = False  # the plan ended the sweep
+        self.plan_state = ""  # its verdict so far, for the summary
         self._started = time.time()
         self._last_early_check = 0.0
 
@@ -339,7 +350,8 @@ class SweepRunner:
         runs, cap = self.manifest["runs"], self.spec.config.get("run_cap")
         params = None
         if not self.exhausted and not (cap and len(runs) >= int(cap)):
-            params = engine.propose(self.spec.config, self._sweep_runs(with_history=self.spec.method == "bayes"),
+            config = self.spec.stage_config(self.stage) if self.spec.plan else self.spec.config
+            params = engine.propose(config, self._sweep_runs(with_history=self.spec.method == "bayes"),
                                     engine.proposal_seed(self.spec.name, len(runs)))
         if params is None:
             self.exhausted = True
@@ -347,6 +359,48 @@ class SweepRunner:
         runs.append({**self.launcher.new_entry(len(runs), params), "proposed_at": now()})
         self.save()  # persisted before anything else happens to it
         return runs[-1]
+
+    # ------------------------------------------------------------------------------ a sequential plan
+    def _next_stage(self) -> bool:
+        """Look at the stages whose runs have all ended, as the report does; True when that opens a
+        further stage of the plan. A decision, or the plan's stop on failed runs, ends the sweep."""
+        from vit_ablate.report.analysis import analyse
+        from vit_ablate.report.runs import collect_runs
+
+        if not self.manifest["runs"]:
+            return False
+        try:
+            primary = analyse(*collect_runs([str(self.sweep_dir)]), metric=self.metric).primary
+        except ValueError as exc:
+            self.halt = f"sequential plan: no look possible ({exc})"
+            _log(self.halt)
+            return False
+        plan = self.spec.plan
+        for look in primary.looks[self.looked:]:
+            _log(f"look {look.stage} of {len(plan.stages)}: {look.n} seeds, t = {look.t:+.3f} against |t| ≥ "
+                 f"{look.efficacy:.3f}" + (f" (futile below {look.futility:.3f})" if look.futility is not None else "")
+                 + f" → {look.decision}")
+        self.looked = len(primary.looks)
+        self.plan_state = primary.verdict if primary.stage_open or not primary.looks_end else f"stopped: {primary.looks_end}"
+        if not primary.stage_open:
+            self.decided = True
+            _log(f"plan: {self.plan_state}")
+            return False
+        opened, self.stage = len(primary.looks) > self.stage, len(primary.looks)
+        if opened:
+            _log(f"stage {self.stage + 1} of {len(plan.stages)}: seeds {', '.join(plan.stages[self.stage])}")
+        return opened
+
+    def _resume_stage(self) -> None:
+        """On a rerun: the stage the finished runs reach; the runs of stages already looked at are not
+        started again (a look is never revised), those of the open stage are."""
+        plan = self.spec.plan
+        _log(f"sequential plan ({plan.where}): {plan.describe()}")
+        self._next_stage()
+        looked = set(plan.seeds_through(self.stage - 1)) if self.stage else set()
+        if self.decided:
+            self.queue, self.exhausted = [], True
+        self.queue = [e for e in self.queue if _canonical_seed(e) not in looked]
 
     # ------------------------------------------------------------------------------ processes
     def _launch(self, entry: Dict[str, Any]) -> None:
@@ -442,7 +496,7 @@ class SweepRunner:
 
     # ------------------------------------------------------------------------------ main loop
     def _may_launch(self) -> bool:
-        return not self.signals and not self.halt and (self.count is None or self.launched < self.count)
+        return not self.signals and not self.halt and not self.decided and (self.count is None or self.launched < self.count)
 
     def _loop(self) -> None:
         while True:
@@ -464,7 +518,9 @@ class SweepRunner:
                         break
                     self._launch(entry)
                 if not self.active and (not self._may_launch() or (self.exhausted and not self.queue)):
-                    return
+                    if not (self.spec.plan and self._may_launch() and self._next_stage()):
+                        return
+                    self.exhausted = False
             time.sleep(self.poll_s)
 
     def run(self) -> SweepSummary:
@@ -475,6 +531,8 @@ class SweepRunner:
         remove_stale_temporaries(self.sweep_dir)  # a killed engine's half-written manifest
         try:
             self._open_manifest()
+            if self.spec.plan:
+                self._resume_stage()
             total = engine.grid_size(self.spec.config)
             _log(f"sweep {self.spec.name}: {self.spec.method}" + (f", {total} runs" if total is not None else "")
                  + f", {len(self.manifest['runs']) - len(self.queue)} finished, {len(self.queue)} to resume; "
@@ -494,6 +552,8 @@ class SweepRunner:
                                                         wall_time_s=round(time.time() - self._started, 1))
                 self.save()
             lock.release()  # removes .lock: a finished sweep leaves none behind
+        if self.spec.plan and self.plan_state:
+            self.notes.append(f"sequential plan: {self.plan_state}")
         runs = [describe_run(self.sweep_dir, self.spec.name, entry, self.metric) for entry in self.manifest["runs"]]
         return summarize(self.manifest, runs, self.sweep_dir, time.time() - self._started,
                          interrupted=bool(self.signals), notes=self.notes, metric=self.metric, error=self.halt)

@@ -128,13 +128,14 @@ def agent_argv(sweep_id: str, project: str, entity: Optional[str], count: Option
 
 
 def _run_online(spec: SweepSpec, template: List[str], workers: int, count: Optional[int], sweep_id: Optional[str],
-                output_dir: Path, gpus: Optional[str], notes: List[str]) -> SweepSummary:
+                output_dir: Path, gpus: Optional[str], notes: List[str], on_created=lambda sweep_id: None) -> SweepSummary:
     import wandb
 
     started = time.time()
     project, entity = project_and_entity(spec)
     if sweep_id is None:
         sweep_id = wandb.sweep({**spec.config, "command": template}, project=project, entity=entity)
+        on_created(sweep_id)
     else:
         path = "/".join(p for p in (entity, project, sweep_id) if p)
         server = wandb.Api().sweep(path).config
@@ -186,6 +187,40 @@ def _run_online(spec: SweepSpec, template: List[str], workers: int, count: Optio
                      metric=metric)
 
 
+def _run_online_staged(spec: SweepSpec, template: List[str], workers: int, count: Optional[int], output_dir: Path,
+                       gpus: Optional[str], notes: List[str]) -> SweepSummary:
+    """A sweep with a group-sequential plan on W&B: one W&B sweep per stage (that stage's seeds), run to its
+    end by the agents, then a look at every stage so far, as the report makes it. ``<output-dir>/<name>-stages.json``
+    keeps the stage sweeps' ids, so a rerun joins the unfinished stage instead of creating it again.
+    ``--count`` applies to each stage."""
+    from vit_ablate.report.analysis import analyse
+    from vit_ablate.report.runs import collect_runs
+
+    plan, state = spec.plan, Path(output_dir) / f"{spec.name}-stages.json"
+    ids: List[str] = json.loads(state.read_text()) if state.is_file() else []
+    seeds = spec.parameters["seed"]["values"]
+    summary, verdict = None, ""
+    for k in range(len(plan.stages)):
+        first = plan.looks[k - 1] if k else 0
+        stage = {**spec.config, "parameters": {**spec.parameters, "seed": {"values": seeds[first:plan.looks[k]]}}}
+        stage_spec = SweepSpec(spec.path, spec.text, stage, spec.name, spec.overrides, spec.references, spec.baseline)
+        print(f"[sweep] stage {k + 1} of {len(plan.stages)}: seeds {', '.join(map(str, seeds[first:plan.looks[k]]))}",
+              file=sys.stderr)
+        summary = _run_online(stage_spec, template, workers, count, ids[k] if k < len(ids) else None, output_dir, gpus,
+                              list(notes), on_created=lambda sweep_id: atomic_write_json(state, [*ids, sweep_id]))
+        if k >= len(ids):
+            ids.append(summary.manifest["sweep_id"])
+        if summary.exit_code == 130:  # interrupted: the rerun joins this stage again
+            break
+        dirs = [str(Path(output_dir) / f"sweep-{i}") for i in ids]
+        primary = analyse(*collect_runs([*dirs, str(spec.path)]), metric=spec.metric).primary
+        verdict = primary.verdict if primary.stage_open or not primary.looks_end else f"stopped: {primary.looks_end}"
+        if not primary.stage_open or len(primary.looks) <= k:
+            break
+    summary.text += f"\nsequential plan: {verdict or 'no look yet'}"
+    return summary
+
+
 # ------------------------------------------------------------------------------------------- entry
 def run_wandb_sweep(spec: SweepSpec, workers: int = 1, count: Optional[int] = None, sweep_id: Optional[str] = None,
                     output_dir: str | os.PathLike = "runs", gpus: Optional[str] = None, **runner_kwargs: Any) -> SweepSummary:
@@ -193,6 +228,11 @@ def run_wandb_sweep(spec: SweepSpec, workers: int = 1, count: Optional[int] = No
     mode = (os.environ.get("WANDB_MODE") or "online").lower()
     offline = mode in OFFLINE_MODES
     notes = engine.validate_sweep(spec, backend="local" if offline else "wandb", template=template)
+    if not offline and spec.plan:
+        if sweep_id is not None:
+            raise ConfigError("--sweep-id joins one W&B sweep; a sweep with a sequential plan is one W&B sweep per stage, "
+                              f"resumed from {Path(output_dir) / (spec.name + '-stages.json')}: rerun without --sweep-id")
+        return _run_online_staged(spec, template, workers, count, Path(output_dir), gpus, notes)
     if not offline:
         return _run_online(spec, template, workers, count, sweep_id, Path(output_dir), gpus, notes)
     sweep_id = sweep_id or _short_id(f"offline/{spec.name}")
