@@ -77,7 +77,8 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from vit_ablate.report import run_report
 
-    print(run_report(args.runs, by=args.by, metric=args.metric, baseline=args.baseline, out=args.out, wandb_path=args.wandb).markdown)
+    print(run_report(args.runs, by=args.by, metric=args.metric, baseline=args.baseline, out=args.out, wandb_path=args.wandb,
+                     split=args.split).markdown)
     return 0
 
 
@@ -110,7 +111,7 @@ def cmd_bench(args) -> int:
     cfg = load_config(files, overrides)
     table = run_bench(
         cfg, steps=args.steps, json_path=args.json, ddp=args.ddp, sections=sections,
-        rounds=args.rounds, peak_tflops=args.peak_tflops, gpu_compile=not args.no_compile,
+        rounds=args.rounds, peak_tflops=args.peak_tflops, gpu_compile=not args.no_compile, components=args.components,
     )
     print(table)
     return 0
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", default=None, help="KEY=VALUE of the group the others are compared with")
     report.add_argument("--out", default=None, help="output directory (default: <first run dir>/report)")
     report.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT/SWEEP", help="read runs from the W&B API")
+    report.add_argument("--split", action="store_true", help="one report per setting of the config keys that differ outside the grouping keys")
     report.set_defaults(usage_parser=report, func=cmd_report)
 
     analyze = sub.add_parser("analyze", help="the paper's figures and few-shot accuracy for a checkpoint")
@@ -191,11 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="throughput against timm and a plain PyTorch loop")
     bench.add_argument("items", nargs="*", metavar="FILE.yaml | key=value")
-    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--steps", type=int, default=None, help="timed steps per round (default 3 on a CPU, 20 on a GPU)")
     bench.add_argument("--json", default=None)
     bench.add_argument("--ddp", type=int, default=0, help="also measure DDP scaling on N devices")
     bench.add_argument("--only", nargs="+", default=None, help="sections to run: model components framework data startup gpu")
-    bench.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (default 3)")
+    bench.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate (default 2 on a CPU, 3 on a GPU)")
+    bench.add_argument("--components", default=None, help="component variants: core (CPU default), all (GPU default), or key=value,...")
     bench.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: a table of known GPUs)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurements (gpu section)")
     bench.set_defaults(usage_parser=bench, func=cmd_bench)

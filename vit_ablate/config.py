@@ -134,7 +134,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggingConfig:
-    csv: bool = setting(True, "Lightning's CSV logger (logs/metrics.csv)")
+    csv: bool = setting(True, "Lightning's per-step CSV log (logs/version_N/metrics.csv); the run's per-epoch metrics.csv is always written")
     tensorboard: bool = setting(False, "TensorBoard logger")
     wandb: bool = setting(False, "Weights & Biases logger")
     wandb_project: str = setting("vit-ablate", "W&B project")

@@ -12,7 +12,7 @@ from timm.layers import resample_abs_pos_embed
 from vit_ablate import build_model, to_timm_state_dict
 from vit_ablate.config import ConfigError
 from vit_ablate.model import timm_kwargs
-from vit_ablate.model.transfer import SUMMARY_FILE, InitError, apply_init, check_init, detect_format
+from vit_ablate.model.transfer import SUMMARY_FILE, InitError, apply_init, detect_format
 from vit_ablate.training.module import ViTModule
 
 from .helpers import write_checkpoint
@@ -144,13 +144,6 @@ def test_module_applies_init_and_its_ema_follows(tmp_path: Path, run_config):
     bad = ViTModule(run_config(f"init.path={path}", "model.depth=3"))
     with pytest.raises(ConfigError, match="this model model.depth=3"):
         bad.apply_init(None)
-
-
-def test_check_init_builds_and_loads_without_a_run(tmp_path: Path, run_config):
-    path = write_checkpoint(tmp_path / "a.ckpt", run_config())
-    assert check_init({**run_config().model, "img_size": 48}, str(path)).grid == [6, 6]
-    with pytest.raises(InitError):
-        check_init({**run_config().model, "dim": 64, "heads": 4}, str(path))
 
 
 def test_timm_export_roundtrip_via_our_names(run_config):

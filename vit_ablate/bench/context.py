@@ -20,7 +20,7 @@ from torch import nn
 
 from vit_ablate.bench.timing import Precision, make_optimizer, make_train_step
 from vit_ablate.config import SCHEMA, ConfigError, to_container
-from vit_ablate.model import ViTSpec, resolve_spec
+from vit_ablate.model import ModelConfig, resolve_spec
 
 __all__ = ["Row", "Bench", "make_bench", "parse_components", "random_inputs", "seeded_model", "model_train_step", "guarded"]
 
@@ -61,7 +61,7 @@ class Row:
 class Bench:
     cfg: DictConfig
     model_cfg: Dict[str, Any]  # cfg.model as a plain dict
-    spec: ViTSpec
+    spec: ModelConfig
     device: torch.device
     precision: Precision
     seed: int
@@ -153,7 +153,7 @@ def make_bench(cfg: DictConfig, *, steps: Optional[int] = None, rounds: Optional
                  feed=device.type == "cuda" if feed is None else bool(feed), **options)
 
 
-def random_inputs(bench: Bench, spec: ViTSpec, batch: int, dtype: torch.dtype = torch.float32):
+def random_inputs(bench: Bench, spec: ModelConfig, batch: int, dtype: torch.dtype = torch.float32):
     """A fixed batch of random images and labels for ``spec`` on the device, the same for every candidate."""
     generator = torch.Generator().manual_seed(bench.seed)
     images = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, generator=generator)

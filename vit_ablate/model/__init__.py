@@ -34,8 +34,6 @@ __all__ = ["AXES", "ModelConfig", "STEMS", "NORM_PLACEMENTS", "PLACEMENTS", "POS
 
 
 def __getattr__(name: str):
-    if name == "ViTSpec":  # the former mirror of ModelConfig; bench/ still imports the name
-        return ModelConfig
     if name not in _EXPORTS:
         raise AttributeError(f"module 'vit_ablate.model' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"vit_ablate.model.{_EXPORTS[name]}"), name)

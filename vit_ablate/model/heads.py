@@ -21,11 +21,6 @@ class Head(nn.Module):
             nn.init.zeros_(self.fc.weight)
             nn.init.zeros_(self.fc.bias)
 
-    @classmethod
-    def flops(cls, dim: int, num_classes: int, hidden_dim: int) -> int:
-        """Matmul FLOPs of the head for one image."""
-        return 2 * dim * num_classes
-
 
 @HEADS.register("linear")
 class LinearHead(Head):
@@ -46,10 +41,6 @@ class MLPHead(Head):
     def __init__(self, spec: ModelConfig):
         super().__init__(spec, spec.head_hidden_dim)
         self.pre_logits = nn.Linear(spec.dim, spec.head_hidden_dim)
-
-    @classmethod
-    def flops(cls, dim: int, num_classes: int, hidden_dim: int) -> int:
-        return 2 * dim * hidden_dim + 2 * hidden_dim * num_classes
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(torch.tanh(self.pre_logits(pooled))))

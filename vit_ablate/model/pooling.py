@@ -34,11 +34,6 @@ class Pooling(nn.Module):
         """Tokens prepended to the patch sequence before position embeddings are added."""
         return None
 
-    @classmethod
-    def flops(cls, dim: int, mlp_dim: int, tokens: int) -> int:
-        """Matmul FLOPs of pooling one image's ``tokens`` tokens (taking or averaging tokens is free)."""
-        return 0
-
 
 @POOLINGS.register("cls")
 class ClassTokenPooling(Pooling):
@@ -100,12 +95,6 @@ class AttentionPooling(Pooling):
     # attention rollout (analyze) follows the encoder only; the pooling's own attention is not in it
     rollout_note = "rollout: map pooling's own attention is not part of the rollout (mean over patch queries)"
     no_weight_decay_names = ("attn_pool.latent",)
-
-    @classmethod
-    def flops(cls, dim: int, mlp_dim: int, tokens: int) -> int:
-        # one latent query: q on the latent, k and v on every token, 1×T scores and sum, the output
-        # projection, then the MLP on the pooled token
-        return 2 * dim * dim + 2 * tokens * dim * 2 * dim + 2 * (2 * tokens * dim) + 2 * dim * dim + 2 * (2 * dim * mlp_dim)
 
     def __init__(self, spec: ModelConfig, final_norm: nn.Module):
         super().__init__(spec, final_norm)

@@ -142,11 +142,6 @@ class PositionEmbedding(nn.Module):
         """The (num_patches, D) table added to patch tokens, for the similarity plot (Figure 7)."""
         return None
 
-    @classmethod
-    def attention_flops(cls, ctx: PositionContext) -> int:
-        """Matmul FLOPs this kind adds to one layer's attention for one image (adding tables is free)."""
-        return 0
-
 
 @POSITION_EMBEDDINGS.register("none")
 class NoPositionEmbedding(PositionEmbedding):
@@ -462,12 +457,6 @@ class Relative1d(PositionEmbedding):
 
     timm_names = None
     table_options: Dict[str, object] = {}  # what a diagnostic variant changes of RelativeLogits
-
-    @classmethod
-    def attention_flops(cls, ctx: PositionContext) -> int:
-        # every query against its pairs' offset vectors: T × T × head_dim per head, like q · k
-        tokens = ctx.num_prefix_tokens + ctx.num_patches
-        return 0 if cls.table_options.get("per_head") else 2 * tokens * tokens * ctx.dim
 
     def make_attention_position(self, index: int) -> nn.Module:
         width = self.ctx.heads if self.table_options.get("per_head") else self.ctx.head_dim

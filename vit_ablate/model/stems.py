@@ -38,11 +38,6 @@ class Stem(nn.Module):
     def check(cls, spec: ModelConfig) -> None:
         """Raise ConfigError for a model this stem cannot serve (resolve_spec checks that the patch tiles the image)."""
 
-    @classmethod
-    def flops(cls, spec: ModelConfig) -> int:
-        """Forward matmul FLOPs (2·MACs) for one image, biases not counted (as torch's FlopCounterMode)."""
-        raise NotImplementedError(f"{cls.__name__} has no FLOP formula")  # abstract
-
 
 @STEMS.register("patch")
 class PatchStem(Stem):
@@ -56,10 +51,6 @@ class PatchStem(Stem):
         self.proj = embed.proj
         self.patch_size = spec.patch_size
         self.grid_size = tuple(embed.grid_size)
-
-    @classmethod
-    def flops(cls, spec: ModelConfig) -> int:
-        return 2 * spec.grid_side**2 * spec.in_chans * spec.patch_size**2 * spec.dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # A reshape and one matmul rather than the conv: the same numbers (the conv's weight read as
@@ -108,18 +99,6 @@ class HybridStem(Stem):
         self.proj = embed.proj
         self.grid_size = tuple(embed.grid_size)
 
-    @classmethod
-    def flops(cls, spec: ModelConfig) -> int:
-        # the ResNet's layout lives in timm: count it on the meta device (no memory, no compute)
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with torch.device("meta"):
-            stem = cls(spec)
-            images = torch.empty(1, spec.in_chans, spec.img_size, spec.img_size)
-        with FlopCounterMode(display=False) as counter:
-            stem(images)
-        return int(counter.get_total_flops())
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone(images)
         return self.proj(features).flatten(2).transpose(1, 2)
@@ -140,15 +119,6 @@ class ConvStem(Stem):
     def widths(spec: ModelConfig) -> List[int]:
         steps = int(math.log2(spec.patch_size))
         return [max(16, spec.dim >> (steps - i)) for i in range(steps)]
-
-    @classmethod
-    def flops(cls, spec: ModelConfig) -> int:
-        flops, channels, size = 0, spec.in_chans, spec.img_size
-        for width in cls.widths(spec):
-            size = (size + 2 - 3) // 2 + 1
-            flops += 2 * size * size * 9 * channels * width
-            channels = width
-        return flops + 2 * spec.grid_side**2 * channels * spec.dim
 
     def __init__(self, spec: ModelConfig):
         super().__init__()

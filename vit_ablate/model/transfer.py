@@ -29,7 +29,7 @@ from vit_ablate.model.pos_embed import Grid, resample_position_tensors
 from vit_ablate.model.safe_load import SAFETENSORS_SUFFIX, load_safetensors_file, load_state_dict_file, load_torch_file
 from vit_ablate.model.schema import INIT_FORMATS
 from vit_ablate.model.timm_interop import from_timm_state_dict
-from vit_ablate.model.vit import VisionTransformer, build_model, resolve_spec
+from vit_ablate.model.vit import VisionTransformer, resolve_spec
 from vit_ablate.schema import did_you_mean
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -296,10 +296,3 @@ def write_summary(summary: InitSummary, run_dir: str | os.PathLike) -> Path:
     from vit_ablate.io import atomic_write_json
 
     return atomic_write_json(Path(run_dir) / SUMMARY_FILE, asdict(summary))
-
-
-def check_init(model_cfg: Any, path: str, fmt: str = "auto", exclude: Sequence[str] = ()) -> InitSummary:
-    """Build the model of ``model_cfg`` and initialise it from ``path``: every error ``init.path`` can
-    raise, before anything is written (costs one model build and one read of the file)."""
-    return apply_init(build_model(model_cfg), path, fmt, exclude)
-

@@ -176,6 +176,3 @@ def build_model(cfg: Any) -> VisionTransformer:
     """The ``model`` section of a config (mapping, OmegaConf node or ModelConfig) → a VisionTransformer."""
     return VisionTransformer(resolve_spec(cfg))
 
-
-def _position_context(spec: ModelConfig, num_prefix: int, grid_size: Tuple[int, int]) -> PositionContext:
-    return PositionContext.of(spec, num_prefix, grid_size)  # the name bench/flops.py imports

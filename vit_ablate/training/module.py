@@ -26,7 +26,7 @@ from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
 from vit_ablate.config import ConfigError, compile_mode, from_container, to_container
 from vit_ablate.model import build_model
-from vit_ablate.registry import Registry
+from vit_ablate.schema import Registry
 from vit_ablate.training.callbacks import log
 from vit_ablate.training.whole_step import ReplayingOptimizer, WholeTrainStep
 
