@@ -141,7 +141,7 @@ def test_lr_grouping_draws_figure9_curves_and_checks_baseline(tmp_path: Path):
         run_report([str(runs)], baseline="optim.lr=8e-4", out=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="matches no group"):
         run_report([str(runs)], baseline="model.pool=map", out=str(tmp_path / "x"))
-    with pytest.raises(ValueError, match="did you mean model.pool"):
+    with pytest.raises(ValueError, match="did you mean 'model.pool'"):
         run_report([str(runs)], by=["model.pools"], out=str(tmp_path / "x"))
 
 

@@ -1,15 +1,11 @@
 """Group the runs by the swept keys, summarise each group, compare each with the baseline, test the
-declared contrasts and Holm-adjust the declared family.
-
-A group is one setting of the ``by`` keys; its replicates differ only in ``seed``. Runs that differ in
-any other key of their resolved config (epochs, image size, a fine-tune's ``init.path``) are never
-pooled (:func:`differing_keys`). Comparisons pair runs by seed (the same data order and initialisation
-stream: pairing removes that shared noise), and only without a common seed fall back to Welch's test.
+declared contrasts and Holm-adjust the declared family. A group's replicates differ only in ``seed``;
+runs that differ in another config key are never pooled. Comparisons pair runs by seed (the same data
+order and initialisation: pairing removes that shared noise), Welch's test only without a common seed.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +22,7 @@ from vit_ablate.report.contrasts import ContrastResult, ContrastSpec, decide, ev
 from vit_ablate.report.references import canon, match_reference, parse_assignments, sort_key
 from vit_ablate.report.runs import Design, lookup_metric, metric_names
 from vit_ablate.report.sequential import Plan, sequential_verdict, stage_looks
+from vit_ablate.schema import did_you_mean
 
 
 @dataclass
@@ -66,14 +63,6 @@ def differing_keys(runs: pd.DataFrame, design: Design, by: Sequence[str]) -> Dic
             if k not in by and not _is_execution(k) and configured[k].nunique() > 1}
 
 
-def _metric_error(metric: str, results: Sequence[Mapping[str, Any]]) -> ValueError:
-    recorded = metric_names(results)
-    scores = [difflib.SequenceMatcher(None, metric, name).ratio() for name in recorded]
-    hint = recorded[scores.index(max(scores))] if scores and max(scores) >= 0.3 else None  # a tie: the first
-    return ValueError(f"--metric {metric}: no run recorded it" + (f" (did you mean {hint}?)" if hint else "")
-                      + (f"; the runs recorded: {', '.join(recorded[:12])}" if recorded else "; no run recorded any metric"))
-
-
 def _label(by: Sequence[str], key: Sequence[str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(by, key)) if by else "all runs"
 
@@ -92,14 +81,11 @@ def _values(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return runs.assign(value=value.where(counts), metric_value=value, section=[s for _, s in found], recorded=recorded, why=why)
 
 
-def _matches(group: pd.Series, wanted: Mapping[str, str], by: Sequence[str]) -> bool:
-    return all((group[k] if k in by else group["common"].get(k)) == v for k, v in wanted.items())
-
-
 def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primary, notes) -> Tuple[Optional[str], str]:
     """``--baseline``, else the sweep's declared one, else the primary's reference side, else the first group."""
     def hits(wanted: Mapping[str, str], among: pd.DataFrame) -> pd.DataFrame:
-        return among[[_matches(g, wanted, by) for _, g in among.iterrows()]] if wanted else among.iloc[:0]
+        return among[[bool(wanted) and all((g[k] if k in by else g["common"].get(k)) == v for k, v in wanted.items())
+                      for _, g in among.iterrows()]]
 
     usable = groups[groups["n"] > 0]
     if requested is not None:
@@ -116,14 +102,14 @@ def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primar
         raise ValueError(f"baseline {requested!r} matches no group; the groups are: " + "; ".join(groups.index))
     if usable.empty:
         return None, "no group has completed runs"
+    if design.baseline and len(hits(design.baseline, usable)) == 1:
+        return hits(design.baseline, usable).index[0], "the paper's choice, declared on the sweep file's # baseline: line"
+    if design.baseline:
+        notes.append(f"the sweep declares baseline {_label(list(design.baseline), design.baseline.values())}, which "
+                     f"matches {'no group with completed runs' if hits(design.baseline, usable).empty else 'several groups'}")
     side = {**primary.spec.b, **primary.spec.where} if primary and primary.kind in ("paired", "equivalence") else {}
-    for wanted, reason in ((design.baseline, "the paper's choice, declared on the sweep file's # baseline: line"),
-                           (side, "the reference side of the declared primary contrast")):
-        if len(hits(wanted, usable)) == 1:
-            return hits(wanted, usable).index[0], reason
-        if wanted is design.baseline and wanted:
-            notes.append(f"the sweep declares baseline {_label(list(wanted), wanted.values())}, which matches "
-                         + ("no group with completed runs" if hits(wanted, usable).empty else "several groups"))
+    if len(hits(side, usable)) == 1:
+        return hits(side, usable).index[0], "the reference side of the declared primary contrast"
     return usable.index[0], "the first group: the sweep file declares no baseline"
 
 
@@ -195,8 +181,7 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
     by = list(default_by(runs, design) if by is None else by)
     unknown = [k for k in by if k not in design.params]
     if unknown:
-        raise ValueError("grouping key(s) found in no run's config: " + ", ".join(
-            k + "".join(f" (did you mean {h}?)" for h in difflib.get_close_matches(k, design.params, n=1)) for k in unknown))
+        raise ValueError("grouping key(s) found in no run's config: " + ", ".join(k + did_you_mean(k, design.params) for k in unknown))
     differing = differing_keys(runs, design, by)
     if differing:
         raise ValueError("the runs differ in " + "; ".join(f"{k} ({', '.join(v[:4])})" for k, v in differing.items())
@@ -204,7 +189,9 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
                          "them with --by, or split the report by them with --split)")
     runs = _values(runs, metric)
     if not runs["recorded"].any() and runs["status"].eq(rundir.COMPLETED).any():
-        raise _metric_error(metric, list(runs["result"]))
+        recorded = metric_names(list(runs["result"]))
+        raise ValueError(f"--metric {metric}: no run recorded it{did_you_mean(metric, recorded, cutoff=0.3)} (the runs "
+                         f"recorded: {', '.join(recorded[:12]) or 'no metric'})")
     values_of = {k: set(runs[k]) for k in design.params}
     for key, listed in design.swept.items():
         values_of.setdefault(key, set()).update(canon(v) for v in listed or [])

@@ -1,7 +1,7 @@
 """Declared contrasts: the one primary test of a comparison, its declared secondaries, the Holm family.
 
-A sweep file's header states the question its sweep answers; the report tests the primary at α = 0.05
-without correction and takes the verdict from it alone::
+A sweep file's header states the question its sweep answers; the primary is tested at α = 0.05 without
+correction and alone gives the verdict::
 
     # primary: paired model.pos_embed=none vs model.pos_embed=1d
     # secondary: equivalence model.pos_embed=2d vs model.pos_embed=1d margin=0.01
@@ -9,26 +9,20 @@ without correction and takes the verdict from it alone::
     # primary: fisher model.norm=post vs model.norm=pre where optim.warmup_steps=0 expect=greater
     # holm: secondary + baseline
 
-Kinds: ``paired A vs B`` (mean per-seed difference A − B: paired t-test, the exact sign-flip p beside
-it); ``interaction A vs B by C vs D`` (a 2×2 design: (A − B at C) − (A − B at D) per seed, one-sample
-t-test); ``fisher A vs B`` (runs whose status is ``outcome``, default ``diverged``, out of the finished
-runs: Fisher's exact test); ``equivalence A vs B margin=M`` (TOST that |mean(A − B)| < M, M in the
-metric's units: 0.01 is one point of accuracy). ``where KEY=VALUE ...`` restricts both sides; runs are
-paired by seed and by every grouping key the contrast leaves free. ``expect=greater|less`` is the paper's
-sign of A − B (for ``paired``, the reference values give it when omitted); ``effect=X`` the paper's size
-of A − B in the metric's units, for the power of an inconclusive result.
-
-``# holm:`` names the report's one Holm family: ``secondary`` (every ``# secondary:`` line) and, with
-``+ baseline``, each group's paired difference to the baseline that no declared contrast already
-compares (the default without the line). Each comparison is in it once, with one adjusted p, which
-alone decides a secondary's verdict.
+``paired A vs B``: the mean per-seed A − B, paired t-test with the exact sign-flip p beside it.
+``interaction A vs B by C vs D``: (A − B at C) − (A − B at D) per seed in a 2×2 design, one-sample t.
+``fisher A vs B``: runs whose status is ``outcome`` (default ``diverged``) of the finished runs, Fisher's
+exact test. ``equivalence A vs B margin=M``: TOST that |mean(A − B)| < M in the metric's units (0.01 is
+one point of accuracy). ``where KEY=VALUE ...`` restricts both sides; runs pair by seed and by every
+grouping key the contrast leaves free. ``expect=greater|less`` is the paper's sign of A − B (for
+``paired`` the reference values give it when omitted); ``effect=X`` the paper's A − B, for the power.
+``# holm:`` names the one Holm family: ``secondary`` and, with ``+ baseline`` (the default), each group's
+paired difference to the baseline that no declared contrast compares; its adjusted p alone decides.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -37,13 +31,12 @@ import pandas as pd
 
 from vit_ablate import rundir
 from vit_ablate.report import stats
-from vit_ablate.report.references import canon, header_tokens, sort_key
+from vit_ablate.report.references import canon, header_lines, header_tokens, number, sort_key
+from vit_ablate.schema import did_you_mean
 
 ALPHA = stats.ALPHA
 KINDS = ("paired", "interaction", "fisher", "equivalence")
-HOLM_MEMBERS = ("secondary", "baseline")
 _OPTIONS = ("margin", "expect", "effect", "outcome", "source", "note")
-_LINE_RE = re.compile(r"^\s*#\s*(?P<role>primary|secondary|holm)\s*:(?P<body>.*)$", re.IGNORECASE)
 
 
 def _side(s: Mapping[str, str]) -> str:
@@ -77,52 +70,33 @@ class ContrastSpec:
         return f"{_side(self.a)} − {_side(self.b)}{cond}"
 
 
-def _number(options: Mapping[str, str], name: str, where: str) -> Optional[float]:
-    if name not in options:
-        return None
-    try:
-        return float(options[name])
-    except ValueError:
-        raise ValueError(f"{where}{name}={options[name]!r} is not a number") from None
-
-
 def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
     where = f"line {lineno} of {origin}: {role}: "
-    tokens = header_tokens(body, where)
-    if not tokens:
-        raise ValueError(f"{where}empty; expected one of {', '.join(KINDS)} (e.g. paired model.pos_embed=none vs model.pos_embed=1d)")
-    kind = tokens[0].lower()
-    if kind not in KINDS:
-        hint = difflib.get_close_matches(kind, KINDS, n=1)
-        raise ValueError(f"{where}unknown kind {tokens[0]!r}; the kinds are {', '.join(KINDS)}"
-                         + (f" (did you mean {hint[0]}?)" if hint else ""))
-    options: Dict[str, str] = {}
-    sections: List[List[Tuple[str, str]]] = [[]]  # split by "vs" / "by" / "where"
-    separators, bare = [], []
-    for token in tokens[1:]:
-        key, sep, value = token.partition("=")
+    kind, *tokens = header_tokens(body, where) or [""]
+    if kind.lower() not in KINDS:
+        raise ValueError(f"{where}unknown kind {kind!r}; the kinds are {', '.join(KINDS)}{did_you_mean(kind.lower(), KINDS)}")
+    kind, sections, separators, options = kind.lower(), [{}], [], {}  # sections split by vs / by / where
+    for token in tokens:
+        key, sep, value = (part.strip() for part in token.partition("="))
         if token.lower() in ("vs", "by", "where"):
             separators.append(token.lower())
-            sections.append([])
-        elif not sep or not key:
-            bare.append(token)
+            sections.append({})
+        elif not (sep and key):
+            raise ValueError(f"{where}{token!r} is not of the form key=value, 'vs', 'by' or 'where'")
         elif key in _OPTIONS:
-            options[key] = value.strip()
+            options[key] = value
         else:
-            sections[-1].append((key.strip(), value.strip()))
-    spec = ContrastSpec(role=role, kind=kind, a={}, b={}, line=lineno, text=body.strip(), origin=origin)
-    if "where" in separators:
-        if separators[-1] != "where" or separators.count("where") > 1:
-            raise ValueError(f"{where}'where KEY=VALUE ...' must come last, once")
-        spec.where = {k: canon(v) for k, v in sections.pop()}
-        separators.pop()
-    if bare:
-        raise ValueError(f"{where}{bare[0]!r} is not of the form key=value, 'vs', 'by' or 'where'")
-    expected = ["vs", "by", "vs"] if kind == "interaction" else ["vs"]
-    if separators != expected or any(not s for s in sections):
-        form = "A vs B by C vs D" if kind == "interaction" else "A vs B"
-        raise ValueError(f"{where}expected {kind} {form} (each side KEY=VALUE ...), got {body.strip()!r}")
-    spec.a, spec.b, spec.c, spec.d = [{k: canon(v) for k, v in s} for s in sections] + [{}, {}][: 4 - len(sections)]
+            sections[-1][key] = canon(value)
+    condition = {}
+    if separators[-1:] == ["where"]:
+        separators, condition = separators[:-1], sections.pop()
+    form = "A vs B by C vs D" if kind == "interaction" else "A vs B"
+    if separators != (["vs", "by", "vs"] if kind == "interaction" else ["vs"]) or not all(sections):
+        raise ValueError(f"{where}expected '{kind} {form} [where KEY=VALUE ...]', each side KEY=VALUE ..., got {body.strip()!r}")
+    spec = ContrastSpec(role, kind, *sections, where=condition, line=lineno, text=body.strip(), origin=origin,
+                        margin=number(options, "margin", where), effect=number(options, "effect", where),
+                        expect=options.get("expect", "").lower() or None,
+                        outcome=options.get("outcome", rundir.DIVERGED).lower())
     if kind == "interaction":
         for first, second, what in ((spec.a, spec.b, "A vs B"), (spec.c, spec.d, "C vs D")):
             if len(first) != 1 or set(first) != set(second) or first == second:
@@ -132,24 +106,18 @@ def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
             raise ValueError(f"{where}interaction needs a 2×2 design: its two factors are the same key {next(iter(spec.a))}")
     elif spec.a == spec.b:
         raise ValueError(f"{where}both sides are {_side(spec.a)}: nothing to compare")
-    spec.margin = _number(options, "margin", where)
-    if spec.margin is not None and not (math.isfinite(spec.margin) and spec.margin > 0):
-        raise ValueError(f"{where}margin={options['margin']} must be a positive number (metric units, e.g. 0.01)")
-    if kind == "equivalence" and spec.margin is None:
-        raise ValueError(f"{where}an equivalence needs margin=M, the largest difference that counts as equal, in the "
+    if (kind == "equivalence" or spec.margin is not None) and not (spec.margin and math.isfinite(spec.margin) and spec.margin > 0):
+        raise ValueError(f"{where}an equivalence needs margin=M > 0, the largest difference that counts as equal in the "
                          "metric's units (e.g. margin=0.01 for one point of accuracy), stated before the runs")
-    spec.expect = options.get("expect", "").lower() or None
     if spec.expect not in (None, "greater", "less"):
         raise ValueError(f"{where}expect={options['expect']!r}: use expect=greater or expect=less (the sign of A − B)")
-    spec.effect = _number(options, "effect", where)
-    spec.outcome = options.get("outcome", rundir.DIVERGED).lower()
     return spec
 
 
 def parse_contrast_comments(text: str, origin: str = "sweep file") -> List[ContrastSpec]:
     """Every ``# primary:`` and ``# secondary:`` line → ContrastSpec (the ``# holm:`` line is checked
     too). At most one primary; an error names the line."""
-    specs = [_parse_line(m["role"].lower(), m["body"], n, origin) for n, m in _header_lines(text) if m["role"].lower() != "holm"]
+    specs = [_parse_line(role, body, n, origin) for n, role, body in header_lines(text, "primary", "secondary")]
     parse_holm_comment(text, origin)
     primaries = [s for s in specs if s.role == "primary"]
     if len(primaries) > 1:
@@ -158,21 +126,16 @@ def parse_contrast_comments(text: str, origin: str = "sweep file") -> List[Contr
     return specs
 
 
-def _header_lines(text: str):
-    return [(n, m) for n, m in ((n, _LINE_RE.match(line)) for n, line in enumerate(text.splitlines(), start=1)) if m]
-
-
 def parse_holm_comment(text: str, origin: str = "sweep file") -> Optional[Tuple[Tuple[str, ...], str]]:
-    """The ``# holm:`` line as ``(members, "line N of ORIGIN")``; None when the file has none."""
-    lines = [(n, m) for n, m in _header_lines(text) if m["role"].lower() == "holm"]
+    """The ``# holm:`` line as ``(members, "declared on line N of ORIGIN")``; None when the file has none."""
+    lines = header_lines(text, "holm")
     if not lines:
         return None
-    (lineno, match), where = lines[0], f"line {lines[0][0]} of {origin}: holm: "
-    members = tuple(dict.fromkeys(t.lower() for t in header_tokens(match["body"], where) if t != "+"))
-    wrong = [m for m in members if m not in HOLM_MEMBERS]
-    if len(lines) > 1 or wrong or "secondary" not in members:
-        raise ValueError(f"{where}expected one line '# holm: secondary' or '# holm: secondary + baseline' (the "
-                         f"primary is tested alone at α = {ALPHA}), got {match['body'].strip()!r}")
+    lineno, _, body = lines[0]
+    members = tuple(dict.fromkeys(t.lower() for t in header_tokens(body, f"line {lineno} of {origin}: holm: ") if t != "+"))
+    if len(lines) > 1 or not set(members) <= {"secondary", "baseline"} or "secondary" not in members:
+        raise ValueError(f"line {lineno} of {origin}: holm: expected one line '# holm: secondary' or '# holm: secondary + "
+                         f"baseline' (the primary is tested alone at α = {ALPHA}), got {body.strip()!r}")
     return members, f"declared on line {lineno} of {origin}"
 
 
@@ -183,14 +146,11 @@ def validate_contrasts(specs: Sequence[ContrastSpec], values_of: Mapping[str, Se
         where = f"line {spec.line} of {spec.origin}: {spec.role}: "
         for key, value in [item for side in (spec.a, spec.b, spec.c, spec.d, spec.where) for item in side.items()]:
             if key not in values_of:
-                hint = difflib.get_close_matches(key, sorted(values_of), n=1, cutoff=0.0)
-                raise ValueError(f"{where}{key}={value} names a key no run has"
-                                 + (f" (did you mean {hint[0]}?)" if hint else ""))
+                raise ValueError(f"{where}{key}={value} names a key no run has{did_you_mean(key, values_of, cutoff=0)}")
             seen = sorted(values_of[key], key=sort_key)
             if value not in seen:
-                hint = difflib.get_close_matches(value, seen, n=1, cutoff=0.0)
                 raise ValueError(f"{where}{key}={value} names a group the sweep does not have: {key} is "
-                                 f"{', '.join(seen)}" + (f" (did you mean {hint[0]}?)" if hint else ""))
+                                 f"{', '.join(seen)}{did_you_mean(value, seen, cutoff=0)}")
 
 
 @dataclass
@@ -221,10 +181,9 @@ class ContrastResult(stats.MeanTest):
 
 
 def _select(runs: pd.DataFrame, wanted: Mapping[str, str]) -> pd.DataFrame:
-    keep = pd.Series(True, index=runs.index)
-    for key, value in wanted.items():
-        keep &= runs[key].eq(value) if key in runs else False
-    return runs[keep]
+    if not set(wanted) <= set(runs):
+        return runs.iloc[:0]
+    return runs[runs[list(wanted)].eq(pd.Series(wanted, dtype=object)).all(axis=1)]
 
 
 def _cell(runs: pd.DataFrame, wanted: Mapping[str, str], pair_keys: List[str]) -> pd.Series:
@@ -241,12 +200,9 @@ def _common(cells: Sequence[pd.Series]) -> List:
 def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str], metric: str,
                   reference_of: Callable[[Mapping[str, str]], Optional[Mapping[str, Any]]] = lambda _: None,
                   seed: Sequence[int] = (0,)) -> ContrastResult:
-    """Test one contrast on the table of runs (one row a run: its parameters, ``seed``, ``status`` and
-    ``value``, the metric, NaN where the run does not count). Any subset of rows is a valid input: a
-    look at the first k seeds is this call on those seeds' rows.
-
-    The paper's reference values give the expected direction whatever they measured, but an effect size
-    (for the power) only when they measure ``metric`` itself."""
+    """Test one contrast on the runs (``seed``, ``status``, ``value``: NaN where a run does not count), any
+    subset of them (a look at k seeds). References give the expected direction whatever they measured,
+    an effect size (for the power) only when they measure ``metric``."""
     pair_keys = [k for k in by if k not in {*spec.a, *spec.b, *spec.c, *spec.d, *spec.where}] + ["seed"]
     result = ContrastResult(spec=spec, expect=spec.expect, effect=spec.effect,
                             effect_source="declared in the sweep file" if spec.effect is not None else "")
@@ -307,10 +263,9 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
 
 
 def decide(result: ContrastResult) -> str:
-    """The verdict in fixed words, from the primary's own p or a secondary's Holm-adjusted p. An
-    equivalence is "equivalent within ±M" when TOST shows it; a primary equivalence whose difference is
-    itself significant is "contradicted"; a secondary one has one adjusted p (its TOST's), so it is
-    otherwise inconclusive."""
+    """The verdict in fixed words, from the primary's p or a secondary's Holm-adjusted p. A primary
+    equivalence whose difference is itself significant is "contradicted"; a secondary one has one
+    adjusted p (its TOST's), so it is otherwise inconclusive."""
     r, primary = result, result.spec.role == "primary"
     p = r.p if primary else r.p_holm
     n_text = f"n = {r.n}" if r.kind != "fisher" else f"n = {r.counts[1]} vs {r.counts[3]} runs"

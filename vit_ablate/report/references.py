@@ -1,15 +1,12 @@
-"""Canonical config values, and the paper's reference values and the declared baseline from a sweep
-file's header comments (W&B rejects unknown top-level keys, so they live in lines both the W&B agent and
-YAML ignore)::
+"""A sweep file's header comments (W&B rejects unknown top-level keys, so they live in lines both the
+W&B agent and YAML ignore), and canonical config values::
 
     # reference: model.pos_embed=none value=0.61382 metric=imagenet_5shot source="paper Table 8"
     # baseline: model.pos_embed=1d
 
-Every ``key=value`` of a reference line but ``value``, ``metric``, ``source`` and ``note`` selects runs:
-a group matches when its runs share every one of them.
-
-The same setting reaches a report in several spellings (``0.0008`` in a resolved config.yaml, ``8e-4``
-in a sweep file, ``True`` from the W&B agent): grouping and matching compare :func:`canon` strings.
+A reference selects runs by every ``key=value`` but ``value``, ``metric``, ``source`` and ``note``. The
+same setting reaches a report spelt ``0.0008`` (config.yaml), ``8e-4`` (sweep file) or ``True`` (the W&B
+agent): grouping and matching compare :func:`canon` strings.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ import shlex
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_RESERVED = ("value", "metric", "source", "note")  # describe the number rather than select runs
 
 
 def _number(x: float) -> str:
@@ -31,21 +29,16 @@ def _number(x: float) -> str:
 
 def canon(value: Any) -> str:
     """A canonical string for a config value: numbers by value, booleans and null in YAML spelling."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, int) and abs(value) >= 10**15:
         return str(value)  # exact digits: float() of a 400-digit integer overflows
     if isinstance(value, (int, float)):
         return _number(float(value))
     if isinstance(value, str):
         text = value.strip()
-        if _NUMBER_RE.match(text):
-            return _number(float(text))
-        # Python's str() spellings, as the W&B agent passes them (config._wandb_literal maps the same).
-        # Only the exact capitalised forms: "none" is a legitimate value (model.pos_embed=none).
-        return {"True": "true", "False": "false", "None": "null"}.get(text, text)
+        # The W&B agent passes Python's spellings; only these exact forms, as "none" is a value (pos_embed=none).
+        return _number(float(text)) if _NUMBER_RE.match(text) else {"True": "true", "False": "false", "None": "null"}.get(text, text)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(canon(v) for v in value) + "]"
     if isinstance(value, Mapping):
@@ -58,14 +51,16 @@ def sort_key(text: str) -> Tuple[int, float, str]:
     return (0, float(text), text) if _NUMBER_RE.match(text) else (1, 0.0, text)
 
 
-_RESERVED = ("value", "metric", "source", "note")  # describe the number rather than select runs
-_REFERENCE_RE = re.compile(r"^\s*#\s*reference\s*:(?P<body>.*)$", re.IGNORECASE)
-_BASELINE_RE = re.compile(r"^\s*#\s*baseline\s*:(?P<body>.*)$", re.IGNORECASE)
+def header_lines(text: str, *roles: str) -> List[Tuple[int, str, str]]:
+    """The ``# ROLE: body`` lines of a sweep file as (line number, role in lower case, body)."""
+    pattern = re.compile(rf"^\s*#\s*({'|'.join(roles)})\s*:(.*)$", re.IGNORECASE)
+    matches = ((n, pattern.match(line)) for n, line in enumerate(text.splitlines(), start=1))
+    return [(n, m[1].lower(), m[2]) for n, m in matches if m]
 
 
 def header_tokens(text: str, where: str = "") -> List[str]:
-    """A header line's words, split on spaces and commas outside quotes (shell quoting), so a
-    source="Table 1 (ViT-S/16, GAP)" keeps its own comma; an unbalanced quote is a ValueError."""
+    """A header line's words, split on spaces and commas outside shell quotes (a source="Table 1 (S/16,
+    GAP)" keeps its comma); an unbalanced quote is a ValueError."""
     lexer = shlex.shlex(text, posix=True)
     lexer.whitespace += ","
     lexer.whitespace_split, lexer.commenters = True, ""
@@ -86,38 +81,34 @@ def parse_assignments(text: str, where: str = "") -> Dict[str, str]:
     return out
 
 
+def number(fields: Mapping[str, str], key: str, where: str, kind: type = float) -> Optional[float]:
+    """``fields[key]`` as a number, None when absent; a ValueError naming the line when it is none."""
+    try:
+        return kind(fields[key]) if key in fields else None
+    except ValueError:
+        raise ValueError(f"{where}{key}={fields[key]!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
 def parse_reference_comments(text: str) -> List[Dict[str, Any]]:
-    """Every ``# reference:`` line → ``{"params", "value" (a float), "metric", "source"[, "note"]}``.
-    A line without a numeric value or without params is an error naming it: a silently dropped
-    reference would make a report claim "no paper value"."""
+    """Every ``# reference:`` line → ``{"params", "value" (a float), "metric", "source"[, "note"]}``; a
+    line without a value or params is an error (a dropped reference would read as "no paper value")."""
     references = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        match = _REFERENCE_RE.match(line)
-        if not match:
-            continue
+    for lineno, _, body in header_lines(text, "reference"):
         where = f"line {lineno}: reference: "
-        fields = parse_assignments(match["body"], where)
-        if "value" not in fields:
-            raise ValueError(f"{where}no value=NUMBER in {line.strip()!r}")
-        try:
-            value = float(fields["value"])
-        except ValueError:
-            raise ValueError(f"{where}value={fields['value']!r} is not a number") from None
+        fields = parse_assignments(body, where)
         params = {k: v for k, v in fields.items() if k not in _RESERVED}
-        if not params:
-            raise ValueError(f"{where}names no run parameter (e.g. model.pos_embed=none) in {line.strip()!r}")
-        references.append({"params": params, "value": value, "metric": fields.get("metric"),
+        if "value" not in fields or not params:
+            raise ValueError(f"{where}{'no value=NUMBER' if 'value' not in fields else 'names no run parameter'} "
+                             f"(e.g. model.pos_embed=none value=0.61) in {body.strip()!r}")
+        references.append({"params": params, "value": number(fields, "value", where), "metric": fields.get("metric"),
                            "source": fields.get("source"), **({"note": fields["note"]} if "note" in fields else {})})
     return references
 
 
 def parse_baseline_comment(text: str) -> Optional[Dict[str, str]]:
     """The first ``# baseline: key=value ...`` line of a sweep file, or ``None``."""
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        match = _BASELINE_RE.match(line)
-        if match:
-            return parse_assignments(match["body"], f"line {lineno}: baseline: ")
-    return None
+    lines = header_lines(text, "baseline")
+    return parse_assignments(lines[0][2], f"line {lines[0][0]}: baseline: ") if lines else None
 
 
 def match_reference(references: List[Mapping[str, Any]], common: Mapping[str, str]) -> Optional[Mapping[str, Any]]:

@@ -1,60 +1,42 @@
-"""Group-sequential plans: a sweep adds seeds stage by stage until its primary test decides.
-
-A sweep file declares the plan beside its primary test, over the seeds its ``seed`` parameter lists::
+"""Group-sequential plans: a sweep adds seeds stage by stage until its primary test decides::
 
     # primary: paired model.stem=hybrid vs model.stem=patch
     # sequential: stages=3 seeds_per_stage=8 spending=obrien_fleming alpha=0.05 futility=true effect_size=0.8
 
-Looking at a t-test after every batch of seeds at the nominal α inflates the false-positive rate
-(Armitage, McPherson & Rowe 1969: about 0.14 at five looks with α = 0.05). A group-sequential design
-keeps it: the sweep's α is spent across the looks by a Lan–DeMets (1983) spending function of the
-information fraction τ = seeds so far / the plan's seeds, so a look may fall at any number of seeds:
-
-    obrien_fleming   α(τ) = 2 − 2Φ(z_{1−α/2} / √τ)     strict early, near nominal at the end
-    pocock           α(τ) = α · ln(1 + (e − 1) τ)        about the same boundary at every look
-
-The classic boundaries are for z statistics. With a handful of seeds the paired t statistic has heavy
-tails, and its successive values share one variance estimate, so the boundaries here are computed for t
-itself at the seeds actually reached: the first exactly (a t quantile), later ones as order statistics
-of the t statistics of simulated null sweeps (differences ~ N(0, 1); t does not depend on σ) that have
-not stopped yet, from a fixed seed, so the same looks always give the same boundaries.
-
-``futility=true`` adds a binding futility boundary: a look stops when |t| falls below a cut that spends
-the type-II error at the planned ``effect_size`` (mean / sd of the per-seed differences) in the same
-shape, and the efficacy boundaries are computed on the null sweeps that did not stop for futility, so
-the α of a sweep that obeys its plan is the plan's α. ``on_failure``: ``drop`` looks at a stage without
-the seeds whose runs failed or diverged (the boundary is computed for the seeds left) and never retries
-them; ``stop`` halts the sweep before looking at a stage with failed runs, and rerunning the sweep retries
-them (a diverged run is an outcome, dropped either way).
-
-After a sequential stop the plain t interval no longer keeps its coverage; the repeated confidence
-interval (Jennison & Turnbull 1989) mean ± c_k · se_k, c_k the look's efficacy boundary, covers the true
-difference at every look at once with probability ≥ 1 − α.
+A t-test after every batch of seeds at the nominal α inflates the false positives (Armitage, McPherson &
+Rowe 1969: ~0.14 at five looks). The plan spends α across the looks by a Lan–DeMets (1983) function of
+τ = seeds so far / the plan's seeds: ``obrien_fleming`` 2 − 2Φ(z_{1−α/2}/√τ), strict early; ``pocock``
+α·ln(1 + (e − 1)τ), about even. With few seeds the paired t has heavy tails, so the boundaries are for t
+itself at the seeds reached: the first a t quantile, later ones order statistics of simulated null
+sweeps (t does not depend on σ) that have not stopped, from a fixed seed. ``futility=true`` adds a
+binding boundary spending β at ``effect_size`` (mean / sd of the per-seed differences); efficacy is then
+computed on the null sweeps that did not stop for futility. ``on_failure=drop`` looks without the seeds
+whose runs failed (never retried); ``stop`` halts before looking at a stage with failed runs (a rerun
+retries them). The repeated confidence interval mean ± c_k·se_k (Jennison & Turnbull 1989) covers the
+difference at every look at once with probability ≥ 1 − α, where the plain t interval would not.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
 
+from vit_ablate.report.references import canon, header_lines, number, parse_assignments
 from vit_ablate.schema import did_you_mean
-from vit_ablate.report.references import canon, header_tokens
 
 SIMULATIONS = 200_000  # null sweeps per boundary computation: α within about ±0.001
 _CHUNK = 20_000
-_LINE_RE = re.compile(r"^\s*#\s*sequential\s*:(?P<body>.*)$", re.IGNORECASE)
 SPENDING = {
     "obrien_fleming": lambda total, tau: float(2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - total / 2) / math.sqrt(tau))),
     "pocock": lambda total, tau: float(total * math.log(1 + (math.e - 1) * tau)),
 }
 SPENDING_NAMES = {"obrien_fleming": "O'Brien–Fleming", "pocock": "Pocock"}
-ON_FAILURE = ("drop", "stop")
+_CHOICES = {"spending": tuple(SPENDING), "futility": ("true", "false"), "on_failure": ("drop", "stop")}
 _OPTIONS = ("stages", "seeds_per_stage", "max_seeds", "alpha", "spending", "futility", "effect_size", "on_failure")
 
 
@@ -91,59 +73,46 @@ class Plan:
 def parse_plan(text: str, origin: str, seeds: Optional[Sequence], has_primary: bool, primary_kind: str = "") -> Optional[Plan]:
     """The ``# sequential:`` line of a sweep file, checked against its seeds and primary test; None
     without one. ValueError (one line, naming the line) for a plan that cannot run."""
-    lines = [(n, m) for n, line in enumerate(text.splitlines(), start=1) for m in [_LINE_RE.match(line)] if m]
+    lines = header_lines(text, "sequential")
     if not lines:
         return None
-    (lineno, match), where = lines[0], f"line {lines[0][0]} of {origin}: sequential: "
+    where = f"line {lines[0][0]} of {origin}: sequential: "
+
+    def fail(problem: str) -> NoReturn:
+        raise ValueError(where + problem)
+
     if len(lines) > 1:
-        raise ValueError(f"{where}a sweep has one plan; line {lines[1][0]} declares a second")
-    options = {}
-    for token in header_tokens(match["body"], where):
-        key, sep, value = token.partition("=")
-        if not sep or key not in _OPTIONS:
-            raise ValueError(f"{where}{token!r} is not one of {', '.join(o + '=' for o in _OPTIONS)}{did_you_mean(key, _OPTIONS)}")
-        options[key] = value.strip()
+        fail(f"a sweep has one plan; line {lines[1][0]} declares a second")
+    options = parse_assignments(lines[0][2], where)
+    for key, value in options.items():
+        if key not in _OPTIONS:
+            fail(f"{key}= is not one of {', '.join(o + '=' for o in _OPTIONS)}{did_you_mean(key, _OPTIONS)}")
+        value = options[key] = value.lower() if key in _CHOICES else value
+        if value not in _CHOICES.get(key, (value,)):
+            fail(f"{key}={value!r} is not valid; choose one of {', '.join(_CHOICES[key])}{did_you_mean(value, _CHOICES[key])}")
     if not has_primary:
-        raise ValueError(f"{where}a plan needs the test it decides: declare '# primary: paired A vs B' (or an interaction)")
+        fail("a plan needs the test it decides: declare '# primary: paired A vs B' (or an interaction)")
     if primary_kind not in ("paired", "interaction"):
-        raise ValueError(f"{where}a plan decides a per-seed mean difference; the primary is a {primary_kind} test: use paired or interaction")
+        fail(f"a plan decides a per-seed mean difference; the primary is a {primary_kind} test: use paired or interaction")
     if not seeds:
-        raise ValueError(f"{where}a plan adds seeds stage by stage: the sweep needs parameters: seed: values: [...]")
-    seeds = [canon(s) for s in seeds]
-
-    def number(key: str, kind=float):
-        try:
-            return kind(options[key]) if key in options else None
-        except ValueError:
-            raise ValueError(f"{where}{key}={options[key]!r} is not a{'n integer' if kind is int else ' number'}") from None
-
-    stages, per_stage, most = number("stages", int), number("seeds_per_stage", int), number("max_seeds", int)
+        fail("a plan adds seeds stage by stage: the sweep needs parameters: seed: values: [...]")
+    stages, per_stage, most = (number(options, k, where, int) for k in ("stages", "seeds_per_stage", "max_seeds"))
     if stages is None or stages < 1 or (per_stage is None) == (most is None):
-        raise ValueError(f"{where}give stages=K and either seeds_per_stage=M or max_seeds=N (e.g. stages=3 seeds_per_stage=8)")
+        fail("give stages=K and either seeds_per_stage=M or max_seeds=N (e.g. stages=3 seeds_per_stage=8)")
     most = most if most is not None else stages * per_stage
     if most != len(seeds) or most % stages or most // stages < 2:
-        raise ValueError(f"{where}stages={stages} × {most // stages if most % stages == 0 else most / stages:g} seeds does not add up: the sweep "
-                         f"lists {len(seeds)} seeds, which must split into {stages} equal stages of at least 2")
-    alpha = number("alpha") if "alpha" in options else 0.05
+        fail(f"{most} seeds in {stages} stages does not add up: the sweep lists {len(seeds)} seeds, which must split "
+             f"into {stages} equal stages of at least 2")
+    alpha = number(options, "alpha", where) if "alpha" in options else 0.05
     if not 0 < alpha < 0.5:
-        raise ValueError(f"{where}alpha={options['alpha']} must lie in (0, 0.5)")
-    spending = options.get("spending", "obrien_fleming")
-    if spending not in SPENDING:
-        raise ValueError(f"{where}spending={spending!r} is not valid; choose one of {', '.join(SPENDING)}{did_you_mean(spending, SPENDING)}")
-    futility = options.get("futility", "false").lower()
-    if futility not in ("true", "false"):
-        raise ValueError(f"{where}futility={options['futility']!r}: use true or false")
-    effect = number("effect_size")
-    if effect is not None and not (math.isfinite(effect) and effect > 0):
-        raise ValueError(f"{where}effect_size={options['effect_size']} must be a positive number (mean / sd of the per-seed differences)")
-    if futility == "true" and effect is None:
-        raise ValueError(f"{where}futility=true needs effect_size=D, the planned mean / sd of the per-seed differences")
-    on_failure = options.get("on_failure", "drop")
-    if on_failure not in ON_FAILURE:
-        raise ValueError(f"{where}on_failure={on_failure!r} is not valid; choose one of {', '.join(ON_FAILURE)}{did_you_mean(on_failure, ON_FAILURE)}")
-    size = most // stages
-    return Plan(tuple(tuple(seeds[k * size:(k + 1) * size]) for k in range(stages)), alpha, spending,
-                futility == "true", effect, on_failure, f"line {lineno} of {origin}")
+        fail(f"alpha={options['alpha']} must lie in (0, 0.5)")
+    effect, futility = number(options, "effect_size", where), options.get("futility") == "true"
+    if (effect is not None and not (math.isfinite(effect) and effect > 0)) or (futility and effect is None):
+        fail("futility=true needs effect_size=D > 0, the planned mean / sd of the per-seed differences")
+    size, seeds = most // stages, [canon(s) for s in seeds]
+    return Plan(tuple(tuple(seeds[k * size:(k + 1) * size]) for k in range(stages)), alpha,
+                options.get("spending", "obrien_fleming"), futility, effect, options.get("on_failure", "drop"),
+                f"line {lines[0][0]} of {origin}")
 
 
 # ------------------------------------------------------------------------------------- boundaries
@@ -173,8 +142,7 @@ class Boundaries:
 @functools.lru_cache(maxsize=64)
 def boundaries(plan: Plan, ns: Optional[Tuple[int, ...]] = None, sweeps: int = SIMULATIONS, seed: int = 1983) -> Boundaries:
     """Boundaries for looks after ``ns[k]`` seeds, look k closing stage k (default: the plan's looks;
-    fewer seeds where runs dropped out). The plan's last stage spends all the α left. Cached: the same
-    looks always give the same boundaries."""
+    fewer where runs dropped out); the last stage spends all the α left. Cached and deterministic."""
     ns = list(plan.looks if ns is None else ns)
     null = np.abs(t_statistics(ns, 0.0, sweeps, seed))
     alt = np.abs(t_statistics(ns, plan.effect_size, sweeps, seed + 1)) if plan.effect_size else None
@@ -246,7 +214,7 @@ def decide_looks(plan: Plan, differences: Sequence[Sequence[float]], dropped: Se
     One Look per stage up to the first that does not say "continue"."""
     ns = [len(d) for d in differences]
     if not ns or min(ns) < 2:
-        raise ValueError(f"a look needs at least 2 seeds with both arms; stage {ns.index(min(ns)) + 1 if ns else 1} has {min(ns) if ns else 0}")
+        raise ValueError(f"a look needs at least 2 seeds with both arms; the stages have {ns}")
     bounds = boundaries(plan, tuple(ns))
     looks: List[Look] = []
     for k, d in enumerate(differences):
@@ -277,33 +245,27 @@ ENDED = ("completed", "diverged", "failed")  # a run that will not change any mo
 
 
 def stage_looks(plan: Plan, runs, arms: int, differences: Callable[[Any], Sequence[float]]) -> Tuple[List[Look], str, bool]:
-    """The looks a sweep makes, from its table of runs (``seed``, ``status``, ``value``): stage k is
-    looked at once its ``arms`` × seeds runs have all ended, on the per-seed ``differences`` of the rows
-    of stages 1..k. Returns the looks, why there are no more (or ""), and whether the stage after the
-    last look is still to run (rather than stopped by a decision or by the plan's rule on failures)."""
-    diffs, dropped = [], []
+    """The looks a sweep makes from its runs (``seed``, ``status``, ``value``): stage k once its ``arms`` ×
+    seeds runs have all ended, on the per-seed ``differences`` of the rows of stages 1..k. Returns the
+    looks, why there are no more (or ""), and whether the stage after the last look is still to run."""
+    diffs, dropped, why, waiting = [], [], "", False
     for k, seeds in enumerate(plan.stages):
         rows = runs[runs["seed"].isin(seeds)]
-        ended = rows["status"].isin(ENDED)
-        if int(ended.sum()) < arms * len(seeds):
-            waiting = "not started" if rows.empty else f"{int(ended.sum())} of {arms * len(seeds)} runs ended"
-            return _decided(plan, diffs, dropped, f"stage {k + 1} of {len(plan.stages)}: {waiting}", True)
-        failed = int((rows["status"] == "failed").sum())
-        if failed and plan.on_failure == "stop":
-            return _decided(plan, diffs, dropped, f"stage {k + 1}: {failed} run(s) failed, and the plan stops before "
-                                                  "looking (on_failure=stop); rerunning the sweep retries them")
-        d = differences(runs[runs["seed"].isin(plan.seeds_through(k))])
-        diffs.append(d)
-        dropped.append(len(plan.seeds_through(k)) - len(d))
-        if len(d) < 2:
-            return _decided(plan, diffs[:-1], dropped[:-1], f"stage {k + 1}: {len(d)} seed(s) with both arms; a look needs 2")
-        looks = decide_looks(plan, diffs, dropped)
-        if looks[-1].decision != "continue":
-            return looks, "", False
-    return decide_looks(plan, diffs, dropped), "", False
-
-
-def _decided(plan: Plan, diffs, dropped, why: str, waiting: bool = False) -> Tuple[List[Look], str, bool]:
+        ended, failed = int(rows["status"].isin(ENDED).sum()), int((rows["status"] == "failed").sum())
+        if ended < arms * len(seeds):
+            waiting, why = True, f"stage {k + 1} of {len(plan.stages)}: " + (
+                f"{ended} of {arms * len(seeds)} runs ended" if len(rows) else "not started")
+        elif failed and plan.on_failure == "stop":
+            why = (f"stage {k + 1}: {failed} run(s) failed, and the plan stops before looking (on_failure=stop); "
+                   "rerunning the sweep retries them")
+        elif len(d := differences(runs[runs["seed"].isin(plan.seeds_through(k))])) < 2:
+            why = f"stage {k + 1}: {len(d)} seed(s) with both arms; a look needs 2"
+        else:
+            diffs.append(d)
+            dropped.append(len(plan.seeds_through(k)) - len(d))
+            if decide_looks(plan, diffs, dropped)[-1].decision == "continue":
+                continue
+        break
     return (decide_looks(plan, diffs, dropped) if diffs else []), why, waiting
 
 

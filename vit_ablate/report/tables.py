@@ -1,16 +1,9 @@
 """A report's text: report.md with its verdicts, report.csv and runs.csv.
 
-Verdicts are fixed words, each from one test and no stronger than it. The primary contrast's, at
-α = 0.05 without correction: **reproduced** (significant, the paper's direction), **contradicted** (the
-other way; for an equivalence, a significant difference), **equivalent within ±margin** (TOST), or
-**inconclusive at n = k** with the power n had. Every other comparison is judged on its one
-Holm-adjusted p; the paper's values are quoted where both groups have one, "agrees in direction" only
-about a difference the test established.
-
-The Markdown shows accuracies in percent and differences in percentage points (the paper's units); the
-CSVs keep raw values (fractions). A value that comes from a run (names, config values, errors) is
-escaped where it is written: in Markdown it cannot close a cell, start a line, or inject HTML or a link;
-in a CSV a cell starting with ``= + - @`` gets a leading ``'`` so a spreadsheet shows, not evaluates, it.
+Verdicts are fixed words, each from one test and no stronger than it (analysis and contrasts decide
+them). Markdown shows accuracies in percent and differences in points (the paper's units); the CSVs
+keep fractions. A value from a run is escaped where it is written: in Markdown it cannot close a cell,
+start a line, or inject HTML or a link; in a CSV a formula-like cell gets a leading ``'``.
 """
 
 from __future__ import annotations
@@ -29,6 +22,8 @@ from vit_ablate.report.sequential import plan_power
 
 TABLE_COLUMNS = ["group", "n", "mean", "std", "95% CI (t)", "Δ vs baseline", "Δ 95% CI (t)", "p (paired t)",
                  "p (sign-flip, exact)", "p (Holm)", "paper"]
+LOOK_COLUMNS = ["stage", "seeds", "mean", "t", "efficacy boundary |t| ≥", "futility boundary |t| <",
+                "repeated 95% CI", "decision"]
 DASH = "—"
 PAST_BOUND = " ‡"  # marks an accuracy interval that reaches past 0–100% (a difference's: past ±100 points)
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
@@ -36,8 +31,7 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def md_escape(text: Any) -> str:
-    """A value from a run, safe inside a Markdown table cell or line: one line, no HTML, no link, no
-    cell separator, no code span."""
+    """A value from a run as one line with no HTML, link, cell separator or code span."""
     out = " ".join(str(text).split())
     for raw, safe in (("\\", "\\\\"), ("|", "\\|"), ("`", "\\`"), ("](", "]\\("), ("*", "\\*")):
         out = out.replace(raw, safe)
@@ -45,11 +39,10 @@ def md_escape(text: Any) -> str:
 
 
 def csv_cell(value: Any) -> Any:
-    """A string starting like a spreadsheet formula gets a leading apostrophe; numbers stay numbers."""
+    """A string starting like a spreadsheet formula (but not a number like "-0.5") gets a leading apostrophe."""
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         try:
             float(value)
-            return value  # "-0.5" is a number, not a formula
         except ValueError:
             return "'" + value
     return value
@@ -77,29 +70,28 @@ class Units:
     def unit(self) -> str:
         return " points" if self.is_fraction else ""
 
-    def value(self, x: float) -> str:
-        return DASH if x is None or math.isnan(x) else f"{x * 100:.2f}" if self.is_fraction else f"{x:.4g}"
+    def value(self, x: float, sign: str = "") -> str:
+        if x is None or math.isnan(x):
+            return DASH
+        return f"{x * 100:{sign}.2f}" if self.is_fraction else f"{x:{sign}.4g}"
 
     def delta(self, x: float) -> str:
-        return DASH if x is None or math.isnan(x) else f"{x * 100:+.2f}" if self.is_fraction else f"{x:+.4g}"
+        return self.value(x, "+")
 
     def magnitude(self, x: float) -> str:
         """|x| with its unit: "7.10 points"."""
-        return (f"{abs(x) * 100:.2f}" if self.is_fraction else f"{abs(x):.4g}") + self.unit
+        return self.value(abs(x)) + self.unit
 
-    def interval(self, low: float, high: float, signed: bool = False) -> str:
+    def interval(self, low: float, high: float, signed: bool = False, label: str = "") -> str:
         if low is None or high is None or math.isnan(low) or math.isnan(high):
-            return DASH
+            return f"[{label}{DASH}]" if label else DASH
         show = self.delta if signed else self.value
         past = self.is_fraction and (low < (-1 if signed else 0) or high > 1)
-        return f"[{show(low)}, {show(high)}]" + (PAST_BOUND if past else "")
+        return f"[{label}{show(low)}, {show(high)}]" + (PAST_BOUND if past else "")
 
-    def reference(self, x: float) -> str:
+    def reference(self, x: float, sign: str = "") -> str:
         # Paper values come as fractions (Table 8: 0.61382) or in percent (Table 6: 80.73).
-        return f"{x * 100:.2f}" if self.is_fraction and abs(x) <= 1.0 else f"{x:.4g}"
-
-    def reference_delta(self, x: float) -> str:
-        return f"{x * 100:+.2f}{self.unit}" if self.is_fraction and abs(x) <= 1.0 else f"{x:+.4g}"
+        return Units(self.is_fraction and abs(x) <= 1.0).value(x, sign)
 
 
 def holm_cell(group: pd.Series) -> str:
@@ -108,17 +100,20 @@ def holm_cell(group: pd.Series) -> str:
         fmt_p(group["p_holm"]) + (" (TOST)" if group["holm"] == "secondary equivalence" else ""))
 
 
-def _markdown_row(cells: Sequence[str]) -> str:
+def _markdown_row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(md_escape(c) for c in cells) + " |"
 
 
-def group_table(analysis: Analysis) -> str:
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    return [_markdown_row(columns), "|" + "---|" * len(columns), *map(_markdown_row, rows)]
+
+
+def group_table(analysis: Analysis) -> List[str]:
     units = Units(analysis.is_fraction)
-    lines = [_markdown_row(TABLE_COLUMNS), "|" + "---|" * len(TABLE_COLUMNS)]
+    rows = []
     for label, g in analysis.groups.iterrows():
-        compared = not math.isnan(g["delta"])
-        ref = g["reference"]
-        lines.append(_markdown_row([
+        compared, ref = not math.isnan(g["delta"]), g["reference"]
+        rows.append([
             label + (" (baseline)" if g["is_baseline"] else ""),
             f"{g['n']}" if g["n"] == g["n_total"] else f"{g['n']} of {g['n_total']}",
             units.value(g["mean"]), units.value(g["std"]), units.interval(g["ci_low"], g["ci_high"]),
@@ -126,45 +121,34 @@ def group_table(analysis: Analysis) -> str:
             fmt_p(g["p_t"]) + ("" if not compared or g["paired"] else " †"), fmt_p(g["p_signflip"]),
             holm_cell(g) if compared else DASH,
             f"{units.reference(float(ref['value']))} ({ref.get('source') or 'paper'}"
-            f"{', ' + ref['metric'] if ref.get('metric') else ''})" if ref else DASH,
-        ]))
-    return "\n".join(lines)
+            f"{', ' + ref['metric'] if ref.get('metric') else ''})" if ref else DASH])
+    return _table(TABLE_COLUMNS, rows)
 
 
-LOOK_COLUMNS = ["stage", "seeds", "mean", "t", "efficacy boundary |t| ≥", "futility boundary |t| <",
-                "repeated 95% CI", "decision"]
-
-
-def look_lines(r: ContrastResult, units: "Units") -> List[str]:
+def look_lines(r: ContrastResult, units: Units) -> List[str]:
     """The plan, each look's statistic against its boundaries, and the repeated confidence interval."""
-    plan, level = r.plan, f"{100 * (1 - r.plan.alpha):g}%"
-    power = plan_power(plan)
-    lines = [f"Group-sequential plan ({md_escape(plan.where)}): {md_escape(plan.describe())}"
-             + (f"; power {power:.2f} at effect size {plan.effect_size:g} (mean / sd of the per-seed differences)" if power else "")
-             + ". Boundaries are for the paired t statistic at the seeds each look had; the repeated interval keeps its "
-             f"{level} coverage under every look. The fixed-n tests in the sentence above describe all the seeds; "
-             "the plan alone decides.", "",
-             _markdown_row([c.replace("95%", level) for c in LOOK_COLUMNS]), "|" + "---|" * len(LOOK_COLUMNS)]
-    for look in r.looks:
-        seeds = f"{look.n} of {len(plan.seeds_through(look.stage - 1))}" if look.dropped else f"{look.n}"
-        lines.append(_markdown_row([f"{look.stage} of {len(plan.stages)}", seeds, f"{units.delta(look.mean)}{units.unit}",
-                                    f"{look.t:+.3f}", f"{look.efficacy:.3f}",
-                                    DASH if look.futility is None else f"{look.futility:.3f}",
-                                    units.interval(*look.rci, signed=True), look.decision]))
-    if r.looks_end:
-        lines += ["", f"No further look: {md_escape(r.looks_end)}."]
-    return lines
+    plan, level, power = r.plan, f"{100 * (1 - r.plan.alpha):g}%", plan_power(r.plan)
+    rows = [[f"{look.stage} of {len(plan.stages)}",
+             f"{look.n} of {len(plan.seeds_through(look.stage - 1))}" if look.dropped else look.n,
+             units.delta(look.mean) + units.unit, f"{look.t:+.3f}", f"{look.efficacy:.3f}",
+             DASH if look.futility is None else f"{look.futility:.3f}", units.interval(*look.rci, signed=True),
+             look.decision] for look in r.looks]
+    return [f"Group-sequential plan ({md_escape(plan.where)}): {md_escape(plan.describe())}"
+            + (f"; power {power:.2f} at effect size {plan.effect_size:g}" if power else "")
+            + f". Boundaries are for the paired t at each look's seeds; the repeated interval keeps {level} coverage "
+            "under every look. The plan alone decides (the fixed-n tests above use all the seeds).", "",
+            *_table([c.replace("95%", level) for c in LOOK_COLUMNS], rows),
+            *(["", f"No further look: {md_escape(r.looks_end)}."] if r.looks_end else [])]
 
 
 def report_rows(analysis: Analysis) -> List[Dict[str, Any]]:
-    """report.csv: one row a group, then one a declared contrast; raw values (fractions, not percent)."""
+    """report.csv: one row a group, then one a declared contrast and one a look; fractions, not percent."""
     rows = []
     for label, g in analysis.groups.iterrows():
         ref = g["reference"] or {}
         rows.append({"group": label, **{k: g[k] for k in analysis.by}, "baseline": g["is_baseline"], "n": g["n"],
-                     "n_total": g["n_total"], **{k: g[k] for k in ("mean", "std", "ci_low", "ci_high", "delta",
-                                                                   "delta_ci_low", "delta_ci_high", "n_pairs", "paired",
-                                                                   "p_t", "p_signflip", "p_holm", "holm")},
+                     **{k: g[k] for k in ("n_total", "mean", "std", "ci_low", "ci_high", "delta", "delta_ci_low",
+                                          "delta_ci_high", "n_pairs", "paired", "p_t", "p_signflip", "p_holm", "holm")},
                      "paper": ref.get("value"), "paper_metric": ref.get("metric"), "paper_source": ref.get("source"),
                      "seeds": g["seeds"]})
     for r in ([analysis.primary] if analysis.primary else []) + analysis.secondary:
@@ -172,11 +156,10 @@ def report_rows(analysis: Analysis) -> List[Dict[str, Any]]:
                      "delta": r.estimate, "delta_ci_low": r.ci_low, "delta_ci_high": r.ci_high, "ci_method": r.ci_label,
                      "p": r.p, "p_t": r.p_t, "p_signflip": r.p_perm, "p_holm": r.p_holm, "margin": r.spec.margin,
                      "power": r.power, "verdict": r.verdict})
-        for look in r.looks:
-            rows.append({"group": f"look {look.stage} of {len(r.plan.stages)}: {r.spec.label}", "role": "look",
-                         "n": look.n, "delta": look.mean, "delta_ci_low": look.rci[0], "delta_ci_high": look.rci[1],
-                         "ci_method": f"repeated {100 * (1 - r.plan.alpha):g}%", "t": look.t, "efficacy": look.efficacy,
-                         "futility": look.futility, "verdict": look.decision})
+        rows += [{"group": f"look {look.stage} of {len(r.plan.stages)}: {r.spec.label}", "role": "look", "n": look.n,
+                  "delta": look.mean, "delta_ci_low": look.rci[0], "delta_ci_high": look.rci[1],
+                  "ci_method": f"repeated {100 * (1 - r.plan.alpha):g}%", "t": look.t, "efficacy": look.efficacy,
+                  "futility": look.futility, "verdict": look.decision} for look in r.looks]
     return rows
 
 
@@ -201,25 +184,20 @@ def runs_rows(analysis: Analysis) -> tuple[List[Dict[str, Any]], List[str]]:
 
 _KIND_TEST = {"paired": "paired t-test", "interaction": "one-sample t-test of the per-seed interaction",
               "fisher": "Fisher's exact test", "equivalence": "two one-sided t-tests (TOST)"}
-_SECTION_MEANING = {  # where in a result the metric was found, and which weights that means
-    "final": "the `final` section: the last epoch's validation, i.e. the weights of checkpoints/last.ckpt "
-             "(EMA weights where optim.ema_decay is set)",
+_SECTION_MEANING = {  # where in a result the metric was found, and so which weights it measures
+    "final": "the `final` section (the last epoch's weights, checkpoints/last.ckpt; EMA where optim.ema_decay is set)",
     "table": "runs.csv (the value each run recorded at its last epoch)", "summary": "the W&B run's summary",
-    "test": "the `test` section: the test split, evaluated once after training with the last weights",
-    "best": "the `best` section: the best validation epoch (selected on the validation split itself)",
-    "fewshot": "the `fewshot` section: few-shot linear accuracy on the final weights",
-}
+    "test": "the `test` section (the test split, evaluated once after training with the last weights)",
+    "best": "the `best` section (the best validation epoch, selected on the validation split itself)",
+    "fewshot": "the `fewshot` section (few-shot linear accuracy of the final weights)"}
 
 
 def _paper_clause(g: pd.Series, base: pd.Series, analysis: Analysis, units: Units, established: bool) -> str:
     ref_g, ref_b = g["reference"], base["reference"]
-    if not ref_g or not ref_b or ref_g is ref_b:
-        return ""
     # The paper's difference speaks to ours only when its two numbers differ in everything our two groups
     # differ in and measure the same thing (5-shot accuracy minus another paper's top-1 is no difference).
-    differing = {k for k in analysis.by if g[k] != base[k]}
-    if not differing <= set(ref_g.get("params") or {}) & set(ref_b.get("params") or {}) \
-            or ref_g.get("metric") != ref_b.get("metric"):
+    if not ref_g or not ref_b or ref_g is ref_b or ref_g.get("metric") != ref_b.get("metric") or not \
+            {k for k in analysis.by if g[k] != base[k]} <= set(ref_g.get("params") or {}) & set(ref_b.get("params") or {}):
         return ""
     paper_diff = float(ref_g["value"]) - float(ref_b["value"])
     source = ref_g.get("source") or ref_b.get("source") or "paper"
@@ -232,30 +210,28 @@ def _paper_clause(g: pd.Series, base: pd.Series, analysis: Analysis, units: Unit
     if established and paper_diff:
         agrees = (paper_diff > 0) == (g["delta"] > 0)
         return f" — {'agrees' if agrees else 'disagrees'} in direction with {where} ({g_text} {'<' if paper_diff < 0 else '>'} {b_text})"
-    return f" — {where}: {g_text} vs {b_text} ({units.reference_delta(paper_diff)})"
+    return f" — {where}: {g_text} vs {b_text} ({units.reference(paper_diff, '+')}{units.unit if abs(paper_diff) <= 1 else ''})"
 
 
 def comparison_verdict(label: str, analysis: Analysis) -> str:
     """A group against the baseline, judged on its Holm-adjusted p (or shown as descriptive)."""
-    units, g = Units(analysis.is_fraction), analysis.groups.loc[label]
-    base = analysis.groups.loc[analysis.baseline]
+    units, g, base = Units(analysis.is_fraction), analysis.groups.loc[label], analysis.groups.loc[analysis.baseline]
     base_name = base["short"] if len(analysis.by) == 1 else base.name
     test, perm = ("paired t", "exact sign-flip") if g["paired"] else ("Welch t", "permutation")
     holm = f"Holm over {analysis.family_size}" if analysis.family_size > 1 else "one comparison, no correction"
     established = g["p_holm"] < ALPHA
     sign = 1 if g["delta"] >= 0 or not established else -1  # an established difference is told as a magnitude
-    ci = units.interval(*sorted([sign * g["delta_ci_low"], sign * g["delta_ci_high"]]), signed=not established)
-    ci = f" [95% CI {ci[1:].split(']')[0]}]" if ci != DASH else " (no interval)"
+    ci = units.interval(*sorted([sign * g["delta_ci_low"], sign * g["delta_ci_high"]]), not established, "95% CI ")
     if established:
         line = (f"{label} is {'better' if (g['delta'] > 0) == analysis.higher_is_better else 'worse'} than {base_name} by "
-                f"{units.magnitude(g['delta'])}{ci}, {test} p={fmt_p(g['p_holm'])} ({holm}), {perm} p="
+                f"{units.magnitude(g['delta'])} {ci}, {test} p={fmt_p(g['p_holm'])} ({holm}), {perm} p="
                 f"{fmt_p(g['p_signflip'])}, " + (f"n={g['n_pairs']} paired seeds" if g["paired"] else
                                                   f"n={g['n']} vs {base['n']} runs, unpaired (no seed in common)"))
     else:
         n = g["n_pairs"] if g["paired"] else min(g["n"], base["n"])
         line = (f"{label} vs {base_name}: " + (f"not distinguishable after Holm at n={n}" if g["holm"] == "" else
                                                "descriptive, not in the Holm family")
-                + f" (difference {units.delta(g['delta'])}{units.unit}{ci}, {test} p={fmt_p(g['p_t'])}"
+                + f" (difference {units.delta(g['delta'])}{units.unit} {ci}, {test} p={fmt_p(g['p_t'])}"
                 + (f", {holm}: {fmt_p(g['p_holm'])}" if g["holm"] == "" else "") + f"; {perm} p={fmt_p(g['p_signflip'])}"
                 + (f", which cannot go below {fmt_p(g['min_signflip_p'])} at this n)" if g["min_signflip_p"] >= ALPHA else ")"))
     return line + _paper_clause(g, base, analysis, units, established)
@@ -291,26 +267,24 @@ def contrast_sentence(r: ContrastResult, analysis: Analysis) -> str:
     elif r.n == 0:
         body = "no pairs to test (" + "; ".join(r.notes) + ")"
     else:
-        ci = units.interval(r.ci_low, r.ci_high, signed=True)
         per_seed = ", ".join(units.delta(v) for v in r.per_seed)
         test = "Welch t" if r.unpaired else ("one-sample t" if r.kind == "interaction" else "paired t")
         body = (f"{'interaction' if r.kind == 'interaction' else 'difference'} {units.delta(r.estimate)}{units.unit} "
-                f"[{r.ci_label} CI {ci[1:].split(']')[0] if ci != DASH else DASH}]"
+                f"{units.interval(r.ci_low, r.ci_high, True, f'{r.ci_label} CI ')}"
                 + (f" (per seed: {per_seed})" if per_seed else "") + f", n={r.n}; "
                 + (f"TOST p={fmt_p(r.p)} for |difference| < {units.magnitude(r.spec.margin)}; " if r.kind == "equivalence" else "")
                 + f"{test} p={fmt_p(r.p_t)}, {'permutation' if r.unpaired else 'exact sign-flip'} p={fmt_p(r.p_perm)}"
                 + (f" (cannot go below {fmt_p(r.min_perm_p)} at n={r.n})" if r.min_perm_p >= ALPHA else ""))
     if r.spec.role == "secondary":
         body += f"; Holm-adjusted p={fmt_p(r.p_holm)}" + (" (of the TOST)" if r.kind == "equivalence" else "")
-    expect = ""
     if r.expect and r.kind != "equivalence":
-        expect = f"; the paper's direction: {'interaction' if r.kind == 'interaction' else 'A − B'} {'>' if r.expect == 'greater' else '<'} 0"
+        body += f"; the paper's direction: {'interaction' if r.kind == 'interaction' else 'A − B'} {'>' if r.expect == 'greater' else '<'} 0"
     verdict = display_verdict(r, units)
     if verdict == "contradicted" and r.kind == "equivalence":
         verdict += f" (not equivalent: the difference itself is significant, paired t p={fmt_p(r.p_t)})"
     if verdict.startswith("inconclusive") and _power_clause(r, units):
         verdict += f" ({_power_clause(r, units)})"
-    return f"{r.spec.label} [{_KIND_TEST[r.kind]}]: {body}{expect} → {verdict}"
+    return f"{r.spec.label} [{_KIND_TEST[r.kind]}]: {body} → {verdict}"
 
 
 def secondary_lines(analysis: Analysis) -> List[str]:
@@ -324,74 +298,60 @@ def secondary_lines(analysis: Analysis) -> List[str]:
         statuses = analysis.runs.loc[analysis.runs["group"] == label, "status"].value_counts().sort_index()
         lines.append(f"{label}: no completed runs with {analysis.metric} ("
                      + ", ".join(f"{k} {v}" for k, v in statuses.items()) + ") — not compared; see Not included")
-    if groups["delta"].isna().all():
-        usable = (groups["n"] > 0).sum()
-        if usable <= 1 and analysis.baseline is not None:
-            lines.append("one group only: nothing to compare")
-        elif analysis.baseline is None and usable:
-            lines.append("no baseline group with completed runs: no comparisons")
+    usable = (groups["n"] > 0).sum()
+    if groups["delta"].isna().all() and usable <= 1 and analysis.baseline is not None:
+        lines.append("one group only: nothing to compare")
+    elif groups["delta"].isna().all() and analysis.baseline is None and usable:
+        lines.append("no baseline group with completed runs: no comparisons")
     return lines
 
 
 def _method_lines(analysis: Analysis) -> List[str]:
-    units = Units(analysis.is_fraction)
     found = "; ".join(f"{_SECTION_MEANING.get(s, s)} for {c} run{'s' if c != 1 else ''}"
                       for s, c in sorted(analysis.sections.items())) or "no included run has it"
-    shown = "shown in % (accuracy × 100), differences in percentage points" if units.is_fraction else "shown as recorded"
-    by = ", ".join(f"`{md_escape(k)}`" for k in analysis.by) or "(nothing: all runs form one group)"
     baseline = (f"baseline group `{md_escape(analysis.baseline)}` ({analysis.baseline_reason})." if analysis.baseline
                 else f"no baseline group ({analysis.baseline_reason}): no comparisons.")
     members, origin = analysis.design.holm
-    m = analysis.family_size
     family = "the declared secondaries" + (" and each group's difference to the baseline that no declared contrast "
                                            "compares" if "baseline" in members else "")
     return [
-        f"- Metric: `{md_escape(analysis.metric)}` from {found}; {shown}; "
-        f"{'higher' if analysis.higher_is_better else 'lower'} is better.",
-        f"- Grouped by {by}; replicates: `seed`; {baseline} Runs that differ in any other config key (but how they "
-        "executed) are never pooled.",
-        "- Intervals: 95% Student's t (mean ± t·s/√n) for a group mean and for a mean paired difference (Welch's "
-        f"where unpaired); none at n=1; std with ddof=1;{PAST_BOUND} marks an accuracy interval reaching past "
-        "0–100% (past ±100 points for a difference), where the normal approximation behind it fails at this n.",
-        "- Tests: the primary contrast declared in the sweep file decides the verdict, at α=0.05 without correction. "
-        "Δ is group − baseline, the mean of the per-seed differences (paired by seed; † unpaired, Welch); p (paired t) "
-        "is the paired t-test, p (sign-flip, exact) the exact sign-flip permutation test beside it (free of the "
-        f"normality assumption, but never below 2/2^n: 0.25 at n=3). One Holm family ({md_escape(origin)}): {family}, "
-        f"{m} comparison{'s' if m != 1 else ''}; each has one adjusted p, p (Holm), which alone decides it (an "
-        "equivalence's is its TOST's).",
+        f"- Metric: `{md_escape(analysis.metric)}` from {found}; "
+        + ("in % (accuracy × 100), differences in percentage points; " if analysis.is_fraction else "")
+        + f"{'higher' if analysis.higher_is_better else 'lower'} is better.",
+        f"- Grouped by {', '.join(f'`{md_escape(k)}`' for k in analysis.by) or 'nothing (one group)'}, replicates by "
+        f"`seed`; {baseline} Runs that differ in another config key (but how they executed) are never pooled.",
+        f"- Intervals: 95% Student's t of a group mean and of a mean paired difference (Welch's where unpaired); "
+        f"none at n=1;{PAST_BOUND}: past 0–100% (±100 points), where the normal approximation fails at this n.",
+        "- Tests: the primary contrast decides the verdict at α=0.05 without correction. Δ is group − baseline, the mean "
+        "per-seed difference († unpaired: Welch); beside the paired t-test, the exact sign-flip test (free of normality, "
+        f"never below 2/2^n: 0.25 at n=3). One Holm family ({md_escape(origin)}): {family}, {analysis.family_size} "
+        "comparison(s), each decided by its p (Holm) alone (an equivalence's is its TOST's).",
     ]
 
 
 def render_markdown(analysis: Analysis, title: str, figures: Sequence[Tuple[str, str]] = (), notes: Sequence[str] = (),
                     written_to: str = "", primary_line: str = "") -> str:
-    included = int(analysis.groups["n"].sum())
-    parts = [f"# {md_escape(title)}", "", f"- Runs: {included} included of {len(analysis.runs)}, from "
-             + "; ".join(md_escape(s) for s in analysis.design.sources) + "."]
+    parts = [f"# {md_escape(title)}", "", f"- Runs: {int(analysis.groups['n'].sum())} included of {len(analysis.runs)}, "
+             "from " + "; ".join(md_escape(s) for s in analysis.design.sources) + "."]
     parts += [f"- Written to {md_escape(written_to)}."] if written_to else []
     parts += _method_lines(analysis) + ["", "## Primary contrast", ""]
     r = analysis.primary
     if r is not None:
         parts += [f"Declared on line {r.spec.line} of {md_escape(r.spec.origin)}: `{md_escape(r.spec.text)}`", "",
                   f"**Verdict: {md_escape(display_verdict(r, Units(analysis.is_fraction)))}.** {md_escape(primary_line)}"]
-        if r.plan is not None:
-            parts += ["", *look_lines(r, Units(analysis.is_fraction))]
+        parts += ["", *look_lines(r, Units(analysis.is_fraction))] if r.plan is not None else []
     else:
         parts.append("None declared: the sweep file has no `# primary:` line, so this report gives no verdict; "
                      "every comparison below is secondary.")
-    parts += ["", "## Groups", "", group_table(analysis), "", "## Secondary comparisons", ""]
+    parts += ["", "## Groups", "", *group_table(analysis), "", "## Secondary comparisons", ""]
     parts += [f"- {md_escape(line)}" for line in secondary_lines(analysis)]
     all_notes = list(analysis.notes) + list(notes)
-    if all_notes:
-        parts += ["", "## Notes", ""] + [f"- {md_escape(note)}" for note in all_notes]
-    parts += ["", "## Not included", ""]
+    parts += ["", "## Notes", ""] + [f"- {md_escape(note)}" for note in all_notes] if all_notes else []
     excluded = analysis.runs[analysis.runs["value"].isna()]
-    if len(excluded):
-        parts += ["| run | group | seed | status | reason |", "|---|---|---|---|---|"] + [_markdown_row(
-            [run["run"], run["group"], run["seed"] or DASH, run["status"], run["why"]]) for _, run in excluded.iterrows()]
-    else:
-        parts.append("Every run completed and has the metric.")
-    if figures:
-        parts += ["", "## Figures"]
-        for name, caption in figures:
-            parts += ["", f"![{md_escape(name)}]({md_escape(name)})", "", f"*{md_escape(name)}*: {md_escape(caption)}"]
+    parts += ["", "## Not included", "", *(_table(["run", "group", "seed", "status", "reason"], [
+        [run["run"], run["group"], run["seed"] or DASH, run["status"], run["why"]] for _, run in excluded.iterrows()])
+        if len(excluded) else ["Every run completed and has the metric."])]
+    parts += ["", "## Figures"] if figures else []
+    for name, caption in figures:
+        parts += ["", f"![{md_escape(name)}]({md_escape(name)})", "", f"*{md_escape(name)}*: {md_escape(caption)}"]
     return "\n".join(parts) + "\n"
