@@ -1,13 +1,10 @@
 """``vit-ablate report``: tables, verdicts and figures from run folders, a sweep, a runs.csv, or a W&B sweep.
 
-    report = run_report(["runs/pos-embed"])          # a sweep folder (with sweep.json)
-    print(report.markdown)                            # report.md, report.csv, runs.csv, *.png in report.out
+    report = run_report(["runs/pos-embed"])          # report.md, report.csv, runs.csv, *.png in report.out
     run_report(["results/x/runs.csv", "sweeps/x.yaml"], out="results/x")   # regenerate without run folders
 
-The runs become one DataFrame (``runs.collect_runs``; run folders are read by ``vit_ablate.rundir``),
-analysed by ``analysis.analyse`` with the statistics of ``stats``. Every check on the input (paths,
-metric, grouping keys, runs that differ outside them, baseline, declared contrasts, output folder) runs
-before the first file is written; a failed one raises ValueError (CLI exit 2).
+The runs become one DataFrame (``runs``), analysed by ``analysis`` with ``stats``. Every check on the
+input runs before the first file is written; a failed one raises ValueError (CLI exit 2).
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import pandas as pd
 
 from vit_ablate.io import atomic_write_text
 from vit_ablate.report.analysis import Analysis, analyse, default_by, differing_keys
-from vit_ablate.report.plots import FIGURES, figure_caption, plot_all
+from vit_ablate.report.plots import plot_all
 from vit_ablate.report.runs import RUNS_TABLE, collect_runs
 from vit_ablate.report.tables import contrast_sentence, render_markdown, report_rows, runs_rows, secondary_lines, write_csv
 
@@ -45,14 +42,12 @@ class Report:
         return self.analysis.runs[self.analysis.runs["value"].isna()]
 
 
-def _default_out(paths: Sequence[str], wandb_path: Optional[str]) -> Path:
-    """``<sweep or run folder>/report``; a runs.csv's own folder; ``runs/wandb-<id>/report``. Several
-    inputs have no natural home, so they need --out: a report never writes into one of its runs."""
-    inputs = list(dict.fromkeys(p for p in paths if not p.endswith((".yaml", ".yml"))))
+def _default_out(inputs: Sequence[str], wandb_path: Optional[str]) -> Path:
+    """``<sweep or run folder>/report``, a runs.csv's own folder, or ``runs/wandb-<id>/report``; several
+    inputs need --out (a report never picks one of its runs' folders to write into)."""
     if len(inputs) + bool(wandb_path) > 1:
-        raise ValueError(f"{len(inputs) + bool(wandb_path)} inputs given ({', '.join(inputs)}"
-                         + (f", W&B {wandb_path}" if wandb_path else "") + "): name the output folder with --out "
-                         "(with several inputs the report does not pick one run's folder to write into)")
+        raise ValueError(f"{len(inputs) + bool(wandb_path)} inputs given ({', '.join([*inputs, *[wandb_path] * bool(wandb_path)])}): "
+                         "name the output folder with --out")
     if not inputs:
         return Path("runs") / f"wandb-{wandb_path.rstrip('/').rsplit('/', 1)[-1]}" / "report"
     first = Path(inputs[0])
@@ -64,12 +59,7 @@ def _default_out(paths: Sequence[str], wandb_path: Optional[str]) -> Path:
 def _write(analysis: Analysis, out: Path, name: str, sources_from_table: bool) -> Report:
     """Figures, report.md, report.csv and runs.csv of one analysis into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    figures, notes = plot_all(analysis, out)
-    captions = [(p.name, figure_caption(p.name, analysis)) for p in figures]
-    for stale in FIGURES:  # left by an earlier report over the run folders, which a runs.csv cannot redraw
-        if sources_from_table and stale not in {p.name for p in figures} and (out / stale).is_file():
-            captions.append((stale, figure_caption(stale, analysis, stale=True)))
-            notes = [n for n in notes if not n.startswith(f"{stale} not drawn")]
+    figures, captions, notes = plot_all(analysis, out, keep_stale=sources_from_table)
     primary = contrast_sentence(analysis.primary, analysis) if analysis.primary else ""
     rows, (runs, columns) = report_rows(analysis), runs_rows(analysis)
     files = ["report.md", "report.csv", RUNS_TABLE, *sorted(p.name for p in figures)]
@@ -83,16 +73,15 @@ def _write(analysis: Analysis, out: Path, name: str, sources_from_table: bool) -
 def run_report(paths: Sequence[str], by: Optional[List[str]] = None, metric: str = "val/acc1",
                baseline: Optional[str] = None, out: Optional[str] = None, wandb_path: Optional[str] = None,
                seed: int = 0, split: bool = False) -> Report:
-    """Collect the runs of ``paths`` (sweep folders, run folders, a runs.csv, and a sweep file whose header
-    applies), group them by ``by`` (default: the swept keys), test the declared contrasts, compare every
-    group with ``baseline`` (``KEY=VALUE``), and write report.md, report.csv, runs.csv and the figures to
-    ``out``. Runs that differ in a config key outside ``by`` (but the seed and how they executed) are an
-    error, or with ``split`` one report each in ``out/<key=value,...>/``. Deterministic for a ``seed``."""
+    """Report on the runs of ``paths`` (sweep folders, run folders, a runs.csv, and a sweep file whose
+    header applies) grouped by ``by`` (default: the swept keys) into ``out``. Runs that differ in another
+    config key are an error, or with ``split`` one report each in ``out/<key=value,...>/``. Deterministic."""
     paths = [str(p) for p in paths or []]
-    if not [p for p in paths if not p.endswith((".yaml", ".yml"))] and not wandb_path:
+    inputs = list(dict.fromkeys(p for p in paths if not p.endswith((".yaml", ".yml"))))
+    if not inputs and not wandb_path:
         raise ValueError("no runs to report on: give a sweep directory, run directories, a runs.csv, or --wandb")
     runs, design = collect_runs(paths, wandb_path)
-    out_dir = Path(out) if out else _default_out(paths, wandb_path)
+    out_dir = Path(out) if out else _default_out(inputs, wandb_path)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a folder")
     by = list(default_by(runs, design) if by is None else by)

@@ -1,10 +1,8 @@
-"""The report's figures: learning curves, the final metric per group, and Figure-9-style lr curves.
-
-Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend), small (dpi 100),
-with a constrained layout so that no title or label is cut, and written atomically. An accuracy's
-interval or band is clipped to 0–100% (the table marks an interval that reaches past a bound). The
-paper's numbers never get an axis of their own: a reference of another metric is drawn in a second
-panel whose y axis spans as many points as ours, so a 2.8-point gap looks like a 2.8-point gap.
+"""The report's figures: learning curves, the final metric per group, and Figure-9-style lr curves, on
+matplotlib's object API (no pyplot, no global backend), written atomically. An accuracy's interval is
+clipped to 0–100% (the table marks one that reaches past). The paper's numbers never get an axis of
+their own: another metric's go in a second panel spanning as many points as ours, so a 2.8-point gap
+looks like a 2.8-point gap.
 """
 
 from __future__ import annotations
@@ -22,9 +20,7 @@ from vit_ablate.report.analysis import Analysis
 from vit_ablate.report.stats import ALPHA
 
 DPI = 100
-CURVE_FALLBACK = "val/acc1"
 LR_KEY = "optim.lr"
-FIGURES = ("curves.png", "final.png", "lr_curves.png")
 
 
 def _figure(width: float = 6.4, height: float = 4.0):
@@ -42,22 +38,9 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _colors(count: int) -> List:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if count <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(count)]
-
-
 def _scale(analysis: Analysis, column: str) -> Tuple[float, Tuple[float, float]]:
     """Display scale and clip range: an accuracy in percent within 0–100, anything else as recorded."""
     return (100.0, (0.0, 100.0)) if analysis.is_fraction and "acc" in column else (1.0, (-np.inf, np.inf))
-
-
-def curve_column(analysis: Analysis) -> str:
-    """The metrics.csv column to plot: the report's metric when the runs logged it, else val/acc1."""
-    logged = any(analysis.metric in row for h in analysis.runs["history"] for row in h)
-    return analysis.metric if logged else CURVE_FALLBACK
 
 
 def curve_band(analysis: Analysis, group: str, column: str) -> Tuple[Optional[pd.DataFrame], int]:
@@ -75,30 +58,21 @@ def curve_band(analysis: Analysis, group: str, column: str) -> Tuple[Optional[pd
     return table.assign(low=table["mean"] - half, high=table["mean"] + half), len({r["run"] for r in rows})
 
 
-def _axis_epochs(ax, ylabel: str, title: str) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9, wrap=True)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-
-
 def plot_curves(analysis: Analysis, path: Path, lr_styles: bool = False) -> Optional[Path]:
     """Validation curves per group: the mean over seeds with its 95% t band; with ``lr_styles`` (paper
     Figure 9) colour = the other grouping keys, line style = the learning rate, no band."""
-    column = curve_column(analysis)
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    logged = any(analysis.metric in row for h in analysis.runs["history"] for row in h)
+    column = analysis.metric if logged else "val/acc1"
     scale, (low, high) = _scale(analysis, column)
     groups = analysis.groups
     others = [k for k in analysis.by if k != LR_KEY] if lr_styles else analysis.by
-    colour_of = {key: c for key, c in zip(dict.fromkeys(tuple(g[others]) for _, g in groups.iterrows()),
-                                          _colors(len(groups)))}
+    cmap = colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    colour_of = {key: cmap(i % cmap.N) for i, key in enumerate(dict.fromkeys(tuple(g[others]) for _, g in groups.iterrows()))}
     styles = dict(zip(dict.fromkeys(groups[LR_KEY]) if lr_styles else [], ["-", "--", ":", "-."] * 8))
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    drawn = 0
+    ax = _figure().add_subplot(1, 1, 1)
     for label, g in groups.iterrows():
         band, n = curve_band(analysis, label, column)
         if band is None:
@@ -109,14 +83,17 @@ def plot_curves(analysis: Analysis, path: Path, lr_styles: bool = False) -> Opti
         if not lr_styles:
             ax.fill_between(band.index, (band["low"] * scale).clip(low, high), (band["high"] * scale).clip(low, high),
                             color=colour, alpha=0.2, lw=0)
-        drawn += 1
-    if not drawn:
+    if not ax.lines:
         return None
-    unit = " (%)" if scale == 100 else ""
-    title = (f"{column} vs epoch per ({', '.join(others)}, learning rate), mean over seeds — cf. paper Figure 9"
-             if lr_styles else f"{column} after every epoch by {', '.join(analysis.by) or 'run'}: mean, 95% t band over seeds")
-    _axis_epochs(ax, column + unit, title)
-    return _save(fig, path)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(column + (" (%)" if scale == 100 else ""))
+    ax.set_title(f"{column} vs epoch per ({', '.join(others)}, learning rate), mean over seeds — cf. paper Figure 9"
+                 if lr_styles else f"{column} after every epoch by {', '.join(analysis.by) or 'run'}: mean, 95% t band "
+                 "over seeds", fontsize=9, wrap=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(ax.figure, path)
 
 
 def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
@@ -132,16 +109,15 @@ def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
     width = max(4.5, min(10.0, 1.5 + 0.9 * len(groups)))
     fig = _figure(width * (1.6 if other_metric else 1.0), 4.0)
     axes = fig.subplots(1, 2 if other_metric else 1, squeeze=False)[0]
-    ax, counted = axes[0], analysis.runs[analysis.runs["value"].notna()]
+    ax, counted, first = axes[0], analysis.runs[analysis.runs["value"].notna()], groups.index[groups["n"] > 0][0]
     for i, g in groups[groups["n"] > 0].iterrows():
         values = counted.loc[counted["group"] == g["label"], "value"].to_numpy() * scale
         ax.scatter(i + np.linspace(-0.12, 0.12, len(values)), values, s=12, color="0.55", zorder=2,
-                   label="seeds" if i == groups.index[groups["n"] > 0][0] else None)
-        mean = g["mean"] * scale
-        ci = np.clip([g["ci_low"] * scale, g["ci_high"] * scale], low, high)
-        yerr = None if math.isnan(g["ci_low"]) else [[mean - ci[0]], [ci[1] - mean]]
-        ax.errorbar([i], [mean], yerr=yerr, fmt="o", capsize=4, ms=6, zorder=3, color="C1" if g["is_baseline"] else "C0",
-                    label="mean, 95% t interval" if i == groups.index[groups["n"] > 0][0] else None)
+                   label="seeds" if i == first else None)
+        mean, ci = g["mean"] * scale, np.clip([g["ci_low"] * scale, g["ci_high"] * scale], low, high)
+        ax.errorbar([i], [mean], yerr=None if math.isnan(g["ci_low"]) else [[mean - ci[0]], [ci[1] - mean]], fmt="o",
+                    capsize=4, ms=6, zorder=3, color="C1" if g["is_baseline"] else "C0",
+                    label="mean, 95% t interval" if i == first else None)
     labels = [g["short"] + (" *" if g["is_baseline"] else "") for _, g in groups.iterrows()]
     for axis in axes:
         axis.set_xticks(range(len(groups)))
@@ -171,27 +147,28 @@ def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
-def plot_all(analysis: Analysis, out: Path) -> Tuple[List[Path], List[str]]:
-    """Every figure that applies: (paths written, notes on figures not drawn)."""
+def plot_all(analysis: Analysis, out: Path, keep_stale: bool) -> Tuple[List[Path], List[Tuple[str, str]], List[str]]:
+    """Every figure that applies: the paths written, each figure's (name, caption), and notes on those not
+    drawn. With ``keep_stale`` (a runs.csv holds no curves) a figure an earlier report left is kept."""
     lr = LR_KEY in analysis.by and len(analysis.by) >= 2  # paper Figure 9: pooling × learning rate
     drawn = {"curves.png": plot_curves(analysis, out / "curves.png"), "final.png": plot_final(analysis, out / "final.png"),
              "lr_curves.png": plot_curves(analysis, out / "lr_curves.png", lr_styles=True) if lr else "not asked"}
+    paths = [p for p in drawn.values() if isinstance(p, Path)]
+    stale = [n for n, p in drawn.items() if keep_stale and not isinstance(p, Path) and (out / n).is_file()]
     why = "no included run has per-epoch values (a run folder's metrics.csv; a runs.csv holds none)"
-    return ([p for p in drawn.values() if isinstance(p, Path)],
-            [f"{name} not drawn: " + ("no group has an included run" if name == "final.png" else why)
-             for name, p in drawn.items() if p is None])
+    return paths, [(p.name, figure_caption(p.name, analysis)) for p in paths] + [(n, STALE_CAPTION) for n in stale], [
+        f"{n} not drawn: " + ("no group has an included run" if n == "final.png" else why)
+        for n, p in drawn.items() if p is None and n not in stale]
 
 
-def figure_caption(name: str, analysis: Analysis, stale: bool = False) -> str:
+STALE_CAPTION = "not redrawn (a runs.csv holds no per-epoch values): left by an earlier report over the run folders"
+
+
+def figure_caption(name: str, analysis: Analysis) -> str:
     """Which epoch and which weights a figure shows."""
     clip = " (an accuracy's clipped to 0–100%)" if analysis.is_fraction else ""
-    return ("not redrawn (this report's input holds no per-epoch values): left by an earlier report over the run "
-            "folders; validation after every epoch, mean over seeds" if stale else
-            f"{analysis.metric} per group with the last epoch's weights (checkpoints/last.ckpt, EMA where set), never a "
-            f"best-epoch pick; grey dots are seeds, the bar the 95% t interval of the mean{clip}; the paper's values "
-            "(red diamonds) on our axis only when they measure our metric, else in a panel of the same span"
-            if name == "final.png" else
-            f"validation after every epoch (metrics.csv), mean over seeds with a 95% t band{clip}; the last epoch is the "
-            "value in the table" if name == "curves.png" else
-            "validation after every epoch per (other keys, learning rate), mean over seeds (paper Figure 9 plots "
-            "ImageNet 5-shot accuracy)")
+    return {"final.png": f"{analysis.metric} per group with the last epoch's weights (checkpoints/last.ckpt, EMA where "
+                         f"set), never a best-epoch pick; grey dots are seeds, the bar the 95% t interval{clip}; the "
+                         "paper's values (red diamonds) in a panel of the same span where they measure another metric",
+            "curves.png": f"validation after every epoch, mean over seeds with a 95% t band{clip}",
+            }.get(name, "validation after every epoch per (other keys, learning rate), mean over seeds (cf. paper Figure 9)")

@@ -1,10 +1,8 @@
-"""The runs a report is about as one DataFrame, one row a run, from sweep and run folders (read by
-``vit_ablate.rundir``), a runs.csv an earlier report wrote, or a W&B sweep; and what their sweep declares.
-
-Every run is a row, finished or not (a diverged, failed, running or pending run keeps its status and
-reason, so the report lists it instead of averaging over the survivors). Columns: ``run``, ``seed``,
-``status``, ``reason``, ``source``, ``has_config``, ``result``, ``history`` (metrics.csv rows), and one
-per config key holding its canonical value (``—`` where a run lacks the key).
+"""The runs of a report as one DataFrame, one row a run finished or not (a report lists a failed run
+rather than average over the survivors), from sweep and run folders (read by ``vit_ablate.rundir``), a
+runs.csv an earlier report wrote, or a W&B sweep; and what their sweep declares. Columns: ``run``,
+``seed``, ``status``, ``reason``, ``source``, ``has_config``, ``result``, ``history`` (metrics.csv rows),
+and one per config key holding its canonical value (``—`` where a run lacks the key).
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ _WANDB_STATES = {"finished": rundir.COMPLETED, "crashed": rundir.FAILED, "failed
 @dataclass
 class Design:
     """What the sweep says about its runs."""
-
     name: Optional[str] = None
     swept: Dict[str, Optional[list]] = field(default_factory=dict)  # key → values (None: a distribution)
     has_manifest: bool = False
@@ -55,8 +52,7 @@ class Design:
                           primary.kind if primary else "")
 
     def read_header(self, text: str, origin: str) -> None:
-        """References, baseline, declared contrasts and Holm family from a sweep file's header comments;
-        the file given last is the authority."""
+        """A sweep file's header comments (the file given last is the authority)."""
         self.references = parse_reference_comments(text)
         baseline = parse_baseline_comment(text)
         self.baseline = {k: canon(v) for k, v in baseline.items()} if baseline else None
@@ -66,8 +62,8 @@ class Design:
 
 
 def swept_parameters(sweep_config: Mapping[str, Any]) -> Dict[str, Optional[list]]:
-    """The parameters a W&B sweep file varies: ``values`` with more than one entry, or a distribution
-    (value list ``None``). Nested ``parameters`` blocks become dotted keys; fixed values are not swept."""
+    """The parameters a W&B sweep file varies (nested blocks as dotted keys): ``values`` with more than
+    one entry, or a distribution (``None``)."""
     swept: Dict[str, Optional[list]] = {}
 
     def walk(spec: Mapping[str, Any], prefix: str) -> None:
@@ -76,30 +72,25 @@ def swept_parameters(sweep_config: Mapping[str, Any]) -> Dict[str, Optional[list
                 continue
             if isinstance(value.get("parameters"), Mapping):
                 walk(value["parameters"], f"{prefix}{key}.")
-            elif isinstance(value.get("values"), list):
-                if len(value["values"]) > 1:
-                    swept[f"{prefix}{key}"] = list(value["values"])
-            elif any(k in value for k in ("distribution", "min", "max")):
-                swept[f"{prefix}{key}"] = None
+            elif isinstance(value.get("values"), list) or {"distribution", "min", "max"} & set(value):
+                values = value.get("values")
+                if not isinstance(values, list) or len(values) > 1:
+                    swept[f"{prefix}{key}"] = list(values) if isinstance(values, list) else None
 
-    if isinstance((sweep_config or {}).get("parameters"), Mapping):
-        walk(sweep_config["parameters"], "")
+    parameters = (sweep_config or {}).get("parameters")
+    walk(parameters if isinstance(parameters, Mapping) else {}, "")
     return swept
 
 
 def lookup_metric(result: Mapping[str, Any], metric: str) -> Tuple[Optional[float], Optional[str]]:
     """``metric`` in a result: ``(value, section)`` or ``(None, None)``. Order: a runs.csv row (``table``),
-    a W&B ``summary``, ``final`` (val/acc1), ``test``, ``best``; then a section-qualified name
+    a W&B ``summary``, ``final``, ``test``, ``best`` by the full name; then a section-qualified name
     (``best/val/acc1``, ``fewshot/5`` → ``fewshot["5"]``); last, a top-level number."""
     def number(value: Any) -> Optional[float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        try:
-            return float(value)
-        except OverflowError:  # a 400-digit integer is no metric value
-            return math.nan
+        return float(value) if isinstance(value, float) or abs(value) < 1e308 else math.nan  # a 400-digit int is none
 
-    # A runs.csv row and a W&B run's summary hold metrics by their full names.
     for section, name in [(s, metric) for s in ("table", "summary", "final", "test", "best")] + [metric.partition("/")[::2]]:
         values = result.get(section)
         if isinstance(values, Mapping) and name in values:

@@ -1,9 +1,7 @@
-"""The statistics of a report, from scipy and statsmodels, chosen for few seeds (often 3): Student's t
-intervals (95% coverage at any n for roughly normal values, where a percentile bootstrap of 3 values
-never leaves [min, max] and covers ~70%); the paired t-test, with the exact sign-flip permutation p
-beside it (free of normality, never below 2/2^n: 0.25 at n = 3); Fisher's exact test for counts; TOST
-against a margin declared beforehand, so "no significant difference" is never read as "equal"; and the
-power a test had, which says what "inconclusive" means in numbers.
+"""A report's statistics (scipy, statsmodels), chosen for few seeds: Student's t intervals (a percentile
+bootstrap of 3 values never leaves [min, max] and covers ~70%); the paired t-test with the exact
+sign-flip p beside it (free of normality, never below 2/2^n); Fisher's exact test for counts; TOST
+against a declared margin, so "not significant" is never read as "equal"; and the power a test had.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ MONTE_CARLO_RESAMPLES = 100_000
 @dataclass
 class MeanTest:
     """A mean difference (paired, interaction, or Welch's unpaired) with its interval and p-values."""
-
     estimate: float = math.nan
     ci_low: float = math.nan
     ci_high: float = math.nan
@@ -58,8 +55,7 @@ def _t_p(d: np.ndarray) -> float:
 
 
 def signflip(d: np.ndarray, seed: Sequence[int]) -> Tuple[float, float]:
-    """Two-sided sign-flip permutation p of mean(d) = 0 and the smallest p it can give: exact (every
-    sign pattern) up to 16 pairs, Monte Carlo above."""
+    """Two-sided sign-flip p of mean(d) = 0 and the smallest p it can give: exact up to 16 pairs."""
     if d.size == 0:
         return math.nan, math.nan
     exact = d.size <= EXACT_SIGNFLIP_MAX_N
@@ -81,7 +77,7 @@ def paired_test(a: Sequence[float], b: Sequence[float], seed: Sequence[int] = (0
 
 
 def welch_test(a: Sequence[float], b: Sequence[float], seed: Sequence[int] = (0,)) -> MeanTest:
-    """Unpaired groups: mean(a) − mean(b), Welch's t interval and p, and the permutation p of relabelling runs."""
+    """mean(a) − mean(b) of unpaired groups: Welch's t interval and p, and the permutation p."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff, n = float(x.mean() - y.mean()), int(min(x.size, y.size))
     if n < 2:
@@ -102,8 +98,7 @@ def welch_test(a: Sequence[float], b: Sequence[float], seed: Sequence[int] = (0,
 
 
 def tost(d: Sequence[float], margin: float) -> Tuple[float, float, float]:
-    """Two one-sided t-tests of |mean(d)| < margin: ``(p, low, high)`` with the 90% t interval whose
-    inclusion in (−margin, +margin) is the same decision at α = 0.05."""
+    """TOST of |mean(d)| < margin: ``(p, low, high)``, the 90% t interval inside ±margin being the same decision."""
     d = np.asarray(d, dtype=float)
     if d.size < 2:
         return math.nan, math.nan, math.nan
@@ -114,13 +109,12 @@ def tost(d: Sequence[float], margin: float) -> Tuple[float, float, float]:
 
 
 def fisher(events_a: int, total_a: int, events_b: int, total_b: int) -> float:
-    """Two-sided Fisher's exact p for events in a vs b (e.g. diverged runs out of all finished runs)."""
+    """Two-sided Fisher's exact p for events in a vs b (diverged runs out of the finished runs)."""
     return float(scipy_stats.fisher_exact([[events_a, total_a - events_a], [events_b, total_b - events_b]]).pvalue)
 
 
 def t_power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of a two-sided paired (one-sample) t-test at n to detect a true mean ``effect`` when the
-    per-seed values have standard deviation ``sd``."""
+    """Power of a two-sided one-sample t-test at n to detect a true mean ``effect`` at this ``sd``."""
     if n < 2 or not math.isfinite(sd) or not math.isfinite(effect):
         return math.nan
     if sd == 0:
@@ -136,8 +130,7 @@ def detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = 0.
 
 
 def tost_power(true_diff: float, margin: float, sd: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of TOST at n to show equivalence within ±margin when the true difference is ``true_diff``
-    (the noncentral-t approximation; statsmodels has none for the one-sample TOST)."""
+    """Power of TOST at n for a true difference ``true_diff`` (noncentral t; statsmodels has none one-sample)."""
     if n < 2 or not math.isfinite(sd) or sd <= 0 or not math.isfinite(true_diff):
         return math.nan
     df, se = n - 1, sd / math.sqrt(n)
