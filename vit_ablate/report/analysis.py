@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,7 @@ def default_by(runs: pd.DataFrame, design: Design) -> List[str]:
 
 
 def differing_keys(runs: pd.DataFrame, design: Design, by: Sequence[str]) -> Dict[str, List[str]]:
-    """Config keys other than ``by``, the seed and execution-only keys whose values differ between
-    runs: key → its values."""
+    """Config keys (but ``by``, the seed and how runs executed) whose values differ: key → its values."""
     configured = runs[runs["has_config"]]
     return {k: sorted(configured[k].unique(), key=sort_key) for k in design.params
             if k not in by and not _is_execution(k) and configured[k].nunique() > 1}
@@ -154,13 +153,9 @@ def _compare(groups: pd.DataFrame, runs: pd.DataFrame, by: List[str], baseline: 
 
 def _same_pair(result: ContrastResult, group: pd.Series, base: pd.Series, by: Sequence[str]) -> bool:
     """Whether a declared paired or equivalence contrast compares exactly these two groups."""
-    spec = result.spec
-    if spec.kind not in ("paired", "equivalence"):
-        return False
-    sides = [{**spec.a, **spec.where}, {**spec.b, **spec.where}]
-    if any(set(side) != set(by) for side in sides):
-        return False
-    return {frozenset(s.items()) for s in sides} == {frozenset(zip(by, g[list(by)])) for g in (group, base)}
+    sides = [{**result.spec.a, **result.spec.where}, {**result.spec.b, **result.spec.where}]
+    return result.kind in ("paired", "equivalence") and \
+        {frozenset(s.items()) for s in sides} == {frozenset(zip(by, g[list(by)])) for g in (group, base)}
 
 
 def _look(result: ContrastResult, plan: Plan, runs: pd.DataFrame, by: List[str], metric: str, design: Design) -> None:
@@ -200,15 +195,13 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
 
     groups = _summarise(runs, by, design)
     counted = runs[runs["value"].notna()]
-    for label, rows in counted.groupby("group"):
-        duplicated = sorted(s for s, c in Counter(rows["seed"].dropna()).items() if c > 1)
-        if duplicated:
-            notes.append(f"{label}: several runs share seed {', '.join(duplicated)}; they count separately in n, mean "
-                         "and std, and are averaged for the paired comparison")
+    for label, seeds in counted.dropna(subset=["seed"]).groupby("group")["seed"]:
+        if seeds.duplicated().any():
+            notes.append(f"{label}: several runs share seed {', '.join(sorted(seeds[seeds.duplicated()].unique()))}; they "
+                         "count separately in n, mean and std, and are averaged for the paired comparison")
     notes += [f"{label}: n=1, so no standard deviation and no interval" for label in groups.index[groups["n"] == 1]]
-    on_test = runs["data.val_split"].eq("0") & runs.get("data.name", pd.Series("", index=runs.index)).ne("synthetic") \
-        if "data.val_split" in runs else pd.Series(False, index=runs.index)
-    if on_test.any() and metric.startswith("val/"):
+    data = runs.reindex(columns=["data.val_split", "data.name"])
+    if metric.startswith("val/") and (data["data.val_split"].eq("0") & data["data.name"].ne("synthetic")).any():
         notes.append(f"runs with data.val_split=0 validate on the test split: their {metric} is a test-split number")
 
     analysis = Analysis(metric=metric, by=by, runs=runs, groups=groups, design=design, notes=notes,

@@ -17,7 +17,7 @@ import pandas as pd
 from vit_ablate import rundir
 from vit_ablate.report.contrasts import ContrastSpec, parse_contrast_comments, parse_holm_comment
 from vit_ablate.report.sequential import Plan, parse_plan
-from vit_ablate.report.references import canon, parse_assignments, parse_baseline_comment, parse_reference_comments
+from vit_ablate.report.references import canon, parse_baseline_comment, parse_reference_comments
 
 RUNS_TABLE = "runs.csv"  # the per-run table a report writes beside report.md, and can be regenerated from
 TABLE_FIXED = ("run", "seed", "status", "reason")  # runs.csv's columns that are neither parameters nor metrics

@@ -115,7 +115,6 @@ def parse_plan(text: str, origin: str, seeds: Optional[Sequence], has_primary: b
                 f"line {lines[0][0]} of {origin}")
 
 
-# ------------------------------------------------------------------------------------- boundaries
 def t_statistics(ns: Sequence[int], shift: float, sweeps: int, seed: int) -> np.ndarray:
     """Paired t statistics after ``ns[k]`` seeds of N(shift, 1) differences, for ``sweeps`` simulated
     sweeps: an array (sweeps, len(ns))."""
@@ -160,10 +159,9 @@ def _spend(plan: Plan, ns: List[int], null: np.ndarray, alt: Optional[np.ndarray
         final = k == len(plan.stages) - 1
         tau = min(n / plan.max_seeds, 1.0)
         step, spent_alpha = _increment(plan.alpha if final else SPENDING[plan.spending](plan.alpha, tau), spent_alpha)
-        if k == 0:  # exact: Student's t with n − 1 degrees of freedom
-            cut = float(stats.t.ppf(1 - step / 2, n - 1)) if step > 0 else math.inf
-        else:
-            cut = _cut(null[going_null, k], step * len(null), from_top=True)
+        # the first look exactly (Student's t with n − 1 degrees of freedom), later ones on the null sweeps still going
+        cut = (float(stats.t.ppf(1 - step / 2, n - 1)) if step > 0 else math.inf) if k == 0 else \
+            _cut(null[going_null, k], step * len(null), from_top=True)
         efficacy.append(cut)
         going_null &= null[:, k] < cut
         low = None
@@ -187,18 +185,15 @@ def _increment(spent_now: float, spent_before: float) -> Tuple[float, float]:
 def _cut(values: np.ndarray, count: float, from_top: bool) -> float:
     """The cut with about ``count`` of ``values`` at or above it (``from_top``) or below it."""
     k, size = int(round(count)), len(values)
-    if k <= 0:
-        return math.inf if from_top else 0.0
-    if k >= size:
-        return 0.0 if from_top else math.inf
+    if k <= 0 or k >= size:  # none of them: beyond every value; all of them: before every value
+        return math.inf if (k <= 0) == from_top else 0.0
     return float(np.partition(values, size - k)[size - k] if from_top else np.partition(values, k)[k])
 
 
-# ------------------------------------------------------------------------------------------ looks
 @dataclass
 class Look:
     stage: int  # 1-based
-    n: int  # seeds in the look (pairs with both arms counted)
+    n: int  # seeds with both arms
     mean: float
     se: float
     t: float
@@ -222,12 +217,8 @@ def decide_looks(plan: Plan, differences: Sequence[Sequence[float]], dropped: Se
         mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
         t = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean else 0.0)
         cut, low = bounds.efficacy[k], bounds.futility[k]
-        if abs(t) >= cut:
-            decision = "reject"
-        elif low is not None and abs(t) < low:
-            decision = "futile"
-        else:
-            decision = "not rejected" if k == len(plan.stages) - 1 else "continue"
+        decision = ("reject" if abs(t) >= cut else "futile" if low is not None and abs(t) < low
+                    else "not rejected" if k == len(plan.stages) - 1 else "continue")
         half = cut * se if math.isfinite(cut) else math.inf
         looks.append(Look(k + 1, d.size, mean, se, t, cut, low, (mean - half, mean + half), decision,
                           dropped[k] if k < len(dropped) else 0))
@@ -275,10 +266,9 @@ def sequential_verdict(looks: Sequence[Look], why: str, plan: Plan, expect: Opti
         return f"undecided: {why or 'no look yet'} (plan of at most {plan.max_seeds} seeds)"
     last = looks[-1]
     where = f"at stage {last.stage} of {len(plan.stages)} ({last.n} of {plan.max_seeds} seeds)"
-    if last.decision == "futile":
-        return f"inconclusive: stopped for futility {where}"
-    if last.decision == "not rejected":
-        return f"inconclusive at n = {last.n} (the plan's last stage)"
+    if last.decision != "reject":
+        return f"inconclusive: stopped for futility {where}" if last.decision == "futile" else \
+            f"inconclusive at n = {last.n} (the plan's last stage)"
     if expect is None:
         return f"different {where} (the sweep file states no expected direction)"
     return f"{'reproduced' if (last.mean > 0) == (expect == 'greater') else 'contradicted'} {where}"

@@ -46,14 +46,6 @@ def t_interval(values: Sequence[float], confidence: float = 1 - ALPHA) -> Tuple[
     return float(low), float(high)
 
 
-def _t_p(d: np.ndarray) -> float:
-    if d.size < 2:
-        return math.nan
-    if np.all(d == d[0]):  # no spread: t is ±inf (p 0) unless the difference is exactly 0 (p 1)
-        return 1.0 if d[0] == 0 else 0.0
-    return float(scipy_stats.ttest_1samp(d, 0.0).pvalue)
-
-
 def signflip(d: np.ndarray, seed: Sequence[int]) -> Tuple[float, float]:
     """Two-sided sign-flip p of mean(d) = 0 and the smallest p it can give: exact up to 16 pairs."""
     if d.size == 0:
@@ -72,7 +64,9 @@ def paired_test(a: Sequence[float], b: Sequence[float], seed: Sequence[int] = (0
     """mean(a − b) over pairs: its t interval, the paired t p and the exact sign-flip p."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     p_perm, floor = signflip(d, seed)
-    return MeanTest(float(d.mean()) if d.size else math.nan, *t_interval(d), _t_p(d), p_perm, floor, int(d.size),
+    # no spread: t is ±inf (p 0) unless the difference is exactly 0 (p 1)
+    p_t = math.nan if d.size < 2 else float(d[0] == 0) if np.all(d == d[0]) else float(scipy_stats.ttest_1samp(d, 0.0).pvalue)
+    return MeanTest(float(d.mean()) if d.size else math.nan, *t_interval(d), p_t, p_perm, floor, int(d.size),
                     float(d.std(ddof=1)) if d.size >= 2 else math.nan, d)
 
 

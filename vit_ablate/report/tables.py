@@ -63,7 +63,6 @@ def fmt_p(p: float) -> str:
 @dataclass
 class Units:
     """Display units: an accuracy fraction is shown ×100 and differences as percentage points."""
-
     is_fraction: bool
 
     @property
@@ -78,8 +77,7 @@ class Units:
     def delta(self, x: float) -> str:
         return self.value(x, "+")
 
-    def magnitude(self, x: float) -> str:
-        """|x| with its unit: "7.10 points"."""
+    def magnitude(self, x: float) -> str:  # "7.10 points"
         return self.value(abs(x)) + self.unit
 
     def interval(self, low: float, high: float, signed: bool = False, label: str = "") -> str:
@@ -94,18 +92,9 @@ class Units:
         return Units(self.is_fraction and abs(x) <= 1.0).value(x, sign)
 
 
-def holm_cell(group: pd.Series) -> str:
-    """The one adjusted p of a group's comparison with the baseline, or what stands in for it."""
-    return {"primary": "primary", "not in the Holm family": DASH}.get(group["holm"]) or (
-        fmt_p(group["p_holm"]) + (" (TOST)" if group["holm"] == "secondary equivalence" else ""))
-
-
-def _markdown_row(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(md_escape(c) for c in cells) + " |"
-
-
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
-    return [_markdown_row(columns), "|" + "---|" * len(columns), *map(_markdown_row, rows)]
+    lines = ["| " + " | ".join(md_escape(c) for c in cells) + " |" for cells in [columns, *rows]]
+    return [lines[0], "|" + "---|" * len(columns), *lines[1:]]
 
 
 def group_table(analysis: Analysis) -> List[str]:
@@ -119,7 +108,8 @@ def group_table(analysis: Analysis) -> List[str]:
             units.value(g["mean"]), units.value(g["std"]), units.interval(g["ci_low"], g["ci_high"]),
             units.delta(g["delta"]), units.interval(g["delta_ci_low"], g["delta_ci_high"], signed=True),
             fmt_p(g["p_t"]) + ("" if not compared or g["paired"] else " †"), fmt_p(g["p_signflip"]),
-            holm_cell(g) if compared else DASH,
+            DASH if not compared else {"primary": "primary", "not in the Holm family": DASH}.get(g["holm"])
+            or fmt_p(g["p_holm"]) + (" (TOST)" if g["holm"] == "secondary equivalence" else ""),
             f"{units.reference(float(ref['value']))} ({ref.get('source') or 'paper'}"
             f"{', ' + ref['metric'] if ref.get('metric') else ''})" if ref else DASH])
     return _table(TABLE_COLUMNS, rows)
@@ -200,11 +190,9 @@ def _paper_clause(g: pd.Series, base: pd.Series, analysis: Analysis, units: Unit
             {k for k in analysis.by if g[k] != base[k]} <= set(ref_g.get("params") or {}) & set(ref_b.get("params") or {}):
         return ""
     paper_diff = float(ref_g["value"]) - float(ref_b["value"])
-    source = ref_g.get("source") or ref_b.get("source") or "paper"
-    if ref_b.get("source") and ref_b.get("source") != source:
-        source = f"{source} / {ref_b['source']}"
     metric = ref_g.get("metric")
-    where = source + (f", {metric}" if metric and metric != analysis.metric else "")
+    where = (" / ".join(dict.fromkeys(r["source"] for r in (ref_g, ref_b) if r.get("source"))) or "paper") \
+        + (f", {metric}" if metric and metric != analysis.metric else "")
     name = (lambda x: x["short"]) if len(analysis.by) == 1 else (lambda x: x.name)
     g_text, b_text = f"{name(g)} {units.reference(float(ref_g['value']))}", f"{name(base)} {units.reference(float(ref_b['value']))}"
     if established and paper_diff:
@@ -307,26 +295,22 @@ def secondary_lines(analysis: Analysis) -> List[str]:
 
 
 def _method_lines(analysis: Analysis) -> List[str]:
-    found = "; ".join(f"{_SECTION_MEANING.get(s, s)} for {c} run{'s' if c != 1 else ''}"
-                      for s, c in sorted(analysis.sections.items())) or "no included run has it"
+    found = "; ".join(f"{_SECTION_MEANING.get(s, s)} for {c} run{'s' if c != 1 else ''}" for s, c in sorted(analysis.sections.items()))
     baseline = (f"baseline group `{md_escape(analysis.baseline)}` ({analysis.baseline_reason})." if analysis.baseline
                 else f"no baseline group ({analysis.baseline_reason}): no comparisons.")
     members, origin = analysis.design.holm
-    family = "the declared secondaries" + (" and each group's difference to the baseline that no declared contrast "
-                                           "compares" if "baseline" in members else "")
     return [
-        f"- Metric: `{md_escape(analysis.metric)}` from {found}; "
+        f"- Metric: `{md_escape(analysis.metric)}` from {found or 'no included run'}; "
         + ("in % (accuracy × 100), differences in percentage points; " if analysis.is_fraction else "")
         + f"{'higher' if analysis.higher_is_better else 'lower'} is better.",
         f"- Grouped by {', '.join(f'`{md_escape(k)}`' for k in analysis.by) or 'nothing (one group)'}, replicates by "
         f"`seed`; {baseline} Runs that differ in another config key (but how they executed) are never pooled.",
-        f"- Intervals: 95% Student's t of a group mean and of a mean paired difference (Welch's where unpaired); "
-        f"none at n=1;{PAST_BOUND}: past 0–100% (±100 points), where the normal approximation fails at this n.",
-        "- Tests: the primary contrast decides the verdict at α=0.05 without correction. Δ is group − baseline, the mean "
-        "per-seed difference († unpaired: Welch); beside the paired t-test, the exact sign-flip test (free of normality, "
-        f"never below 2/2^n: 0.25 at n=3). One Holm family ({md_escape(origin)}): {family}, {analysis.family_size} "
-        "comparison(s), each decided by its p (Holm) alone (an equivalence's is its TOST's).",
-    ]
+        f"- Method: 95% Student's t intervals (none at n=1;{PAST_BOUND}: past 0–100%, or ±100 points, where the normal "
+        "approximation fails at this n); Δ = group − baseline, the mean per-seed difference († unpaired: Welch); beside "
+        "the paired t-test the exact sign-flip p (free of normality, never below 2/2^n). The primary contrast alone "
+        f"decides the verdict, at α=0.05 without correction. One Holm family ({md_escape(origin)}): the declared "
+        "secondaries" + (" and each group's difference to the baseline that no declared contrast compares" if "baseline"
+                         in members else "") + f", {analysis.family_size} comparison(s), each decided by its p (Holm)."]
 
 
 def render_markdown(analysis: Analysis, title: str, figures: Sequence[Tuple[str, str]] = (), notes: Sequence[str] = (),
