@@ -16,11 +16,9 @@ import torch
 from vit_ablate.bench import benchmark, count_model_flops, device_peak_flops
 from vit_ablate.bench.context import CORE_COMPONENTS, parse_components
 from vit_ablate.bench.gpu import sdpa_kernels_used
-from vit_ablate.config import ConfigError, load_config, to_container
+from vit_ablate.config import ConfigError, to_container
 from vit_ablate.model import build_model
 
-BENCH_MODEL = dict(variant="Ti/8", heads=2)  # what the benchmarks change of the shared tiny model (conftest.py)
-BENCH_DATA = ["data.batch_size=8", "data.synthetic.num_train=128"]
 FAST = dict(rounds=2, warmup=1, progress=False)
 
 
@@ -35,31 +33,30 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def bench_args(tiny_model):
-    """Config overrides (and CLI arguments) of the benchmarks: the tiny model on a little synthetic data."""
-    return [*tiny_model.overrides(**BENCH_MODEL), *BENCH_DATA]
+def tiny(tiny):
+    """The suite's tiny run (tests/conftest.py) with two heads, in batches of 8 of 128 training images."""
+    return tiny.but("data.batch_size=8", "data.synthetic.num_train=128", heads=2)
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, tiny_model, bench_args):
+def full_run(tmp_path_factory, tiny):
     """Every section but startup once (gpu through its CPU code path, ddp skipped for want of GPUs)."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    cfg = load_config([], bench_args)
     bench = benchmark(
-        cfg, steps=2, json_path=str(path), ddp=2, sections=["model", "components", "framework", "data", "gpu"],
-        gpu_on_cpu=True, gpu_compile=False, mfu_reference=tiny_model(**BENCH_MODEL), mfu_batch=4, peak_tflops=1.0, feed=True, **FAST,
+        tiny(), steps=2, json_path=str(path), ddp=2, sections=["model", "components", "framework", "data", "gpu"],
+        gpu_on_cpu=True, gpu_compile=False, mfu_reference=tiny.model(), mfu_batch=4, peak_tflops=1.0, feed=True, **FAST,
     )
     return bench, json.loads(path.read_text())
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
-def test_flops_count_every_matmul_of_the_tiny_model(tiny_model):
+def test_flops_count_every_matmul_of_the_tiny_model(tiny):
     # 16 patches of 8×8×3 px, 17 tokens of width 32, MLP 64, one block, 8 classes; FLOPs = 2 × MACs
     tokens, dim, mlp = 17, 32, 64
     stem = 2 * 16 * (8 * 8 * 3) * dim
     block = 2 * tokens * dim * 3 * dim + 2 * 2 * tokens * tokens * dim + 2 * tokens * dim * dim + 2 * 2 * tokens * dim * mlp
-    assert count_model_flops(tiny_model()) == stem + block + 2 * dim * 8  # attention scores and weighted sum included
-    assert count_model_flops(tiny_model(pos_embed="relative")) > count_model_flops(tiny_model())  # its bias logits
+    assert count_model_flops(tiny.model()) == stem + block + 2 * dim * 8  # attention scores and weighted sum included
+    assert count_model_flops(tiny.model(pos_embed="relative")) > count_model_flops(tiny.model())  # its bias logits
 
 
 def test_vit_b16_matches_the_reference_gmacs():
@@ -110,9 +107,9 @@ def test_ab_comparison_uses_identical_weights(full_run):
     assert abs(ours - math.log(8)) > 1e-4
 
 
-def test_components_timm_lacks_compare_with_our_default_and_cifar_falls_back(tmp_path, bench_args):
-    cfg = load_config([], bench_args + ["model.norm=post", "model.num_classes=10", "data.name=cifar10",
-                                        f"data.root={tmp_path / 'missing'}", "augment.random_crop_padding=4", "augment.hflip=true"])
+def test_components_timm_lacks_compare_with_our_default_and_cifar_falls_back(tmp_path, tiny):
+    cfg = tiny("model.norm=post", "model.num_classes=10", "data.name=cifar10", f"data.root={tmp_path / 'missing'}",
+               "augment.random_crop_padding=4", "augment.hflip=true")
     bench = benchmark(cfg, steps=1, sections=["model", "data"], **FAST)
     model = bench.results["model"]
     assert model["reference"] == "default" and "model.norm" in model["timm_unavailable"]
@@ -122,30 +119,30 @@ def test_components_timm_lacks_compare_with_our_default_and_cifar_falls_back(tmp
     assert "STAND-IN" in bench.table()
 
 
-def test_cli_bench_writes_json_and_reports_progress(tmp_path, capsys, bench_args):
+def test_cli_bench_writes_json_and_reports_progress(tmp_path, capsys, tiny):
     from vit_ablate.cli import main
 
     out = tmp_path / "bench.json"
-    assert main(["bench", *bench_args, "--steps", "1", "--json", str(out), "--only", "model"]) == 0
+    assert main(["bench", *tiny.args(), "--steps", "1", "--json", str(out), "--only", "model"]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["sections"] == ["model"] and data["model"]["loss_match"] is True
     printed = capsys.readouterr()
     assert "ours vs timm" in printed.out and "bench: model section (1/1)" in printed.err
-    assert main(["bench", *bench_args, "--only", "modle"]) == 2  # unknown section: a usage error
+    assert main(["bench", *tiny.args(), "--only", "modle"]) == 2  # unknown section: a usage error
 
 
 # ------------------------------------------------------------------------------------------ parts
-def test_gpu_section_is_skipped_without_cuda(bench_args):
+def test_gpu_section_is_skipped_without_cuda(tiny):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    bench = benchmark(load_config([], bench_args), steps=1, sections=["gpu"], **FAST)
+    bench = benchmark(tiny(), steps=1, sections=["gpu"], **FAST)
     assert bench.rows[0].note.startswith("skipped") and bench.results["gpu"]["skipped"]
 
 
-def test_startup_stages_come_from_a_fresh_process_in_order(bench_args):
+def test_startup_stages_come_from_a_fresh_process_in_order(tiny):
     from vit_ablate.bench.startup import STAGES, measure_startup
 
-    (start,) = measure_startup(to_container(load_config([], bench_args)), runs=1)
+    (start,) = measure_startup(to_container(tiny()), runs=1)
     ends = [start[stage] for stage in STAGES]
     assert all(0 < a <= b for a, b in zip(ends, ends[1:]))  # each stage ends after the one before
     assert start["process_s"] > start["first_batch"]  # the interpreter's own start and exit on top
@@ -160,11 +157,11 @@ def test_device_peaks():
     assert device_peak_flops("NVIDIA H100 PCIe", override_tflops=500)[0] == 500e12
 
 
-def test_sdpa_kernel_detection_on_cpu(tiny_model):
+def test_sdpa_kernel_detection_on_cpu(tiny):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     images = torch.randn(2, 3, 32, 32)
-    model = build_model(tiny_model(**BENCH_MODEL))
+    model = build_model(tiny.model())
     assert sdpa_kernels_used(lambda: model(images), torch.device("cpu")) == ["cpu_fused"]
     with sdpa_kernel([SDPBackend.MATH]):
         assert sdpa_kernels_used(lambda: model(images), torch.device("cpu")) == ["math"]
@@ -210,7 +207,7 @@ def test_paired_ratio_is_robust_to_a_burst():
     assert pair["ratio"] == 3.0 and (pair["low"], pair["high"]) == (2.0, 4.0)
 
 
-def test_cli_only_gives_overrides_back_and_passes_options(monkeypatch, bench_args):
+def test_cli_only_gives_overrides_back_and_passes_options(monkeypatch, tiny):
     """`--only model key=value`: argparse hands the override to --only; the CLI must not lose it."""
     import vit_ablate.bench as bench_pkg
     from vit_ablate.cli import main
@@ -222,7 +219,7 @@ def test_cli_only_gives_overrides_back_and_passes_options(monkeypatch, bench_arg
         return "table"
 
     monkeypatch.setattr(bench_pkg, "run_bench", fake_run_bench)
-    argv = ["bench", *bench_args, "--only", "model", "components", "trainer.precision=32-true", "model.dim=48",
+    argv = ["bench", *tiny.args(), "--only", "model", "components", "trainer.precision=32-true", "model.dim=48",
             "--rounds", "5", "--peak-tflops", "123", "--no-compile"]
     assert main(argv) == 0
     assert seen["sections"] == ["model", "components"]

@@ -11,8 +11,6 @@ import torch
 from vit_ablate.analyze.attention_distance import mean_attention_distance, patch_distance_matrix
 from vit_ablate.model import build_model
 
-from .helpers import RUN_MODEL
-
 
 def _maps(weights: torch.Tensor, batch: int = 2, heads: int = 3, layers: int = 2):
     """The same (T, T) attention for every image, head and layer."""
@@ -92,11 +90,9 @@ def test_distance_matrix_and_shape_checks():
         mean_attention_distance(_maps(torch.eye(5)), (3, 3), 16, num_prefix_tokens=0)
 
 
-def test_real_model_attention_lies_between_zero_and_the_largest_distance(tiny_model):
+def test_real_model_attention_lies_between_zero_and_the_largest_distance(tiny):
     torch.manual_seed(0)
-    from vit_ablate.config import load_config
-
-    model = build_model(load_config([], tiny_model.overrides(**RUN_MODEL)).model).eval()
+    model = build_model(tiny().model).eval()
     maps = model.attention_maps(torch.randn(3, 3, 32, 32))
     distance, share = mean_attention_distance(maps, model.grid_size, model.spec.patch_size, model.num_prefix_tokens)
     assert distance.shape == (model.spec.depth, model.spec.heads)

@@ -10,14 +10,12 @@ import torch
 from vit_ablate.analyze.checkpoint import load_checkpoint
 from vit_ablate.model import build_model
 
-from .helpers import write_checkpoint
 
-
-def test_round_trip_gives_the_same_model(tmp_path: Path, tiny_config):
-    cfg = tiny_config("model.pos_embed=2d")
+def test_round_trip_gives_the_same_model(tmp_path: Path, tiny):
+    cfg = tiny("model.pos_embed=2d")
     torch.manual_seed(1)
     model = build_model(cfg.model).eval()
-    path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", cfg, model)
+    path = tiny.checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", cfg, model)
     loaded = load_checkpoint(path)
     assert loaded.weights == "model"
     assert (loaded.epoch, loaded.global_step) == (2, 10)
@@ -28,47 +26,47 @@ def test_round_trip_gives_the_same_model(tmp_path: Path, tiny_config):
         assert torch.equal(loaded.model(images), model(images))
 
 
-def test_ema_weights_are_preferred_when_present(tmp_path: Path, tiny_config):
-    cfg = tiny_config()
+def test_ema_weights_are_preferred_when_present(tmp_path: Path, tiny):
+    cfg = tiny()
     torch.manual_seed(0)
     model, ema = build_model(cfg.model), build_model(cfg.model)
-    path = write_checkpoint(tmp_path / "a.ckpt", cfg, model, ema=ema)
+    path = tiny.checkpoint(tmp_path / "a.ckpt", cfg, model, ema=ema)
     auto = load_checkpoint(path)
     assert auto.weights == "ema"
     assert torch.equal(auto.model.stem.proj.weight, ema.stem.proj.weight)
     forced = load_checkpoint(path, weights="model")
     assert forced.weights == "model"
     assert torch.equal(forced.model.stem.proj.weight, model.stem.proj.weight)
-    plain = write_checkpoint(tmp_path / "b.ckpt", cfg, model)
+    plain = tiny.checkpoint(tmp_path / "b.ckpt", cfg, model)
     with pytest.raises(ValueError, match="EMA"):
         load_checkpoint(plain, weights="ema")
 
 
-def test_compiled_module_names_are_accepted(tmp_path: Path, tiny_config):
-    cfg = tiny_config()
+def test_compiled_module_names_are_accepted(tmp_path: Path, tiny):
+    cfg = tiny()
     model = build_model(cfg.model)
     extra = {f"model._orig_mod.{k}": v for k, v in model.state_dict().items()}
     path = tmp_path / "c.ckpt"
-    write_checkpoint(path, cfg, model)
+    tiny.checkpoint(path, cfg, model)
     blob = torch.load(path, weights_only=False)
     blob["state_dict"] = extra
     torch.save(blob, path)
     assert torch.equal(load_checkpoint(path).model.stem.proj.weight, model.stem.proj.weight)
 
 
-def test_checkpoint_without_config_is_another_format(tmp_path: Path, tiny_config):
-    path = write_checkpoint(tmp_path / "old.ckpt", tiny_config(), with_config=False)
+def test_checkpoint_without_config_is_another_format(tmp_path: Path, tiny):
+    path = tiny.checkpoint(tmp_path / "old.ckpt", tiny(), with_config=False)
     with pytest.raises(ValueError, match=r"version/format.*hyper_parameters\['config'\]"):
         load_checkpoint(path)
 
 
-def test_tensors_that_do_not_fit_the_config_are_rejected(tmp_path: Path, tiny_config):
-    cfg = tiny_config()
-    other = build_model(tiny_config("model.dim=48", "model.mlp_dim=96").model)
-    path = write_checkpoint(tmp_path / "x.ckpt", cfg, other)
+def test_tensors_that_do_not_fit_the_config_are_rejected(tmp_path: Path, tiny):
+    cfg = tiny()
+    other = build_model(tiny("model.dim=48", "model.mlp_dim=96").model)
+    path = tiny.checkpoint(tmp_path / "x.ckpt", cfg, other)
     with pytest.raises(ValueError, match="version/format.*of another shape"):
         load_checkpoint(path)
-    path = write_checkpoint(tmp_path / "y.ckpt", cfg, extra={"model.something_new.weight": torch.zeros(2)})
+    path = tiny.checkpoint(tmp_path / "y.ckpt", cfg, tensors={"model.something_new.weight": torch.zeros(2)})
     with pytest.raises(ValueError, match="unexpected: something_new.weight"):
         load_checkpoint(path)
     # a config of an older schema (unknown key) is a format error too
@@ -92,8 +90,8 @@ def test_files_that_are_not_checkpoints(tmp_path: Path):
         load_checkpoint(listing)
 
 
-def test_overrides_change_data_only(tmp_path: Path, tiny_config):
-    path = write_checkpoint(tmp_path / "o.ckpt", tiny_config())
+def test_overrides_change_data_only(tmp_path: Path, tiny):
+    path = tiny.checkpoint(tmp_path / "o.ckpt", tiny())
     loaded = load_checkpoint(path, overrides=["data.synthetic.num_val=12", "evaluate.fewshot_draws=5"], data_root="/some/where")
     assert loaded.config.data.synthetic.num_val == 12
     assert loaded.config.evaluate.fewshot_draws == 5

@@ -96,8 +96,8 @@ def test_support_sets_are_nested_balanced_and_seeded():
         sample_support(labels, [0], draws=1, seed=0)
 
 
-def test_fewshot_from_datamodule_on_a_tiny_model(tiny_config):
-    cfg = tiny_config()
+def test_fewshot_from_datamodule_on_a_tiny_model(tiny):
+    cfg = tiny()
     torch.manual_seed(0)
     model = build_model(cfg.model)
     model.train()
@@ -115,8 +115,8 @@ def test_fewshot_from_datamodule_on_a_tiny_model(tiny_config):
     assert detail["accuracy"]["5"] == sum(detail["per_draw"]["5"]) / 2
 
 
-def test_extract_features_are_the_pre_logits(tiny_config):
-    cfg = tiny_config()
+def test_extract_features_are_the_pre_logits(tiny):
+    cfg = tiny()
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     images, labels = torch.randn(5, 3, 32, 32), torch.arange(5)
@@ -127,8 +127,8 @@ def test_extract_features_are_the_pre_logits(tiny_config):
     assert torch.equal(got_labels, labels)
 
 
-def test_extract_features_of_a_bf16_model(tiny_config):
-    cfg = tiny_config()
+def test_extract_features_of_a_bf16_model(tiny):
+    cfg = tiny()
     torch.manual_seed(0)
     model = build_model(cfg.model).to(torch.bfloat16)
     feats, _ = extract_features(model, [(torch.randn(2, 3, 32, 32), torch.arange(2))])

@@ -43,7 +43,7 @@ def test_component_count_is_capped_by_the_filter_size():
         patch_filter_pca(torch.randn(4, 12))
 
 
-def test_only_the_patch_stem_has_filters(tiny_model):
-    weight = patch_filters(build_model(tiny_model(**SIZE, stem="patch")))
+def test_only_the_patch_stem_has_filters(tiny):
+    weight = patch_filters(build_model(tiny.model(**SIZE, stem="patch")))
     assert weight.shape == (32, 3, 4, 4)
-    assert patch_filters(build_model(tiny_model(**SIZE, stem="conv"))) is None
+    assert patch_filters(build_model(tiny.model(**SIZE, stem="conv"))) is None

@@ -14,9 +14,9 @@ SIZE = dict(variant="Ti/8", heads=2, img_size=24, num_classes=4)
 
 
 @pytest.mark.parametrize("pool", ["cls", "gap"])
-def test_2d_table_similarity_equals_the_analytic_one(pool, tiny_model):
+def test_2d_table_similarity_equals_the_analytic_one(pool, tiny):
     torch.manual_seed(0)
-    model = build_model(tiny_model(**SIZE, pos_embed="2d", pool=pool))
+    model = build_model(tiny.model(**SIZE, pos_embed="2d", pool=pool))
     table2d = model.pos_embed.placement.table
     with torch.no_grad():  # rows and columns far from the init scale, so nothing is near-degenerate
         table2d.rows.normal_()
@@ -35,9 +35,9 @@ def test_2d_table_similarity_equals_the_analytic_one(pool, tiny_model):
             assert sim[i, j].item() == pytest.approx((num / den).item(), abs=1e-6)
 
 
-def test_1d_and_sincos_tables(tiny_model):
+def test_1d_and_sincos_tables(tiny):
     torch.manual_seed(0)
-    model = build_model(tiny_model(**SIZE, pos_embed="1d"))
+    model = build_model(tiny.model(**SIZE, pos_embed="1d"))
     table = position_table(model)
     assert table.shape == (9, 32)  # the class token's row is not a patch
     full = model.pos_embed.placement.table.weight[0, 1:].detach()
@@ -45,7 +45,7 @@ def test_1d_and_sincos_tables(tiny_model):
     sim = cosine_similarity_matrix(table)
     assert torch.allclose(sim.diagonal(), torch.ones(9, dtype=torch.float64))
     assert torch.allclose(sim, sim.t())
-    sincos = cosine_similarity_matrix(position_table(build_model(tiny_model(**SIZE, pos_embed="sincos2d"))))
+    sincos = cosine_similarity_matrix(position_table(build_model(tiny.model(**SIZE, pos_embed="sincos2d"))))
     profile = similarity_by_distance(sincos, (3, 3))
     assert profile[0]["distance"] == 0.0 and profile[0]["mean_similarity"] == pytest.approx(1.0)
     assert profile[0]["pairs"] == 9
@@ -54,13 +54,13 @@ def test_1d_and_sincos_tables(tiny_model):
 
 
 @pytest.mark.parametrize("kind", ["none", "relative", "rope2d"])
-def test_models_without_an_additive_table_have_none(kind, tiny_model):
-    assert position_table(build_model(tiny_model(**SIZE, pos_embed=kind))) is None
+def test_models_without_an_additive_table_have_none(kind, tiny):
+    assert position_table(build_model(tiny.model(**SIZE, pos_embed=kind))) is None
 
 
-def test_every_layer_placement_shows_the_first_table(tiny_model):
+def test_every_layer_placement_shows_the_first_table(tiny):
     torch.manual_seed(0)
-    model = build_model(tiny_model(**SIZE, depth=2, pos_embed="1d", pos_embed_at="every_layer"))
+    model = build_model(tiny.model(**SIZE, depth=2, pos_embed="1d", pos_embed_at="every_layer"))
     expected = model.pos_embed.placement.tables[0].weight[0, 1:].detach()
     assert torch.equal(position_table(model), expected)
 

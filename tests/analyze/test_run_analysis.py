@@ -13,9 +13,8 @@ import torch
 from vit_ablate.analyze import run_analysis
 from vit_ablate.cli import main
 
-from .helpers import write_checkpoint
-
 ALL_FIGURES = ["pos_similarity.png", "filters.png", "attention_distance.png", "rollout.png"]
+LAST = Path("run/checkpoints/last.ckpt")  # a run directory's layout: the analysis goes beside checkpoints/
 
 
 def _png_shape(path: Path):
@@ -24,8 +23,8 @@ def _png_shape(path: Path):
     return image.shape
 
 
-def test_writes_every_figure_and_analysis_json(make_checkpoint):
-    ckpt = make_checkpoint()
+def test_writes_every_figure_and_analysis_json(tiny, tmp_path: Path):
+    ckpt = tiny.checkpoint(tmp_path / LAST)
     summary = run_analysis(ckpt, num_images=12)
     out = ckpt.parent.parent / "analysis"
     result = json.loads((out / "analysis.json").read_text())
@@ -62,8 +61,8 @@ def test_writes_every_figure_and_analysis_json(make_checkpoint):
     assert _png_shape(out / "rollout.png")[1] > _png_shape(out / "attention_distance.png")[1]
 
 
-def test_models_without_table_or_patch_stem_get_notes(make_checkpoint, tmp_path: Path):
-    ckpt = make_checkpoint("model.pos_embed=rope2d", "model.pool=gap", "model.stem=conv")
+def test_models_without_table_or_patch_stem_get_notes(tiny, tmp_path: Path):
+    ckpt = tiny.checkpoint(tmp_path / LAST, tiny("model.pos_embed=rope2d", "model.pool=gap", "model.stem=conv"))
     out = tmp_path / "elsewhere"
     summary = run_analysis(ckpt, out=out, num_images=4, overrides=["evaluate.fewshot_shots=[2]"])
     result = json.loads((out / "analysis.json").read_text())
@@ -79,8 +78,8 @@ def test_models_without_table_or_patch_stem_get_notes(make_checkpoint, tmp_path:
         _png_shape(out / name)
 
 
-def test_data_overrides_and_skipping(make_checkpoint, tmp_path: Path):
-    ckpt = make_checkpoint()
+def test_data_overrides_and_skipping(tiny, tmp_path: Path):
+    ckpt = tiny.checkpoint(tmp_path / LAST)
     out = tmp_path / "o"
     summary = run_analysis(ckpt, out=out, num_images=0, overrides=["data.synthetic.num_val=16"])
     result = json.loads((out / "analysis.json").read_text())
@@ -94,8 +93,8 @@ def test_data_overrides_and_skipping(make_checkpoint, tmp_path: Path):
         run_analysis(ckpt, out=out, overrides=["data.name=imagefolder"], data=str(tmp_path / "no-images"))
 
 
-def test_bad_checkpoints_raise_clear_errors(tmp_path: Path, tiny_config):
-    old = write_checkpoint(tmp_path / "old.ckpt", tiny_config(), with_config=False)
+def test_bad_checkpoints_raise_clear_errors(tmp_path: Path, tiny):
+    old = tiny.checkpoint(tmp_path / "old.ckpt", tiny(), with_config=False)
     with pytest.raises(ValueError, match="version/format"):
         run_analysis(old, out=tmp_path / "x")
     with pytest.raises(FileNotFoundError):
@@ -103,21 +102,21 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path: Path, tiny_config):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli(make_checkpoint, tmp_path: Path, capsys, tiny_config):
-    ckpt = make_checkpoint()
+def test_cli(tiny, tmp_path: Path, capsys):
+    ckpt = tiny.checkpoint(tmp_path / LAST)
     out = tmp_path / "cli-out"
     assert main(["analyze", str(ckpt), "evaluate.fewshot_draws=1", "--out", str(out), "--images", "4"]) == 0
     printed = capsys.readouterr().out
     assert "rollout.png" in printed and str(out) in printed
     assert json.loads((out / "analysis.json").read_text())["fewshot"]["draws"] == 1
-    old = write_checkpoint(tmp_path / "old.ckpt", tiny_config(), with_config=False)
+    old = tiny.checkpoint(tmp_path / "old.ckpt", tiny(), with_config=False)
     assert main(["analyze", str(old)]) == 2
     assert "version/format" in capsys.readouterr().err
 
 
-def test_analysis_runs_on_cuda_when_available(make_checkpoint, tmp_path: Path):
+def test_analysis_runs_on_cuda_when_available(tiny, tmp_path: Path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    ckpt = make_checkpoint()
+    ckpt = tiny.checkpoint(tmp_path / LAST)
     run_analysis(ckpt, out=tmp_path / "gpu", num_images=8, device="cuda")
     assert json.loads((tmp_path / "gpu" / "analysis.json").read_text())["device"] == "cuda"

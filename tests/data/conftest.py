@@ -1,4 +1,4 @@
-"""Shared helpers of the data tests: a run config built straight from the schema (no model lookup)."""
+"""The data tests' config and a stand-in for what a data module reads from its trainer."""
 
 from __future__ import annotations
 
@@ -6,18 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from vit_ablate.config import RunConfig
 
 
-def make_config(*overrides: str):
-    """The default run config with ``key=value`` overrides, without ``validate_config`` (which would
-    import the model package that these tests do not depend on)."""
-    cfg = OmegaConf.structured(RunConfig)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    return cfg
+@pytest.fixture(scope="session")
+def tiny(tiny):
+    """The suite's tiny run (tests/conftest.py) without ``validate_config``, which would import the model
+    package that these tests do not depend on."""
+    return tiny.but(validate=False)
 
 
 def fake_trainer(world_size: int = 1, global_rank: int = 0, device: str = "cpu"):
@@ -30,11 +25,6 @@ def fake_trainer(world_size: int = 1, global_rank: int = 0, device: str = "cpu")
 
 
 # Fixtures hand out the helpers: importing ``conftest`` by name would be ambiguous across test folders.
-@pytest.fixture
-def make_cfg():
-    return make_config
-
-
 @pytest.fixture
 def trainer_stub():
     return fake_trainer

@@ -71,30 +71,30 @@ def image_ids(images: torch.Tensor) -> list[int]:
     return (images[:, 0, 0, 0].long() + 256 * images[:, 1, 0, 0].long()).tolist()
 
 
-def test_attributes_before_any_file_is_read(make_cfg, tmp_path):
-    dm = build_datamodule(make_cfg("data.name=cifar10", f"data.root={tmp_path / 'nowhere'}"))
+def test_attributes_before_any_file_is_read(tiny, tmp_path):
+    dm = build_datamodule(tiny("data.name=cifar10", f"data.root={tmp_path / 'nowhere'}"))
     assert isinstance(dm, CIFAR10DataModule)
     assert (dm.num_classes, dm.img_size, dm.in_chans, dm.mean, dm.std) == (10, 32, 3, (0.5,) * 3, (0.5,) * 3)
-    dm100 = build_datamodule(make_cfg("data.name=cifar100", "data.img_size=224"))
+    dm100 = build_datamodule(tiny("data.name=cifar100", "data.img_size=224"))
     assert isinstance(dm100, CIFAR100DataModule) and (dm100.num_classes, dm100.img_size) == (100, 224)
     assert str(dm100.root) == ".data"  # the git-ignored default
 
 
-def test_missing_dataset_names_the_path_and_the_download_switch(make_cfg, tmp_path):
+def test_missing_dataset_names_the_path_and_the_download_switch(tiny, tmp_path):
     root = tmp_path / "nowhere"
-    dm = build_datamodule(make_cfg("data.name=cifar10", f"data.root={root}"))
+    dm = build_datamodule(tiny("data.name=cifar10", f"data.root={root}"))
     with pytest.raises(FileNotFoundError) as info:
         dm.setup("fit")
     message = str(info.value)
     assert str(root) in message and "does not exist" in message and "data.download=true" in message
     (root / "empty").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="has no cifar-10-batches-py/ folder"):
-        build_datamodule(make_cfg("data.name=cifar10", f"data.root={root}")).setup("fit")
+        build_datamodule(tiny("data.name=cifar10", f"data.root={root}")).setup("fit")
     with pytest.raises(FileNotFoundError, match="data.download=true"):
-        build_datamodule(make_cfg("data.name=cifar10", f"data.root={root}")).check_available()
+        build_datamodule(tiny("data.name=cifar10", f"data.root={root}")).check_available()
 
 
-def test_a_truncated_pickle_is_named_as_corrupt_not_missing(make_cfg, cifar10_root, monkeypatch):
+def test_a_truncated_pickle_is_named_as_corrupt_not_missing(tiny, cifar10_root, monkeypatch):
     """A cut-off download passes a file-exists check; the checksum tells it apart from a missing file."""
     folder = cifar10_root / "cifar-10-batches-py"
     # the fakes' own checksums stand in for torchvision's (which small fakes cannot match)
@@ -104,17 +104,17 @@ def test_a_truncated_pickle_is_named_as_corrupt_not_missing(make_cfg, cifar10_ro
     batch = folder / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:1000])
     with pytest.raises(ValueError) as info:
-        build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}")).check_available()
+        build_datamodule(tiny("data.name=cifar10", f"data.root={cifar10_root}")).check_available()
     message = str(info.value)
     assert "corrupt" in message and str(batch) in message and "data.download=true" in message
     assert "not found" not in message and "data_batch_2" not in message
     # loading it (torchvision's own checks patched out) fails on the pickle: named the same way
     with pytest.raises(ValueError, match="corrupt: .*data_batch_3 does not match"):
-        build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}")).setup("fit")
+        build_datamodule(tiny("data.name=cifar10", f"data.root={cifar10_root}")).setup("fit")
 
 
-def test_splits_and_pixel_layout(make_cfg, cifar10_root):
-    dm = build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}"))
+def test_splits_and_pixel_layout(tiny, cifar10_root):
+    dm = build_datamodule(tiny("data.name=cifar10", f"data.root={cifar10_root}"))
     dm.setup("fit")
     train, val, test = dm.split("train"), dm.split("val"), dm.split("test")
     assert train.images.shape == (500, 3, 32, 32) and train.images.dtype == torch.uint8
@@ -126,8 +126,8 @@ def test_splits_and_pixel_layout(make_cfg, cifar10_root):
     assert isinstance(dm.train_dataloader(), DeviceLoader)
 
 
-def test_val_split_holds_out_the_last_balanced_training_images(make_cfg, cifar10_root):
-    dm = build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}", "data.val_split=100", "data.train_subset=50"))
+def test_val_split_holds_out_the_last_balanced_training_images(tiny, cifar10_root):
+    dm = build_datamodule(tiny("data.name=cifar10", f"data.root={cifar10_root}", "data.val_split=100", "data.train_subset=50"))
     train, val, test = dm.split("train"), dm.split("val"), dm.split("test")
     assert torch.bincount(val.labels, minlength=10).tolist() == [10] * 10
     assert torch.bincount(train.labels, minlength=10).tolist() == [5] * 10
@@ -140,12 +140,12 @@ def test_val_split_holds_out_the_last_balanced_training_images(make_cfg, cifar10
         assert sorted(i for i in used if labels[i] == c) == torch.nonzero(labels == c).flatten()[:5].tolist()
     assert len(test) == 60
     # deterministic: a second module holds out the same images
-    again = build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}", "data.val_split=100"))
+    again = build_datamodule(tiny("data.name=cifar10", f"data.root={cifar10_root}", "data.val_split=100"))
     assert set(image_ids(again.split("val").images)) == held and len(again.split("train")) == 400
 
 
-def test_img_size_resizes_batches_on_the_fly(make_cfg, cifar10_root):
-    dm = build_datamodule(make_cfg("data.name=cifar10", f"data.root={cifar10_root}", "data.img_size=48", "data.batch_size=50"))
+def test_img_size_resizes_batches_on_the_fly(tiny, cifar10_root):
+    dm = build_datamodule(tiny("data.name=cifar10", f"data.root={cifar10_root}", "data.img_size=48", "data.batch_size=50"))
     dm.setup("fit")
     assert dm.split("train").images.shape[-1] == 32  # stored at native size
     x, _ = next(iter(dm.train_dataloader()))
@@ -155,14 +155,14 @@ def test_img_size_resizes_batches_on_the_fly(make_cfg, cifar10_root):
     assert torch.allclose(xv[:, 2], torch.full_like(xv[:, 2], blue), atol=1e-5)  # flat planes stay flat
 
 
-def test_cifar100_fine_labels(make_cfg, cifar100_root):
-    dm = build_datamodule(make_cfg("data.name=cifar100", f"data.root={cifar100_root}", "data.train_subset=200"))
+def test_cifar100_fine_labels(tiny, cifar100_root):
+    dm = build_datamodule(tiny("data.name=cifar100", f"data.root={cifar100_root}", "data.train_subset=200"))
     dm.setup("fit")
     assert len(dm.split("train")) == 200 and torch.bincount(dm.split("train").labels).tolist() == [2] * 100
     assert len(dm.split("val")) == 200 and dm.class_names[:2] == ["c00", "c01"]
 
 
-def test_train_subset_larger_than_a_class_allows_is_an_error(make_cfg, cifar100_root):
-    dm = build_datamodule(make_cfg("data.name=cifar100", f"data.root={cifar100_root}", "data.train_subset=2000"))
+def test_train_subset_larger_than_a_class_allows_is_an_error(tiny, cifar100_root):
+    dm = build_datamodule(tiny("data.name=cifar100", f"data.root={cifar100_root}", "data.train_subset=2000"))
     with pytest.raises(ValueError, match="data.train_subset=2000 exceeds the 1000"):
         dm.setup("fit")

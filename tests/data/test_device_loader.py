@@ -166,8 +166,8 @@ def test_batches_are_resized_to_out_size():
 
 
 # --------------------------------------------------------------------------------------------- data modules
-def test_datamodule_per_device_batch_and_ranks(make_cfg, trainer_stub):
-    cfg = make_cfg("data.synthetic.num_train=1024", "data.synthetic.num_val=301", "data.batch_size=128")
+def test_datamodule_per_device_batch_and_ranks(tiny, trainer_stub):
+    cfg = tiny("data.synthetic.num_train=1024", "data.synthetic.num_val=301", "data.batch_size=128")
     dm = build_datamodule(cfg)
     assert dm.per_device_batch_size == 128 and dm.world_size == 1
     dm.trainer = trainer_stub(world_size=2, global_rank=1)
@@ -179,8 +179,8 @@ def test_datamodule_per_device_batch_and_ranks(make_cfg, trainer_stub):
     assert (val.rank, len(val.sampler), len(val)) == (1, 150, 3)  # indices 1, 3, …, 299
 
 
-def test_randaugment_uses_the_per_sample_path_with_deterministic_workers(make_cfg):
-    cfg = make_cfg(
+def test_randaugment_uses_the_per_sample_path_with_deterministic_workers(tiny):
+    cfg = tiny(
         "data.synthetic.num_train=64", "data.batch_size=32", "data.num_workers=1",
         "augment.randaugment=rand-m9-n2", "augment.hflip=true",
     )
@@ -223,8 +223,8 @@ class _Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_lightning_sets_the_epoch_and_sees_the_length(make_cfg, tmp_path):
-    dm = build_datamodule(make_cfg("data.synthetic.num_train=512", "data.synthetic.num_val=64", "data.batch_size=64"))
+def test_lightning_sets_the_epoch_and_sees_the_length(tiny, tmp_path):
+    dm = build_datamodule(tiny("data.synthetic.num_train=512", "data.synthetic.num_val=64", "data.batch_size=64"))
     model = _Recorder()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_checkpointing=False,
@@ -269,9 +269,9 @@ class _ShardRecorder(L.LightningModule):
 
 
 @pytest.mark.slow
-def test_lightning_ddp_two_processes_shard_as_specified(make_cfg, tmp_path):
+def test_lightning_ddp_two_processes_shard_as_specified(tiny, tmp_path):
     """Real DDP (2 CPU processes, gloo): disjoint equal training shards; every val image exactly once."""
-    cfg = make_cfg("data.synthetic.num_train=200", "data.synthetic.num_val=101", "data.batch_size=40")
+    cfg = tiny("data.synthetic.num_train=200", "data.synthetic.num_val=101", "data.batch_size=40")
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, num_sanity_val_steps=0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

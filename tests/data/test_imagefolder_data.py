@@ -33,73 +33,73 @@ def write_folder(root: Path, splits=("train", "val"), per_class=4, size=(12, 12)
     return root
 
 
-def cfg_for(make_cfg, root, *more):
-    return make_cfg("data.name=imagefolder", f"data.root={root}", "data.num_workers=0", "data.batch_size=4", *more)
+def cfg_for(tiny, root, *more):
+    return tiny("data.name=imagefolder", f"data.root={root}", "data.num_workers=0", "data.batch_size=4", *more)
 
 
-def test_a_relative_root_lies_under_the_data_variable(make_cfg, tmp_path, monkeypatch):
+def test_a_relative_root_lies_under_the_data_variable(tiny, tmp_path, monkeypatch):
     write_folder(tmp_path / "shapes")
     monkeypatch.setenv("VIT_ABLATE_DATA", str(tmp_path))
-    dm = build_datamodule(cfg_for(make_cfg, "shapes"))
+    dm = build_datamodule(cfg_for(tiny, "shapes"))
     assert dm.root == tmp_path / "shapes" and len(dm.split("train")) == 12
 
 
 # --------------------------------------------------------------------------------------------- errors
-def test_root_must_be_set(make_cfg):
+def test_root_must_be_set(tiny):
     with pytest.raises(ValueError, match="data.root must be set"):
-        build_datamodule(make_cfg("data.name=imagefolder"))
+        build_datamodule(tiny("data.name=imagefolder"))
 
 
-def test_missing_root_is_named(make_cfg, tmp_path):
+def test_missing_root_is_named(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
-        build_datamodule(cfg_for(make_cfg, tmp_path / "absent"))
+        build_datamodule(cfg_for(tiny, tmp_path / "absent"))
 
 
-def test_root_without_train_is_named(make_cfg, tmp_path):
+def test_root_without_train_is_named(tiny, tmp_path):
     write_folder(tmp_path, splits=("val",))
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*has no train/"):
-        build_datamodule(cfg_for(make_cfg, tmp_path))
+        build_datamodule(cfg_for(tiny, tmp_path))
 
 
-def test_empty_class_folder_is_named(make_cfg, tmp_path):
+def test_empty_class_folder_is_named(tiny, tmp_path):
     write_folder(tmp_path)
     (tmp_path / "train" / "fox").mkdir()
     (tmp_path / "train" / "fox" / "notes.txt").write_text("not an image")
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'train' / 'fox'}' contains no images"):
-        build_datamodule(cfg_for(make_cfg, tmp_path))
+        build_datamodule(cfg_for(tiny, tmp_path))
 
 
-def test_train_without_class_folders(make_cfg, tmp_path):
+def test_train_without_class_folders(tiny, tmp_path):
     (tmp_path / "train").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "train" / "loose.png")
     with pytest.raises(FileNotFoundError, match="has no class folders"):
-        build_datamodule(cfg_for(make_cfg, tmp_path))
+        build_datamodule(cfg_for(tiny, tmp_path))
 
 
-def test_class_mismatch_between_splits_is_named(make_cfg, tmp_path):
+def test_class_mismatch_between_splits_is_named(tiny, tmp_path):
     write_folder(tmp_path, splits=("train",))
     write_folder(tmp_path, splits=("val",), classes={"cat": (1, 2, 3), "dog": (4, 5, 6)})
     with pytest.raises(ValueError) as info:
-        build_datamodule(cfg_for(make_cfg, tmp_path))
+        build_datamodule(cfg_for(tiny, tmp_path))
     message = str(info.value)
     assert str(tmp_path / "val") in message and "3 classes" in message and "has 2" in message and "['emu']" in message
 
 
-def test_no_validation_source(make_cfg, tmp_path):
+def test_no_validation_source(tiny, tmp_path):
     write_folder(tmp_path, splits=("train",))
     with pytest.raises(FileNotFoundError, match="neither val/ nor test/.*data.val_split"):
-        build_datamodule(cfg_for(make_cfg, tmp_path))
-    dm = build_datamodule(cfg_for(make_cfg, tmp_path, "data.val_split=3"))  # a hold-out instead
+        build_datamodule(cfg_for(tiny, tmp_path))
+    dm = build_datamodule(cfg_for(tiny, tmp_path, "data.val_split=3"))  # a hold-out instead
     assert len(dm.split("val")) == 3 and len(dm.split("train")) == 9
     assert len(dm.split("test")) == 3  # falls back to the hold-out
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
-def test_corrupt_image_is_named(make_cfg, tmp_path, in_memory):
+def test_corrupt_image_is_named(tiny, tmp_path, in_memory):
     write_folder(tmp_path, fmt="JPEG")
     bad = tmp_path / "train" / "dog" / "bad.jpg"
     bad.write_bytes(os.urandom(300))
-    dm = build_datamodule(cfg_for(make_cfg, tmp_path, f"data.in_memory={str(in_memory).lower()}", "data.batch_size=13"))
+    dm = build_datamodule(cfg_for(tiny, tmp_path, f"data.in_memory={str(in_memory).lower()}", "data.batch_size=13"))
     with pytest.raises(ValueError, match=f"cannot read image file {bad}"):
         dm.setup("fit")
         for _ in dm.train_dataloader():
@@ -120,9 +120,9 @@ def test_unreadable_file_in_the_pool_is_named(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- in memory
-def test_in_memory_decode_labels_and_pixels(make_cfg, tmp_path):
+def test_in_memory_decode_labels_and_pixels(tiny, tmp_path):
     write_folder(tmp_path, splits=("train", "val", "test"), per_class=4, size=(12, 12))
-    dm = build_datamodule(cfg_for(make_cfg, tmp_path))
+    dm = build_datamodule(cfg_for(tiny, tmp_path))
     assert isinstance(dm, ImageFolderDataModule)
     assert (dm.num_classes, dm.img_size, dm.in_chans, dm.in_memory) == (3, 12, 3, True)
     assert dm.class_names == ["cat", "dog", "emu"]
@@ -136,16 +136,16 @@ def test_in_memory_decode_labels_and_pixels(make_cfg, tmp_path):
     assert x.shape == (4, 3, 12, 12) and x[0, 0, 5, 5].item() == pytest.approx((200 / 255 - 0.5) / 0.5)
 
 
-def test_non_square_images_are_resized_and_centre_cropped(make_cfg, tmp_path):
+def test_non_square_images_are_resized_and_centre_cropped(tiny, tmp_path):
     write_folder(tmp_path, size=(20, 10))
-    assert build_datamodule(cfg_for(make_cfg, tmp_path)).img_size == 10  # the shorter side
-    dm = build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=6"))
+    assert build_datamodule(cfg_for(tiny, tmp_path)).img_size == 10  # the shorter side
+    dm = build_datamodule(cfg_for(tiny, tmp_path, "data.img_size=6"))
     assert dm.split("train").images.shape == (12, 3, 6, 6)
 
 
-def test_decode_cache_is_written_reused_and_invalidated(make_cfg, tmp_path, monkeypatch):
+def test_decode_cache_is_written_reused_and_invalidated(tiny, tmp_path, monkeypatch):
     write_folder(tmp_path)
-    dm = build_datamodule(cfg_for(make_cfg, tmp_path))
+    dm = build_datamodule(cfg_for(tiny, tmp_path))
     first = dm.split("train").images
     caches = sorted(tmp_path.glob(".vit_ablate_cache_*.pt"))
     assert len(caches) == 1 and dm.cache_path(dm.split_files("train")[0]) == caches[0]
@@ -154,39 +154,39 @@ def test_decode_cache_is_written_reused_and_invalidated(make_cfg, tmp_path, monk
         raise AssertionError("decoded although a cache exists")
 
     monkeypatch.setattr(imagefolder, "decode_images", no_decoding)
-    again = build_datamodule(cfg_for(make_cfg, tmp_path))
+    again = build_datamodule(cfg_for(tiny, tmp_path))
     assert torch.equal(again.split("train").images, first)
     # a changed file changes the digest: decoded afresh
     changed = tmp_path / "train" / "cat" / "000.png"
     stat = changed.stat()
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     with pytest.raises(AssertionError, match="decoded although"):
-        build_datamodule(cfg_for(make_cfg, tmp_path)).split("train")
+        build_datamodule(cfg_for(tiny, tmp_path)).split("train")
 
 
-def test_no_cache_on_a_read_only_root(make_cfg, tmp_path, monkeypatch):
+def test_no_cache_on_a_read_only_root(tiny, tmp_path, monkeypatch):
     write_folder(tmp_path)
     real_access = os.access
     monkeypatch.setattr(imagefolder.os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
-    dm = build_datamodule(cfg_for(make_cfg, tmp_path))
+    dm = build_datamodule(cfg_for(tiny, tmp_path))
     assert dm.split("train").images.shape == (12, 3, 12, 12)
     assert dm.cache_path(dm.split_files("train")[0]) is None
     assert not list(tmp_path.glob(".vit_ablate_cache_*"))
 
 
-def test_automatic_in_memory_rule(make_cfg, tmp_path):
+def test_automatic_in_memory_rule(tiny, tmp_path):
     write_folder(tmp_path)
-    assert build_datamodule(cfg_for(make_cfg, tmp_path)).in_memory is True
-    assert build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=128")).in_memory is False
-    assert build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=128", "data.in_memory=true")).in_memory is True
-    assert build_datamodule(cfg_for(make_cfg, tmp_path, "data.in_memory=false")).in_memory is False
+    assert build_datamodule(cfg_for(tiny, tmp_path)).in_memory is True
+    assert build_datamodule(cfg_for(tiny, tmp_path, "data.img_size=128")).in_memory is False
+    assert build_datamodule(cfg_for(tiny, tmp_path, "data.img_size=128", "data.in_memory=true")).in_memory is True
+    assert build_datamodule(cfg_for(tiny, tmp_path, "data.in_memory=false")).in_memory is False
 
 
 # --------------------------------------------------------------------------------------------- streaming
-def test_streamed_and_in_memory_evaluation_agree(make_cfg, tmp_path):
+def test_streamed_and_in_memory_evaluation_agree(tiny, tmp_path):
     write_folder(tmp_path, size=(20, 14))
-    memory = build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=8"))
-    stream = build_datamodule(cfg_for(make_cfg, tmp_path, "data.img_size=8", "data.in_memory=false"))
+    memory = build_datamodule(cfg_for(tiny, tmp_path, "data.img_size=8"))
+    stream = build_datamodule(cfg_for(tiny, tmp_path, "data.img_size=8", "data.in_memory=false"))
     memory.setup("fit")
     stream.setup("fit")
     assert stream.split("val").paths is not None
@@ -198,10 +198,10 @@ def test_streamed_and_in_memory_evaluation_agree(make_cfg, tmp_path):
     assert torch.allclose(xs, xm, atol=1e-6)
 
 
-def test_streamed_training_uses_transforms_and_shards(make_cfg, tmp_path, trainer_stub):
+def test_streamed_training_uses_transforms_and_shards(tiny, tmp_path, trainer_stub):
     write_folder(tmp_path, per_class=8, size=(20, 14))
     dm = build_datamodule(
-        cfg_for(make_cfg, tmp_path, "data.img_size=8", "data.in_memory=false", "augment.random_resized_crop=true",
+        cfg_for(tiny, tmp_path, "data.img_size=8", "data.in_memory=false", "augment.random_resized_crop=true",
                 "augment.hflip=true", "augment.randaugment=rand-m9-n2")
     )
     dm.trainer = trainer_stub(world_size=2, global_rank=0)
@@ -215,9 +215,10 @@ def test_streamed_training_uses_transforms_and_shards(make_cfg, tmp_path, traine
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def test_real_cifar10_jpegs_subset(make_cfg, cifar10_jpeg):
+def test_real_cifar10_jpegs_subset(tiny, cifar10_jpeg):
     dm = build_datamodule(
-        make_cfg("data.name=imagefolder", f"data.root={cifar10_jpeg}", "data.train_subset=1000", "data.num_workers=2")
+        tiny("data.name=imagefolder", f"data.root={cifar10_jpeg}", "data.train_subset=1000", "data.num_workers=2",
+             "data.batch_size=128")
     )
     assert (dm.num_classes, dm.img_size, dm.in_memory) == (10, 32, True)
     assert dm.class_names == CIFAR10_CLASSES
@@ -233,11 +234,11 @@ def test_real_cifar10_jpegs_subset(make_cfg, cifar10_jpeg):
     assert x.shape == (128, 3, 32, 32) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
 
 
-def test_real_cifar10_test_split_decodes_and_comes_back_from_the_cache(make_cfg, cifar10_jpeg):
+def test_real_cifar10_test_split_decodes_and_comes_back_from_the_cache(tiny, cifar10_jpeg):
     """The 10k real test JPEGs decoded in a 2-process pool (cache bypassed), then served from the
     cache written by prepare_data, equal to the last byte. (Decode and start-up times are the
     bench's data section's business, not a test's.)"""
-    cfg = make_cfg("data.name=imagefolder", f"data.root={cifar10_jpeg}", "data.num_workers=2")
+    cfg = tiny("data.name=imagefolder", f"data.root={cifar10_jpeg}", "data.num_workers=2")
     files, labels = ImageFolderDataModule(cfg).split_files("test")
     images = decode_images(files, 32, 2)
     assert images.shape == (10000, 3, 32, 32) and images.dtype == torch.uint8

@@ -177,8 +177,8 @@ def test_ceiling_api():
     assert SyntheticDataModule.position_free_upper_bound(2048) == pytest.approx(0.2787, abs=1e-4)
 
 
-def test_datamodule_attributes_and_loaders(make_cfg):
-    cfg = make_cfg("data.synthetic.num_train=1024", "data.synthetic.num_val=200", "data.batch_size=128")
+def test_datamodule_attributes_and_loaders(tiny):
+    cfg = tiny("data.synthetic.num_train=1024", "data.synthetic.num_val=200", "data.batch_size=128")
     dm = build_datamodule(cfg)
     assert isinstance(dm, SyntheticDataModule) and "synthetic" in DATASETS
     # known before setup
@@ -198,26 +198,26 @@ def test_datamodule_attributes_and_loaders(make_cfg):
     assert float(xv.min()) >= -1.0 and float(xv.max()) <= 1.0
 
 
-def test_splits_are_separate_draws_and_sized_from_config(make_cfg):
-    dm = build_datamodule(make_cfg("data.synthetic.num_train=256", "data.synthetic.num_val=64", "data.synthetic.num_test=32"))
+def test_splits_are_separate_draws_and_sized_from_config(tiny):
+    dm = build_datamodule(tiny("data.synthetic.num_train=256", "data.synthetic.num_val=64", "data.synthetic.num_test=32"))
     assert [len(dm.split(s)) for s in ("train", "val", "test")] == [256, 64, 32]
     assert not torch.equal(dm.sample("val").images[:32], dm.sample("test").images)
-    again = build_datamodule(make_cfg("data.synthetic.num_train=256", "data.synthetic.num_val=64", "data.synthetic.num_test=32"))
+    again = build_datamodule(tiny("data.synthetic.num_train=256", "data.synthetic.num_val=64", "data.synthetic.num_test=32"))
     assert torch.equal(again.split("train").images, dm.split("train").images)
-    other = build_datamodule(make_cfg("data.synthetic.num_train=256", "data.synthetic.seed=1"))
+    other = build_datamodule(tiny("data.synthetic.num_train=256", "data.synthetic.seed=1"))
     assert not torch.equal(other.split("train").images, dm.split("train").images)
 
 
-def test_train_subset_is_class_balanced(make_cfg):
-    dm = build_datamodule(make_cfg("data.synthetic.num_train=1024", "data.train_subset=100"))
+def test_train_subset_is_class_balanced(tiny):
+    dm = build_datamodule(tiny("data.synthetic.num_train=1024", "data.train_subset=100"))
     split = dm.split("train")
     assert len(split) == 100
     assert torch.bincount(split.labels, minlength=8).tolist() == [13, 13, 13, 13, 12, 12, 12, 12]
 
 
-def test_unknown_name_suggests_the_nearest(make_cfg):
+def test_unknown_name_suggests_the_nearest(tiny):
     with pytest.raises(ValueError) as info:
-        build_datamodule(make_cfg("data.name=cifra10"))
+        build_datamodule(tiny("data.name=cifra10"))
     assert str(info.value) == (
         "data.name='cifra10' is not valid; choose one of cifar10, cifar100, imagefolder, synthetic; "
         "did you mean 'cifar10'?"

@@ -64,9 +64,9 @@ def test_the_combinations_cover_every_pair_of_names():
 
 
 @pytest.mark.parametrize("stem, pos, at, norm, pool, head", COMBINATIONS, ids=lambda v: str(v))
-def test_every_combination_builds_and_backpropagates(stem, pos, at, norm, pool, head, tiny_model):
+def test_every_combination_builds_and_backpropagates(stem, pos, at, norm, pool, head, tiny):
     torch.manual_seed(0)
-    cfg = {**tiny_model(**SIZE), **STEM_SETTINGS[stem],
+    cfg = {**tiny.model(**SIZE), **STEM_SETTINGS[stem],
            "stem": stem, "pos_embed": pos, "pos_embed_at": at, "norm": norm, "pool": pool, "head": head}
     model = build_model(cfg)
     logits = model(torch.randn(3, 3, 16, 16))
@@ -81,8 +81,8 @@ def _names(model):
     return {n for n, _ in model.named_parameters()}
 
 
-def test_only_used_parameters_are_created(tiny_model):
-    base = tiny_model(**SIZE)
+def test_only_used_parameters_are_created(tiny):
+    base = tiny.model(**SIZE)
     gap_none = _names(build_model({**base, "pool": "gap", "pos_embed": "none"}))
     assert not any("cls_token" in n or "pos_embed" in n for n in gap_none)
     cls_1d = _names(build_model({**base, "pool": "cls", "pos_embed": "1d"}))
@@ -96,7 +96,7 @@ def test_only_used_parameters_are_created(tiny_model):
     assert build_model({**base, "head": "linear"}).head.fc.in_features == base["dim"]
 
 
-def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse(tiny_model):
+def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse(tiny):
     torch.manual_seed(0)
     dim = 8
     tokens = torch.randn(2, 5, dim) * torch.arange(1.0, 6.0).view(1, 5, 1) + torch.arange(5.0).view(1, 5, 1)
@@ -118,29 +118,29 @@ def test_paper_gap_normalises_each_token_then_averages_and_timm_gap_the_reverse(
         assert torch.allclose(timm_gap, layer_norm(tokens.mean(dim=1)), atol=1e-5)
         assert (paper - timm_gap).abs().max() > 0.1  # a real difference, not rounding
     # their LayerNorms carry different names, so a checkpoint of one never loads into the other
-    base = tiny_model(**SIZE)
+    base = tiny.model(**SIZE)
     assert {"pool.encoder_norm.weight"} <= _names(build_model({**base, "pool": "gap"}))
     assert {"pool.norm.weight"} <= _names(build_model({**base, "pool": "gap_fc_norm"}))
 
 
-def test_zero_initialised_head_gives_zero_logits(tiny_model):
-    model = build_model(tiny_model(**{**SIZE, "head_zero_init": True}))
+def test_zero_initialised_head_gives_zero_logits(tiny):
+    model = build_model(tiny.model(**{**SIZE, "head_zero_init": True}))
     assert model(torch.randn(2, 3, 16, 16)).abs().max() == 0
 
 
-def test_no_weight_decay_names(tiny_model):
-    model = build_model(tiny_model(**SIZE, pos_embed="2d"))
+def test_no_weight_decay_names(tiny):
+    model = build_model(tiny.model(**SIZE, pos_embed="2d"))
     names = model.no_weight_decay()
     assert {"pool.cls_token", "pos_embed.placement.table.rows", "pos_embed.placement.table.cols", "pos_embed.placement.table.prefix"} <= names
     assert "blocks.0.norm1.weight" in names and "blocks.0.attn.qkv.bias" in names
     assert "blocks.0.attn.qkv.weight" not in names and "head.fc.weight" not in names
     assert names <= _names(model)
-    rel = build_model(tiny_model(**SIZE, pos_embed="relative"))
+    rel = build_model(tiny.model(**SIZE, pos_embed="relative"))
     assert "blocks.1.attn.position.table" in rel.no_weight_decay()
 
 
-def test_intermediates_are_named_and_consistent(tiny_model):
-    model = build_model(tiny_model(**SIZE)).eval()
+def test_intermediates_are_named_and_consistent(tiny):
+    model = build_model(tiny.model(**SIZE)).eval()
     images = torch.randn(2, 3, 16, 16)
     taps = model.forward_intermediates(images)
     assert list(taps) == ["stem", "pos_embed", "block0", "block1", "pre_logits", "logits"]
@@ -151,9 +151,9 @@ def test_intermediates_are_named_and_consistent(tiny_model):
 
 
 @pytest.mark.parametrize("pos", ["1d", "relative", "relative_head_bias", "rope2d"])
-def test_explicit_attention_path_matches_sdpa(pos, tiny_model):
+def test_explicit_attention_path_matches_sdpa(pos, tiny):
     torch.manual_seed(0)
-    model = build_model(tiny_model(**SIZE, pos_embed=pos)).eval()
+    model = build_model(tiny.model(**SIZE, pos_embed=pos)).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():  # a learned bias without a gradient goes to SDPA on the CPU too
         fused = model(images)
@@ -177,11 +177,11 @@ def test_variant_and_overrides_resolve():
     assert (spec.dim, spec.depth, spec.patch_size, spec.grid_side) == (192, 6, 4, 8)
 
 
-def test_the_patch_stem_is_the_stride_p_convolution_of_its_weights(tiny_model):
+def test_the_patch_stem_is_the_stride_p_convolution_of_its_weights(tiny):
     """The stem applies timm's conv weights as eq. 1's matrix to flattened patches: the same tokens
     and the same weight gradient as the stride-P convolution, in the grid's raster order."""
     torch.manual_seed(0)
-    model = build_model({**tiny_model(**SIZE), "stem": "patch"})
+    model = build_model({**tiny.model(**SIZE), "stem": "patch"})
     proj = model.stem.proj
     images = torch.randn(3, 3, 16, 16)
     tokens = model.stem(images)

@@ -20,18 +20,18 @@ def _shuffle_patches(images, perm, patch=4):
 
 
 @pytest.mark.parametrize("pool", ["gap", "cls"])
-def test_no_position_embedding_sees_a_bag_of_patches(pool, tiny_model):
+def test_no_position_embedding_sees_a_bag_of_patches(pool, tiny):
     torch.manual_seed(0)
     images = torch.randn(4, 3, 16, 16)
     perm = torch.randperm(16)
     shuffled = _shuffle_patches(images, perm)
     assert not torch.allclose(images, shuffled)
-    bag = build_model(tiny_model(**SIZE, pos_embed="none", pool=pool)).eval()
+    bag = build_model(tiny.model(**SIZE, pos_embed="none", pool=pool)).eval()
     with torch.no_grad():
         assert (bag(images) - bag(shuffled)).abs().max() < 1e-5  # logits: invariant
     prefix = bag.num_prefix_tokens
     for pos in POSITION_EMBEDDINGS.names():
-        model = build_model(tiny_model(**SIZE, pos_embed=pos, pool=pool)).eval()
+        model = build_model(tiny.model(**SIZE, pos_embed=pos, pool=pool)).eval()
         with torch.no_grad():
             for name, param in model.named_parameters():  # tables start at std 0.02: make them count
                 if "pos_embed" in name or "position" in name:
@@ -49,9 +49,9 @@ def test_no_position_embedding_sees_a_bag_of_patches(pool, tiny_model):
             assert gap > 1e-2, pos  # ≥ 1000× the bag model's bound
 
 
-def test_relative_logits_depend_only_on_the_offset(tiny_model):
+def test_relative_logits_depend_only_on_the_offset(tiny):
     torch.manual_seed(0)
-    model = build_model(tiny_model(**SIZE, pos_embed="relative", pool="gap"))
+    model = build_model(tiny.model(**SIZE, pos_embed="relative", pool="gap"))
     relative = model.blocks[0].attn.position
     n = 16
     q = torch.randn(1, 1, 1, 8).expand(2, 4, n, 8)  # constant content: the same query everywhere
@@ -66,10 +66,10 @@ def test_relative_logits_depend_only_on_the_offset(tiny_model):
 
 
 @pytest.mark.parametrize("pos", ["relative", "relative_2d_offsets"])
-def test_relative_logits_and_table_gradient_match_the_pairwise_formula(pos, tiny_model):
+def test_relative_logits_and_table_gradient_match_the_pairwise_formula(pos, tiny):
     """bias[b, h, i, j] = scale · q_i · r[index(i, j)], and the table's gradient is the same sum, by a loop."""
     torch.manual_seed(0)
-    relative = build_model(tiny_model(**SIZE, pos_embed=pos, pool="cls")).blocks[0].attn.position
+    relative = build_model(tiny.model(**SIZE, pos_embed=pos, pool="cls")).blocks[0].attn.position
     tokens = relative.index.shape[0]
     q = torch.randn(2, 3, tokens, 8)
     weights = torch.randn(2, 3, tokens, tokens)
@@ -87,16 +87,16 @@ def test_relative_logits_and_table_gradient_match_the_pairwise_formula(pos, tiny
     assert torch.allclose(relative.table.grad, expected_grad, atol=1e-4)
 
 
-def test_relative_bias_uses_the_prefix_slot_for_the_class_token(tiny_model):
-    model = build_model(tiny_model(**SIZE, pos_embed="relative", pool="cls"))
+def test_relative_bias_uses_the_prefix_slot_for_the_class_token(tiny):
+    model = build_model(tiny.model(**SIZE, pos_embed="relative", pool="cls"))
     relative = model.blocks[0].attn.position
     assert relative.table.shape == (2 * 16, 8)  # 31 offsets + one slot for class-token pairs
     assert (relative.index[0] == 31).all() and (relative.index[:, 0] == 31).all()
 
 
-def test_each_relative_diagnostic_changes_one_thing(tiny_model):
+def test_each_relative_diagnostic_changes_one_thing(tiny):
     torch.manual_seed(0)
-    base = tiny_model(**SIZE, pool="gap")  # a 4×4 grid, head dim 8
+    base = tiny.model(**SIZE, pool="gap")  # a 4×4 grid, head dim 8
     raster = build_model({**base, "pos_embed": "relative"}).blocks[0].attn.position
     # 2-D offsets: two pairs share a table entry exactly when they share the displacement (dy, dx)
     two_d = build_model({**base, "pos_embed": "relative_2d_offsets"}).blocks[0].attn.position
@@ -121,8 +121,8 @@ def test_each_relative_diagnostic_changes_one_thing(tiny_model):
     assert 0.17 < large.table.std().item() < 0.23 and 0.017 < raster.table.std().item() < 0.023
 
 
-def test_2d_embedding_of_patch_rc_is_row_table_then_column_table(tiny_model):
-    model = build_model(tiny_model(**SIZE, pos_embed="2d", pool="cls"))
+def test_2d_embedding_of_patch_rc_is_row_table_then_column_table(tiny):
+    model = build_model(tiny.model(**SIZE, pos_embed="2d", pool="cls"))
     table2d = model.pos_embed.placement.table
     full = table2d()
     assert full.shape == (1, 17, 32)
@@ -143,8 +143,8 @@ def test_sincos2d_matches_big_vision_formula():
     assert torch.allclose(table[r * 4 + c].double(), expected, atol=1e-6)
 
 
-def test_rope2d_scores_depend_only_on_the_2d_offset(tiny_model):
-    model = build_model(tiny_model(**SIZE, pos_embed="rope2d", pool="gap"))
+def test_rope2d_scores_depend_only_on_the_2d_offset(tiny):
+    model = build_model(tiny.model(**SIZE, pos_embed="rope2d", pool="gap"))
     rope = model.blocks[0].attn.position
     q = torch.randn(1, 1, 1, 8).expand(1, 1, 16, 8)
     k = torch.randn(1, 1, 1, 8).expand(1, 1, 16, 8)
@@ -156,7 +156,7 @@ def test_rope2d_scores_depend_only_on_the_2d_offset(tiny_model):
     assert not torch.allclose(scores[0, 1], scores[0, 4], atol=1e-4)  # (0,1) and (1,0) differ
 
 
-def test_a_new_position_embedding_is_one_class_and_one_registry_line(tiny_model):
+def test_a_new_position_embedding_is_one_class_and_one_registry_line(tiny):
     class RowIndexTable(nn.Module):
         def __init__(self, tokens, dim):
             super().__init__()
@@ -171,7 +171,7 @@ def test_a_new_position_embedding_is_one_class_and_one_registry_line(tiny_model)
             return RowIndexTable(ctx.num_prefix_tokens + ctx.num_patches, ctx.dim)
 
     try:
-        model = build_model(tiny_model(**SIZE, pos_embed="toy_index", pos_embed_at="every_layer_shared"))
+        model = build_model(tiny.model(**SIZE, pos_embed="toy_index", pos_embed_at="every_layer_shared"))
         taps = model.eval().forward_intermediates(torch.zeros(1, 3, 16, 16))
         # zero images: the stem output is its bias alone, and block 0's input gets the index added
         assert torch.allclose(model.pos_embed.before_block(0, taps["pos_embed"])[0, 5] - taps["pos_embed"][0, 5], torch.full((32,), 5.0))

@@ -34,14 +34,14 @@ SIZE = dict(num_classes=3)  # what these tests change of the shared tiny model
         ({"depth": 0}, ["model.depth=0", "positive"]),
     ],
 )
-def test_invalid_model_configs_name_the_problem(override, fragments, tiny_model):
+def test_invalid_model_configs_name_the_problem(override, fragments, tiny):
     with pytest.raises(ValueError) as info:
-        build_model(tiny_model(**{**SIZE, **override}))
+        build_model(tiny.model(**{**SIZE, **override}))
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
 
 
-def test_omegaconf_node_is_accepted(tiny_model):
-    model = build_model(OmegaConf.create(tiny_model(**SIZE, pos_embed="2d")))
+def test_omegaconf_node_is_accepted(tiny):
+    model = build_model(OmegaConf.create(tiny.model(**SIZE, pos_embed="2d")))
     assert model.spec.pos_embed == "2d"
     assert resolve_spec(model.spec) == model.spec

@@ -16,15 +16,6 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).resolve().parent / "fake_train.py"
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 
-# A run of experiments/quickstart.yaml (the sweeps' command) that takes a few seconds of training (plus
-# ~10 s of imports): one epoch of the suite's tiny model (tests/conftest.py) on a small synthetic set.
-SHORT_RUN = [
-    "trainer.max_epochs=1",
-    "data.synthetic.num_train=512",
-    "data.synthetic.num_val=256",
-    "data.synthetic.num_test=256",
-]
-
 
 def write_sweep(path: Path, parameters: Mapping[str, Any], command: Optional[List[str]] = None,
                 method: str = "grid", header: str = "", **extra: Any) -> Path:

@@ -33,13 +33,13 @@ def test_uploaded_command_carries_the_overrides_and_wandb_logging():
 
 
 @pytest.mark.slow
-def test_offline_backend_writes_an_offline_wandb_run(tmp_path, monkeypatch, tiny_run):
+def test_offline_backend_writes_an_offline_wandb_run(tmp_path, monkeypatch, tiny):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("VIT_ABLATE_RUN_DIR", raising=False)
     # imagefolder passes the config schema but its folder is missing: refused when the run starts
     path = write_sweep(tmp_path / "wb.yaml", {"data.name": {"values": ["synthetic", "imagefolder"]}})
     out = tmp_path / "runs"
-    overrides = [*tiny_run, f"data.root={tmp_path / 'no-images-here'}"]
+    overrides = tiny.args(f"data.root={tmp_path / 'no-images-here'}")  # the suite's tiny run: seconds, not minutes
     summary = run_sweep(path, backend="wandb", overrides=overrides, output_dir=out, workers=2, poll_s=0.1)
     data = manifest(next(out.glob("sweep-*")))
     sweep_dir = out / f"sweep-{data['sweep_id']}"

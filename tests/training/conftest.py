@@ -1,21 +1,12 @@
 import pytest
 
-# A small, fast configuration of the quickstart experiment for training tests: the suite's tiny model
-# (tests/conftest.py) on a small synthetic dataset.
-FAST = [
-    "experiments/quickstart.yaml",
-    "trainer.progress_bar=false",
-    "logging.csv=false",
-    "data.synthetic.num_train=1024",
-    "data.synthetic.num_val=256",
-    "data.synthetic.num_test=256",
-    "data.batch_size=64",
-]
-
 
 @pytest.fixture
-def fast_args(tmp_path, tiny_model):
-    return [*FAST, *tiny_model.overrides(), f"output_dir={tmp_path}"]
+def tiny(tiny, tmp_path):
+    """The suite's tiny run (tests/conftest.py) on 1024 training images in batches of 64 (16 steps an
+    epoch, which these tests count), written into tmp_path."""
+    return tiny.but("data.synthetic.num_train=1024", "data.synthetic.num_val=256", "data.synthetic.num_test=256",
+                    "data.batch_size=64", f"output_dir={tmp_path}")
 
 
 @pytest.fixture(autouse=True)

@@ -13,22 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-SMALL = [
-    "experiments/quickstart.yaml",
-    "trainer.progress_bar=false",
-    "logging.csv=false",
-    "trainer.accelerator=cpu",
-    "data.synthetic.num_train=512",
-    "data.synthetic.num_val=257",  # odd: two ranks cannot split it evenly
-    "data.synthetic.num_test=129",
-    "data.batch_size=64",
-]
-
 
 @pytest.fixture
-def tiny(tiny_model):
-    """The quickstart experiment with the suite's tiny model on a small synthetic dataset."""
-    return [*SMALL, *tiny_model.overrides()]
+def tiny(tiny):
+    """The training tests' tiny run on 512 training images; 257 validation images, which two ranks cannot
+    split evenly."""
+    return tiny.but("data.synthetic.num_train=512", "data.synthetic.num_val=257", "data.synthetic.num_test=129")
+
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
@@ -38,8 +30,8 @@ def _run(command, cwd, timeout=300):
     return done
 
 
-def _train(tiny, tmp_path, name, devices, *extra, launcher=None):
-    args = [*tiny, f"output_dir={tmp_path}", f"name={name}", f"trainer.devices={devices}", *extra]
+def _train(tiny, name, devices, *extra, launcher=None):
+    args = tiny.args(f"name={name}", f"trainer.devices={devices}", *extra)
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
                    "-m", "vit_ablate", "train", *args]
@@ -58,8 +50,8 @@ def test_one_step_on_two_ranks_equals_one_step_on_one(tiny, tmp_path):
     # SGD makes the update proportional to the gradient, so this compares the all-reduced gradient.
     step = ["trainer.max_steps=1", "optim.name=momentum", "optim.momentum=0", "optim.lr=0.5", "optim.warmup_steps=0",
             "optim.weight_decay=0", "model.dropout=0", "model.drop_path=0", "evaluate.test=false"]
-    _train_here(tiny, tmp_path, "one", *step)
-    _train(tiny, tmp_path, "two", 2, *step, launcher="torchrun")  # ranks start together: half the imports' wait
+    _train_here(tiny, "one", *step)
+    _train(tiny, "two", 2, *step, launcher="torchrun")  # ranks start together: half the imports' wait
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     initial = _initial(tiny)
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)
@@ -69,25 +61,23 @@ def test_one_step_on_two_ranks_equals_one_step_on_one(tiny, tmp_path):
     assert diff <= 1e-6
 
 
-def _train_here(tiny, tmp_path, name, *extra):
+def _train_here(tiny, name, *extra):
     """A one-process run in this process: the same code path as `vit-ablate train` without paying
     a fresh interpreter's imports (the two-process runs need their own processes)."""
-    from vit_ablate.config import load_config
     from vit_ablate.training.run import train
 
     # one thread (tests/training/conftest.py), as the two-process side's OMP_NUM_THREADS=1: the same summation order
-    result = train(load_config([tiny[0]], [*tiny[1:], f"output_dir={tmp_path}", f"name={name}", "trainer.devices=1", *extra]))
+    result = train(tiny(f"name={name}", *extra))
     assert result["status"] == "completed", result
     return result
 
 
 def _initial(tiny):
     # the initial weights: a fresh model built with the run's seed, exactly as training builds it
-    from vit_ablate.config import load_config
     from vit_ablate.training.module import ViTModule
     import lightning as L
 
-    cfg = load_config([tiny[0]], [*tiny[1:]])
+    cfg = tiny()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     return {f"model.{k}": v for k, v in ViTModule(cfg).model.state_dict().items()}
 
@@ -126,7 +116,7 @@ def _two_ranks_were_placed_and_fed_as_specified(run, stderr):
 # and buffers identical, so one process can validate what the two ranks validated.
 @pytest.mark.slow
 def test_a_torchrun_run_end_to_end_validates_as_one_process_would(tiny, tmp_path):
-    done = _train(tiny, tmp_path, "ddp", 2, "trainer.max_epochs=2", launcher="torchrun")
+    done = _train(tiny, "ddp", 2, "trainer.max_epochs=2", launcher="torchrun")
     run = tmp_path / "ddp"
     _two_ranks_were_placed_and_fed_as_specified(run, done.stderr)
     result = json.loads((run / "result.json").read_text())
@@ -164,8 +154,7 @@ def test_a_lightning_launched_ddp_run_stopped_by_sigterm_resumes_on_one_device(t
     import csv
     import time
 
-    args = [*tiny, f"output_dir={tmp_path}", "name=moving", "trainer.max_epochs=4", "data.synthetic.num_train=2048",
-            "model.stem=conv"]
+    args = tiny.args("name=moving", "trainer.max_epochs=4", "data.synthetic.num_train=2048", "model.stem=conv")
     run = tmp_path / "moving"
     stderr = tmp_path / "launcher.err"
     with open(stderr, "w") as err:
@@ -190,7 +179,7 @@ def test_a_lightning_launched_ddp_run_stopped_by_sigterm_resumes_on_one_device(t
     _two_ranks_were_placed_and_fed_as_specified(run, stderr.read_text())
 
     capfd.readouterr()
-    _train_here(tiny, tmp_path, "moving", "trainer.max_epochs=4", "data.synthetic.num_train=2048", "model.stem=conv")
+    _train_here(tiny, "moving", "trainer.max_epochs=4", "data.synthetic.num_train=2048", "model.stem=conv")
     assert "resuming from" in capfd.readouterr().err
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "completed" and result["epochs"] == 4

@@ -19,12 +19,8 @@ from vit_ablate.training.run import train
 from vit_ablate.training.trainer import plan_batches, resolve_devices
 
 
-def _cfg(args, *extra):
-    return load_config([args[0]], [*args[1:], *extra])
-
-
-def test_run_directory_layout_and_result(fast_args, tmp_path):
-    result = train(_cfg(fast_args, "name=layout", "trainer.max_epochs=2"))
+def test_run_directory_layout_and_result(tiny, tmp_path):
+    result = train(tiny("name=layout", "trainer.max_epochs=2"))
     run = tmp_path / "layout"
     assert result["status"] == "completed"
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
@@ -44,18 +40,18 @@ def test_run_directory_layout_and_result(fast_args, tmp_path):
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
-def test_a_finished_run_is_not_run_again_and_a_different_config_is_refused(fast_args, tmp_path):
-    train(_cfg(fast_args, "name=once", "trainer.max_epochs=1"))
+def test_a_finished_run_is_not_run_again_and_a_different_config_is_refused(tiny, tmp_path):
+    train(tiny("name=once"))
     result_file = tmp_path / "once" / "result.json"
     before = (result_file.stat().st_mtime_ns, result_file.read_bytes())
-    again = train(_cfg(fast_args, "name=once", "trainer.max_epochs=1"))
+    again = train(tiny("name=once"))
     assert again["status"] == "completed"
     assert (result_file.stat().st_mtime_ns, result_file.read_bytes()) == before
     with pytest.raises(ConfigError, match="different configuration"):
-        train(_cfg(fast_args, "name=once", "trainer.max_epochs=1", "model.pos_embed=2d"))
+        train(tiny("name=once", "model.pos_embed=2d"))
 
 
-def test_a_nan_loss_ends_the_run_as_diverged(fast_args, tmp_path, monkeypatch):
+def test_a_nan_loss_ends_the_run_as_diverged(tiny, tmp_path, monkeypatch):
     original = module_lib.ViTModule.training_step
 
     def poisoned(self, batch, batch_idx):
@@ -63,7 +59,7 @@ def test_a_nan_loss_ends_the_run_as_diverged(fast_args, tmp_path, monkeypatch):
         return loss * float("nan") if self.global_step >= 5 else loss
 
     monkeypatch.setattr(module_lib.ViTModule, "training_step", poisoned)
-    result = train(_cfg(fast_args, "name=nan", "trainer.max_epochs=50"))
+    result = train(tiny("name=nan", "trainer.max_epochs=50"))
     assert result["status"] == "diverged"
     assert "non-finite" in result["error"]
     assert result["global_step"] < 50  # stopped within the check interval, not after 50 epochs
@@ -105,9 +101,9 @@ def test_device_placement_through_lightnings_public_accelerator_interface():
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path, capfd):
-    args = [*fast_args, "trainer.max_epochs=4", "data.synthetic.num_train=2048"]
-    command = [sys.executable, "-m", "vit_ablate", "train", *args, "name=killed"]
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path, capfd):
+    args = ["trainer.max_epochs=4", "data.synthetic.num_train=2048"]
+    command = [sys.executable, "-m", "vit_ablate", "train", *tiny.args(*args), "name=killed"]
     run = tmp_path / "killed"
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -125,14 +121,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path, 
     killer = threading.Thread(target=kill_in_epoch_2)
     killer.start()  # watches the run while this process trains the reference (the run starts by importing)
     try:
-        reference = train(_cfg(args, "name=reference"))
+        reference = train(tiny(*args, "name=reference"))
     finally:
         killer.join()
         proc.wait()
     assert not (run / "result.json").exists(), "the killed run must not have finished"
 
     capfd.readouterr()
-    assert train(_cfg(args, "name=killed"))["status"] == "completed"  # the rerun, in this process
+    assert train(tiny(*args, "name=killed"))["status"] == "completed"  # the rerun, in this process
     assert "resuming from" in capfd.readouterr().err
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "completed" and result["epochs"] == 4
@@ -145,12 +141,12 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(fast_args, tmp_path, 
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # no epoch twice
 
 
-def test_compile_wraps_the_training_forward_only(fast_args):
-    cfg = _cfg(fast_args, "trainer.compile=reduce-overhead")
+def test_compile_wraps_the_training_forward_only(tiny):
+    cfg = tiny("trainer.compile=reduce-overhead")
     compiled = module_lib.ViTModule(cfg)
     assert isinstance(compiled._train_forward, torch._dynamo.eval_frame.OptimizedModule)
     assert compiled._train_forward._orig_mod is compiled.model  # the same parameters, trained in place
-    eager = module_lib.ViTModule(_cfg(fast_args))
+    eager = module_lib.ViTModule(tiny())
     assert eager._train_forward is eager.model
     # not registered as a submodule: checkpoints hold the model's own names, once
     assert set(compiled.state_dict()) == set(eager.state_dict())
@@ -171,11 +167,11 @@ def test_every_compile_is_static_so_a_second_shape_is_never_traced_symbolically(
 
 
 @pytest.mark.slow
-def test_a_compiled_run_matches_an_eager_one(fast_args, tmp_path):
+def test_a_compiled_run_matches_an_eager_one(tiny, tmp_path):
     """torch.compile (CPU inductor here) trains the same model: same checkpoint keys, metrics within
     compile's rounding after one epoch, and val = test on the same data as in eager runs."""
-    eager = train(_cfg(fast_args, "name=eager", "trainer.max_epochs=1"))
-    compiled = train(_cfg(fast_args, "name=compiled", "trainer.max_epochs=1", "trainer.compile=true"))
+    eager = train(tiny("name=eager"))
+    compiled = train(tiny("name=compiled", "trainer.compile=true"))
     assert compiled["status"] == "completed"
     assert compiled["final"]["val/loss"] == pytest.approx(eager["final"]["val/loss"], rel=1e-3)
     assert compiled["final"]["val/acc1"] == pytest.approx(eager["final"]["val/acc1"], abs=0.01)
@@ -184,12 +180,12 @@ def test_a_compiled_run_matches_an_eager_one(fast_args, tmp_path):
     assert keys["eager"] == keys["compiled"]
 
 
-def test_step_loss_reaches_the_logger_on_its_logging_steps(fast_args, tmp_path):
+def test_step_loss_reaches_the_logger_on_its_logging_steps(tiny, tmp_path):
     """The step loss is logged only on the steps Lightning writes to its loggers: all of those, no
     others; and with trainer.cuda_graph (manual optimization, eager on a CPU) the same losses."""
     logged = {}
     for name, extra in (("steplog", []), ("steplog_whole", ["trainer.cuda_graph=true"])):
-        result = train(_cfg(fast_args, f"name={name}", "trainer.max_epochs=1", "logging.csv=true", "trainer.log_every_n_steps=4", *extra))
+        result = train(tiny(f"name={name}", "logging.csv=true", "trainer.log_every_n_steps=4", *extra))
         assert result["status"] == "completed"
         rows = list(csv.DictReader((tmp_path / name / "logs" / "version_0" / "metrics.csv").open()))
         logged[name] = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}

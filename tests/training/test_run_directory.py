@@ -15,19 +15,9 @@ from pathlib import Path
 import pytest
 
 from vit_ablate.cli import main
-from vit_ablate.config import load_config
 from vit_ablate.training.run import train
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)  # the experiment files are named relative to the checkout
-
-
-def _cfg(args, *extra):
-    return load_config([args[0]], [*args[1:], *extra])
 
 
 def _strict(path: Path):
@@ -56,13 +46,13 @@ KILL_AT_RESULT = textwrap.dedent(
 )
 
 
-def test_a_kill_between_the_final_checkpoint_and_result_json_is_rebuilt(fast_args, tmp_path):
-    args = [*fast_args, "trainer.max_epochs=2"]
+def test_a_kill_between_the_final_checkpoint_and_result_json_is_rebuilt(tiny, tmp_path):
+    args = ["trainer.max_epochs=2"]
     run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-c", KILL_AT_RESULT, *args, "name=killed"], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-c", KILL_AT_RESULT, *tiny.args(*args), "name=killed"], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        reference = train(_cfg(args, "name=reference"))  # while the other process starts
+        reference = train(tiny(*args, "name=reference"))  # while the other process starts
     finally:
         _, stderr = process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL, stderr[-2000:]
@@ -80,7 +70,7 @@ def test_a_kill_between_the_final_checkpoint_and_result_json_is_rebuilt(fast_arg
         rates = [float(r["train_img_s"]) for r in csv.DictReader((run / "metrics.csv").open())]
         assert result["throughput_img_s"] == pytest.approx(len(rates) / sum(1 / r for r in rates), abs=0.06)
 
-    rebuilt = train(_cfg(args, "name=killed"))  # resumes a finished fit: nothing left to train
+    rebuilt = train(tiny(*args, "name=killed"))  # resumes a finished fit: nothing left to train
     same_as_reference(rebuilt)
     assert _strict(run / "result.json")["final"] == rebuilt["final"]
     assert [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())] == [0, 1]
@@ -88,7 +78,7 @@ def test_a_kill_between_the_final_checkpoint_and_result_json_is_rebuilt(fast_arg
     # The same kill with metrics.csv lost too: the final weights are validated again.
     (run / "result.json").unlink()
     (run / "metrics.csv").write_text("epoch,step\n")
-    revalidated = train(_cfg(args, "name=killed"))
+    revalidated = train(tiny(*args, "name=killed"))
     assert revalidated["status"] == "completed" and revalidated["global_step"] == reference["global_step"]
     for key, value in reference["final"].items():
         assert revalidated["final"][key] == pytest.approx(value, abs=1e-5), key
@@ -103,8 +93,8 @@ def _lock_pid(run: Path):
         return None
 
 
-def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_with_its_owner(fast_args, tmp_path, capsys):
-    args = ["train", *fast_args, "trainer.max_epochs=50", "name=busy"]
+def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_with_its_owner(tiny, tmp_path, capsys):
+    args = ["train", *tiny.args("trainer.max_epochs=50", "name=busy")]
     run = tmp_path / "busy"
     first = subprocess.Popen([sys.executable, "-m", "vit_ablate", *args], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -130,7 +120,7 @@ def test_a_second_train_into_the_same_directory_is_refused_and_the_lock_goes_wit
 
 
 @pytest.mark.parametrize("when", ["preparing the run directory", "inside fit, before Lightning listens"])
-def test_a_sigterm_while_the_run_is_set_up_is_recorded_and_the_rerun_finishes(fast_args, tmp_path, monkeypatch, when):
+def test_a_sigterm_while_the_run_is_set_up_is_recorded_and_the_rerun_finishes(tiny, tmp_path, monkeypatch, when):
     # Lightning's own SIGTERM handler exists only once fit has set up the data, model and checkpoint:
     # a signal before that (held while the run directory is prepared, raised at once inside fit,
     # e.g. while the data module decodes) still stops the run with its outcome recorded.
@@ -146,47 +136,46 @@ def test_a_sigterm_while_the_run_is_set_up_is_recorded_and_the_rerun_finishes(fa
     else:
         monkeypatch.setattr(SyntheticDataModule, "prepare_data", sigterm_to_this_process)
     before = signal.getsignal(signal.SIGTERM)
-    args = [*fast_args, "trainer.max_epochs=2", "name=early"]
-    stopped = train(_cfg(args))
+    args = ["trainer.max_epochs=2", "name=early"]
+    stopped = train(tiny(*args))
     assert (stopped["status"], stopped["error"]) == ("interrupted", "stopped by SIGTERM")
     assert (stopped["epochs"], stopped["global_step"]) == (0, 0)
     assert _strict(tmp_path / "early" / "result.json")["status"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
     assert not (tmp_path / "early" / ".lock").exists()
     monkeypatch.undo()
-    monkeypatch.chdir(REPO)
-    finished = train(_cfg(args))
+    finished = train(tiny(*args))
     assert finished["status"] == "completed" and finished["epochs"] == 2
 
 
-def test_the_stale_lock_of_a_dead_process_is_taken_over(fast_args, tmp_path):
+def test_the_stale_lock_of_a_dead_process_is_taken_over(tiny, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     run = tmp_path / "stale"
     run.mkdir()
     (run / ".lock").write_text(f"{dead.pid}\n")
-    assert train(_cfg(fast_args, "name=stale", "trainer.max_epochs=1"))["status"] == "completed"
+    assert train(tiny("name=stale"))["status"] == "completed"
     assert not (run / ".lock").exists()
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute-run", "a/b", ".."])
-def test_a_run_name_is_one_folder_inside_output_dir(tmp_path, capsys, name):
+def test_a_run_name_is_one_folder_inside_output_dir(tiny, tmp_path, capsys, name):
     out = tmp_path / "deep" / "runs"
     out.mkdir(parents=True)
-    code = main(["train", "experiments/quickstart.yaml", f"output_dir={out}", f"name={name}"])
+    code = main(["train", *tiny.args(f"output_dir={out}", f"name={name}")])
     err = capsys.readouterr().err
     assert code == 2 and f"name={name!r} must be one folder name inside output_dir" in err
     assert _tree(tmp_path) == ["deep", "deep/runs"]
     assert not Path("/tmp/absolute-run").exists()
 
 
-def test_a_folder_that_is_not_a_run_is_never_written(tmp_path, capsys):
+def test_a_folder_that_is_not_a_run_is_never_written(tiny, tmp_path, capsys):
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "metrics.csv").write_text("mine\n")
     (folder / "result.json").write_text("{}")
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
-    code = main(["train", "experiments/quickstart.yaml", f"output_dir={tmp_path}", "name=notes"])
+    code = main(["train", *tiny.args("name=notes")])
     assert code == 2 and "is not a run directory (a file, or a folder with files but no config.yaml)" in capsys.readouterr().err
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
 
@@ -205,7 +194,7 @@ def test_missing_data_is_one_line_before_any_run_directory(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_diverged_run_writes_strict_json_with_null_and_the_reason(fast_args, tmp_path, monkeypatch):
+def test_a_diverged_run_writes_strict_json_with_null_and_the_reason(tiny, tmp_path, monkeypatch):
     from vit_ablate.training import module as module_lib
 
     original = module_lib.ViTModule.training_step
@@ -217,7 +206,7 @@ def test_a_diverged_run_writes_strict_json_with_null_and_the_reason(fast_args, t
     monkeypatch.setattr(module_lib.ViTModule, "training_step", poisoned)
     # check every step and validate on the poisoned weights: NaN reaches val/loss
     monkeypatch.setattr("vit_ablate.training.callbacks.DivergenceCallback.__init__.__defaults__", (1,))
-    result = train(_cfg(fast_args, "name=nan", "trainer.max_epochs=3"))
+    result = train(tiny("name=nan", "trainer.max_epochs=3"))
     on_disk = _strict(tmp_path / "nan" / "result.json")
     assert on_disk["status"] == "diverged" and "non-finite loss by step" in on_disk["error"]
     assert on_disk == json.loads(json.dumps(result))
@@ -228,11 +217,11 @@ def test_a_diverged_run_writes_strict_json_with_null_and_the_reason(fast_args, t
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in on_disk["final"].values())
 
 
-def test_off_a_terminal_the_log_has_one_line_per_epoch_and_a_cpu_trains_in_fp32(fast_args, tmp_path):
+def test_off_a_terminal_the_log_has_one_line_per_epoch_and_a_cpu_trains_in_fp32(tiny, tmp_path):
     """stdout and stderr to a file, as under SLURM, nohup or CI: no progress-bar updates, no tips,
     no per-run deprecation warning; and bf16 autocast (slower than fp32 on a CPU) is replaced, saying so."""
     log_file = tmp_path / "train.log"
-    args = [*fast_args, "trainer.max_epochs=3", "trainer.progress_bar=true", "trainer.precision=bf16-mixed", "name=logged"]
+    args = tiny.args("trainer.max_epochs=3", "trainer.progress_bar=true", "trainer.precision=bf16-mixed", "name=logged")
     with open(log_file, "w") as handle:
         done = subprocess.run([sys.executable, "-m", "vit_ablate", "train", *args], cwd=REPO,
                               stdout=handle, stderr=subprocess.STDOUT, timeout=300)
@@ -246,7 +235,7 @@ def test_off_a_terminal_the_log_has_one_line_per_epoch_and_a_cpu_trains_in_fp32(
     assert _strict(tmp_path / "logged" / "result.json")["precision"] == "32-true"
 
 
-def test_a_full_disk_during_training_records_failed_naming_the_file(fast_args, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_during_training_records_failed_naming_the_file(tiny, tmp_path, monkeypatch, capsys):
     import errno
 
     from vit_ablate.training import callbacks
@@ -256,7 +245,7 @@ def test_a_full_disk_during_training_records_failed_naming_the_file(fast_args, t
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(callbacks.torch, "save", full)
-    code = main(["train", *fast_args, "trainer.max_epochs=1", "name=full"])
+    code = main(["train", *tiny.args("name=full")])
     err = capsys.readouterr().err
     run = tmp_path / "full"
     assert code == 1 and "Traceback" not in err
@@ -268,14 +257,14 @@ def test_a_full_disk_during_training_records_failed_naming_the_file(fast_args, t
 
 
 @pytest.mark.parametrize("env", [{"VIT_ABLATE_RUN_DIR": "{dir}"}, {"WANDB_SWEEP_ID": "abc", "WANDB_RUN_ID": "r1"}])
-def test_a_sweep_folder_with_only_its_train_log_is_accepted(tmp_path, monkeypatch, env):
+def test_a_sweep_folder_with_only_its_train_log_is_accepted(tiny, tmp_path, monkeypatch, env):
     """The sweep engines create the run folder and its train.log before `train` starts in it."""
     from vit_ablate.training.run import check_run_dir, resolve_run_dir
 
     folder = tmp_path / "sweep-abc" / "r1"
     folder.mkdir(parents=True)
     (folder / "train.log").write_text("==== attempt 1\n")
-    cfg = load_config(["experiments/quickstart.yaml"], [f"output_dir={tmp_path}"])
+    cfg = tiny()
     for key, value in env.items():
         monkeypatch.setenv(key, value.format(dir=folder))
     assert resolve_run_dir(cfg) == folder
@@ -286,7 +275,7 @@ def test_a_sweep_folder_with_only_its_train_log_is_accepted(tmp_path, monkeypatc
         check_run_dir(folder, cfg)
 
 
-def test_only_rank_0_judges_a_folder_that_torchrun_ranks_start_in_together(tmp_path, monkeypatch):
+def test_only_rank_0_judges_a_folder_that_torchrun_ranks_start_in_together(tiny, monkeypatch):
     """Under torchrun every rank starts `train` at once. What another rank may see while rank 0 makes
     the run folder (its checkpoints/ and a half-written config.yaml, no config.yaml yet) is not a
     stranger's folder to that rank; rank 0, which sees the folder before it writes, still refuses one."""
@@ -296,7 +285,7 @@ def test_only_rank_0_judges_a_folder_that_torchrun_ranks_start_in_together(tmp_p
     from vit_ablate.config import ConfigError
     from vit_ablate.training.run import check_run_dir, resolve_run_dir
 
-    cfg = load_config(["experiments/quickstart.yaml"], [f"output_dir={tmp_path}", "name=ddp"])
+    cfg = tiny("name=ddp")
     run_dir = resolve_run_dir(cfg)
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / f".{rundir.CONFIG_FILE}.tmp").write_text("model: {")
@@ -307,7 +296,7 @@ def test_only_rank_0_judges_a_folder_that_torchrun_ranks_start_in_together(tmp_p
         check_run_dir(run_dir, cfg)
 
 
-def test_a_finished_gap_run_of_before_0_2_is_not_taken_for_the_papers_gap(tmp_path):
+def test_a_finished_gap_run_of_before_0_2_is_not_taken_for_the_papers_gap(tiny):
     """vit_ablate 0.1 ran timm's mean-then-LayerNorm as pool=gap; its finished run is refused, not reused."""
     from vit_ablate import rundir
     from vit_ablate.config import ConfigError, to_yaml
@@ -315,7 +304,7 @@ def test_a_finished_gap_run_of_before_0_2_is_not_taken_for_the_papers_gap(tmp_pa
 
     cases = [("gap", "0.1.0", True), ("gap", "0.2.0", False), ("cls", "0.1.0", False), ("gap", "0.0.0+unknown", False)]
     for index, (pool, version, refused) in enumerate(cases):
-        cfg = load_config(overrides=[f"output_dir={tmp_path}", f"name=run{index}", f"model.pool={pool}"], files=["experiments/quickstart.yaml"])
+        cfg = tiny(f"name=run{index}", f"model.pool={pool}")
         run_dir = resolve_run_dir(cfg)
         run_dir.mkdir(parents=True)
         (run_dir / rundir.CONFIG_FILE).write_text(to_yaml(cfg))

@@ -11,7 +11,7 @@ from vit_ablate.training.module import ViTModule
 from vit_ablate.training.run import train
 from vit_ablate.training.whole_step import ReplayingOptimizer, WholeTrainStep
 
-from .test_run import _cfg, _state
+from .test_run import _state
 
 
 def _train_until_epoch(cfg, epoch, monkeypatch):
@@ -31,13 +31,13 @@ def _checkpoint(path):
 
 
 @pytest.mark.parametrize("extra", [[], ["augment.mixup=0.8", "augment.label_smoothing=0.1"]], ids=["labels", "mixup"])
-def test_a_whole_step_run_trains_exactly_like_automatic_optimization(fast_args, tmp_path, extra):
+def test_a_whole_step_run_trains_exactly_like_automatic_optimization(tiny, tmp_path, extra):
     """Same weights, optimizer state, step count, schedule and metrics after two epochs (warmup,
     clipping at 1.0, cosine decay), with hard labels and with mixup's soft targets."""
     # on the CPU: the eager whole step against Lightning's own (on a GPU both are checked by the replay test below)
-    args = [*fast_args, "trainer.accelerator=cpu", "trainer.max_epochs=2", "optim.warmup_steps=5", "optim.grad_clip=0.5", *extra]
-    automatic = train(_cfg(args, "name=automatic"))
-    whole = train(_cfg(args, "name=whole", "trainer.cuda_graph=true"))
+    args = ["trainer.max_epochs=2", "optim.warmup_steps=5", "optim.grad_clip=0.5", *extra]
+    automatic = train(tiny(*args, "name=automatic"))
+    whole = train(tiny(*args, "name=whole", "trainer.cuda_graph=true"))
     assert automatic["status"] == whole["status"] == "completed"
     for key, value in automatic["final"].items():
         assert whole["final"][key] == pytest.approx(value, abs=1e-6), key
@@ -51,13 +51,13 @@ def test_a_whole_step_run_trains_exactly_like_automatic_optimization(fast_args, 
             assert torch.allclose(torch.as_tensor(ours_opt["state"][index][key]), torch.as_tensor(value), atol=1e-7), (index, key)
 
 
-def test_a_whole_step_run_resumes_from_its_checkpoint(fast_args, tmp_path, monkeypatch):
+def test_a_whole_step_run_resumes_from_its_checkpoint(tiny, tmp_path, monkeypatch):
     """Three epochs in one go equal three with a failure at the start of the third and a rerun from the
     checkpoint (the wrapped optimizer's state and the schedule come back through the ReplayingOptimizer)."""
-    args = [*fast_args, "trainer.accelerator=cpu", "trainer.cuda_graph=true", "trainer.max_epochs=3"]
-    straight = train(_cfg(args, "name=straight"))
-    _train_until_epoch(_cfg(args, "name=resumed"), 2, monkeypatch)
-    resumed = train(_cfg(args, "name=resumed"))
+    args = ["trainer.cuda_graph=true", "trainer.max_epochs=3"]
+    straight = train(tiny(*args, "name=straight"))
+    _train_until_epoch(tiny(*args, "name=resumed"), 2, monkeypatch)
+    resumed = train(tiny(*args, "name=resumed"))
     assert resumed["status"] == "completed" and resumed["epochs"] == 3
     for key, value in straight["final"].items():
         assert resumed["final"][key] == pytest.approx(value, abs=1e-6), key
@@ -82,14 +82,14 @@ def test_the_replaying_optimizer_is_the_wrapped_one_for_schedules_and_checkpoint
     assert fresh.param_groups[0]["lr"] == 0.05 and set(fresh.state) == set(inner.state)
 
 
-def _tiny_vit(tiny_model):
+def _tiny_vit(tiny):
     torch.manual_seed(0)
-    return build_model(tiny_model(depth=2, heads=2, drop_path=0.0, dropout=0.0))
+    return build_model(tiny.model(depth=2, heads=2, drop_path=0.0, dropout=0.0))
 
 
-def test_the_eager_whole_step_is_forward_loss_backward_clip_update(tiny_model):
+def test_the_eager_whole_step_is_forward_loss_backward_clip_update(tiny):
     """On a CPU: the same update as the textbook step written out by hand."""
-    a, b = _tiny_vit(tiny_model), _tiny_vit(tiny_model)
+    a, b = _tiny_vit(tiny), _tiny_vit(tiny)
     images, labels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.arange(8)
     opt_a, opt_b = torch.optim.AdamW(a.parameters(), lr=1e-2), torch.optim.AdamW(b.parameters(), lr=1e-2)
     step = WholeTrainStep(a, a, F.cross_entropy, opt_a, grad_clip=0.1)
@@ -108,11 +108,11 @@ def test_the_eager_whole_step_is_forward_loss_backward_clip_update(tiny_model):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-mixed"])
-def test_the_replayed_graph_makes_the_eager_updates(tiny_model, autocast):
+def test_the_replayed_graph_makes_the_eager_updates(tiny, autocast):
     """Captured once, replayed on new batches: the losses and weights of the eager step, step by step,
     with a changing learning rate; the warm-up before the capture leaves no trace."""
     device = torch.device("cuda")
-    a, b = _tiny_vit(tiny_model).to(device), _tiny_vit(tiny_model).to(device)
+    a, b = _tiny_vit(tiny).to(device), _tiny_vit(tiny).to(device)
     opt_a = torch.optim.AdamW(a.parameters(), lr=1e-3, weight_decay=0.05)
     opt_b = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.05)
     graphed, eager = WholeTrainStep(a, a, F.cross_entropy, opt_a, grad_clip=1.0), WholeTrainStep(b, b, F.cross_entropy, opt_b, grad_clip=1.0)
@@ -133,16 +133,16 @@ def test_the_replayed_graph_makes_the_eager_updates(tiny_model, autocast):
     assert float(opt_a.state[next(a.parameters())]["step"]) == 6.0
 
 
-def test_a_checkpoint_with_capturable_groups_resumes_eagerly_on_the_cpu(fast_args, tmp_path, monkeypatch):
+def test_a_checkpoint_with_capturable_groups_resumes_eagerly_on_the_cpu(tiny, tmp_path, monkeypatch):
     """A whole-step run's checkpoint keeps AdamW's capturable=True; a CPU cannot take such updates,
     so the resumed run turns the flag off before its first step."""
-    args = [*fast_args, "trainer.accelerator=cpu", "trainer.max_epochs=2", "name=moved"]
-    _train_until_epoch(_cfg(args), 1, monkeypatch)
+    cfg = tiny("trainer.max_epochs=2", "name=moved")
+    _train_until_epoch(cfg, 1, monkeypatch)
     path = tmp_path / "moved" / "checkpoints" / "last.ckpt"
     checkpoint = _checkpoint(path)
     for group in checkpoint["optimizer_states"][0]["param_groups"]:
         group["capturable"] = True  # as written on a GPU by a trainer.cuda_graph run
     torch.save(checkpoint, path)
-    result = train(_cfg(args))
+    result = train(cfg)
     assert result["status"] == "completed" and result["epochs"] == 2
     assert all(not g["capturable"] for g in _checkpoint(path)["optimizer_states"][0]["param_groups"])

@@ -1,19 +1,16 @@
-"""What the transfer tests change of the shared tiny model, a position-dependent task and checkpoint files."""
+"""A position-dependent task for the transfer tests, and a model trained on it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
 
-from vit_ablate.config import to_container
 from vit_ablate.model import build_model
 
-# changes to the shared tiny model (conftest.py: tiny_model)
-HALVES_MODEL = dict(depth=2, num_classes=2, head_zero_init=False)  # halves_task has two classes; tests set img_size
-RUN_MODEL = dict(variant="Ti/8", depth=2, heads=2)  # run configs and `vit-ablate train` on the synthetic data
+# what the halves tests change of the transfer tests' tiny model (conftest.py); they set img_size
+HALVES_MODEL = dict(num_classes=2, head_zero_init=False)  # halves_task has two classes
 
 
 def halves_task(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,13 +63,3 @@ def accuracy(model: torch.nn.Module, size: int, seed: int = 123) -> float:
     images, labels = halves_task(256, size, seed=seed)
     return (model.eval()(images).argmax(-1) == labels).float().mean().item()
 
-
-def write_checkpoint(path: Path, cfg, model: Optional[torch.nn.Module] = None, extra: Optional[Dict] = None) -> Path:
-    """A Lightning-style checkpoint file: hyper_parameters['config'] and `model.`-prefixed tensors."""
-    torch.manual_seed(0)
-    model = model if model is not None else build_model(cfg.model)
-    blob = {"state_dict": {f"model.{k}": v.clone() for k, v in model.state_dict().items()},
-            "hyper_parameters": {"config": to_container(cfg)}, "epoch": 1, "global_step": 4, **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(blob, path)
-    return path

@@ -13,7 +13,6 @@ from vit_ablate import cli
 from vit_ablate.model.hf_interop import from_hf_state_dict, hf_config, model_config_from_hf, to_hf_state_dict
 from vit_ablate.model.transfer import apply_init
 
-from .helpers import write_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -90,13 +89,13 @@ def test_hf_weights_at_a_new_resolution(tmp_path: Path):
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_export_hf_loads_in_transformers_with_the_same_outputs(tmp_path: Path, head, run_config):
-    cfg = run_config(f"model.head={head}", "model.layer_norm_eps=1e-12", "model.heads=4")
+def test_export_hf_loads_in_transformers_with_the_same_outputs(tmp_path: Path, head, tiny):
+    cfg = tiny(f"model.head={head}", "model.layer_norm_eps=1e-12")
     torch.manual_seed(0)
     model = build_model(cfg.model)
     with torch.no_grad():
         model.head.fc.weight.normal_()
-    write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", cfg, model)
+    tiny.checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", cfg, model)
     assert cli.main(["export", str(tmp_path / "run"), "--to", "hf"]) == 0
     folder = tmp_path / "run" / "export" / "hf"
     cls = transformers.ViTForImageClassification if head == "linear" else transformers.ViTModel
@@ -110,15 +109,15 @@ def test_export_hf_loads_in_transformers_with_the_same_outputs(tmp_path: Path, h
     assert json.loads((folder / "config.json").read_text())["layer_norm_eps"] == 1e-12
 
 
-def test_export_timm_loads_in_timm_with_the_same_logits(tmp_path: Path, run_config):
+def test_export_timm_loads_in_timm_with_the_same_logits(tmp_path: Path, tiny):
     from safetensors.torch import load_file
 
-    cfg = run_config("model.pool=gap")
+    cfg = tiny("model.pool=gap")
     torch.manual_seed(0)
     model = build_model(cfg.model)
     with torch.no_grad():
         model.head.fc.weight.normal_()
-    path = write_checkpoint(tmp_path / "a.ckpt", cfg, model)
+    path = tiny.checkpoint(tmp_path / "a.ckpt", cfg, model)
     folder = export(path, "timm", tmp_path / "out")
     config = json.loads((folder / "config.json").read_text())
     theirs = timm.models.vision_transformer.VisionTransformer(**config["model_args"]).eval()
@@ -127,8 +126,8 @@ def test_export_timm_loads_in_timm_with_the_same_logits(tmp_path: Path, run_conf
         assert (theirs(_images()) - model.eval()(_images())).abs().max() < 1e-5
 
 
-def test_export_refuses_what_the_other_library_cannot_hold(tmp_path: Path, capsys, run_config):
-    path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", run_config("model.pos_embed=2d", "model.pool=gap"))
+def test_export_refuses_what_the_other_library_cannot_hold(tmp_path: Path, capsys, tiny):
+    path = tiny.checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tiny("model.pos_embed=2d", "model.pool=gap"))
     assert cli.main(["export", str(path), "--to", "hf"]) == 2
     err = capsys.readouterr().err
     assert "model.pos_embed='2d' (needs '1d')" in err and "model.pool='gap' (needs 'cls')" in err
@@ -136,5 +135,5 @@ def test_export_refuses_what_the_other_library_cannot_hold(tmp_path: Path, capsy
     assert "model.pos_embed='2d'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "export").exists()
     with pytest.raises(ValueError, match="Hugging Face's ViT has no equivalent"):
-        hf_config(build_model(run_config("model.norm=post").model))
-    assert to_hf_state_dict(build_model(run_config().model))  # the default model converts
+        hf_config(build_model(tiny("model.norm=post").model))
+    assert to_hf_state_dict(build_model(tiny().model))  # the default model converts

@@ -15,8 +15,6 @@ from vit_ablate.model import timm_kwargs
 from vit_ablate.model.transfer import SUMMARY_FILE, InitError, apply_init, detect_format
 from vit_ablate.training.module import ViTModule
 
-from .helpers import write_checkpoint
-
 
 def _logits(model, size, seed=0):
     images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
@@ -24,12 +22,12 @@ def _logits(model, size, seed=0):
         return model.eval()(images)
 
 
-def test_checkpoint_at_a_new_resolution_and_class_count(tmp_path: Path, run_config):
-    cfg = run_config("model.pos_embed=2d")
+def test_checkpoint_at_a_new_resolution_and_class_count(tmp_path: Path, tiny):
+    cfg = tiny("model.pos_embed=2d")
     torch.manual_seed(0)
     source = build_model(cfg.model)
-    path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", cfg, source)
-    target = build_model({**run_config("model.pos_embed=2d").model, "img_size": 64, "num_classes": 100})
+    path = tiny.checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", cfg, source)
+    target = build_model({**tiny("model.pos_embed=2d").model, "img_size": 64, "num_classes": 100})
     summary = apply_init(target, path)
     assert summary.format == "vit_ablate" and summary.weights == "model"
     assert summary.source_grid == [4, 4] and summary.grid == [8, 8]
@@ -44,11 +42,11 @@ def test_checkpoint_at_a_new_resolution_and_class_count(tmp_path: Path, run_conf
     assert summary.unused == [] and summary.excluded == []
 
 
-def test_same_config_checkpoint_gives_the_same_logits_and_prefers_ema(tmp_path: Path, run_config):
-    cfg = run_config("model.pos_embed=relative")
+def test_same_config_checkpoint_gives_the_same_logits_and_prefers_ema(tmp_path: Path, tiny):
+    cfg = tiny("model.pos_embed=relative")
     torch.manual_seed(0)
     source, ema = build_model(cfg.model), build_model(cfg.model)
-    blob_path = write_checkpoint(tmp_path / "a.ckpt", cfg, source)
+    blob_path = tiny.checkpoint(tmp_path / "a.ckpt", cfg, source)
     target = build_model(cfg.model)
     assert apply_init(target, blob_path).loaded
     assert torch.equal(_logits(target, 32), _logits(source, 32))
@@ -60,14 +58,14 @@ def test_same_config_checkpoint_gives_the_same_logits_and_prefers_ema(tmp_path: 
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
-def test_timm_state_dict_at_a_new_resolution_equals_timm_own_resampling(tmp_path: Path, suffix, run_config):
-    small = build_model({**run_config().model})  # cls, 1d, patch: timm builds the same model
+def test_timm_state_dict_at_a_new_resolution_equals_timm_own_resampling(tmp_path: Path, suffix, tiny):
+    small = build_model(tiny().model)  # cls, 1d, patch: timm builds the same model
     theirs = timm.models.vision_transformer.VisionTransformer(**timm_kwargs(small)).eval()
     path = tmp_path / f"weights{suffix}"
     state = {k: v.contiguous() for k, v in theirs.state_dict().items()}
     save_file(state, path) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
     assert detect_format(path) == "timm"
-    target = build_model({**run_config().model, "img_size": 64})
+    target = build_model({**tiny().model, "img_size": 64})
     summary = apply_init(target, path)
     assert summary.format == "timm" and list(summary.resampled) == ["pos_embed.placement.table.weight"]
     # timm at 64 px with timm's own position-embedding resampling gives the same logits
@@ -79,9 +77,9 @@ def test_timm_state_dict_at_a_new_resolution_equals_timm_own_resampling(tmp_path
         assert (target.eval()(images) - large(images)).abs().max() < 1e-5
 
 
-def test_exclude_keeps_fresh_init_and_a_typo_is_named(tmp_path: Path, run_config):
-    cfg = run_config()
-    path = write_checkpoint(tmp_path / "a.ckpt", cfg)
+def test_exclude_keeps_fresh_init_and_a_typo_is_named(tmp_path: Path, tiny):
+    cfg = tiny()
+    path = tiny.checkpoint(tmp_path / "a.ckpt", cfg)
     torch.manual_seed(5)
     target = build_model(cfg.model)
     fresh = target.pos_embed.placement.table.weight.detach().clone()
@@ -102,9 +100,9 @@ def test_exclude_keeps_fresh_init_and_a_typo_is_named(tmp_path: Path, run_config
         ("model.patch_size=4", r"'stem\.proj\.weight' has shape"),
     ],
 )
-def test_what_does_not_fit_is_an_error_naming_the_tensor(tmp_path: Path, override, named, run_config):
-    path = write_checkpoint(tmp_path / "a.ckpt", run_config())
-    target_cfg = run_config(override).model
+def test_what_does_not_fit_is_an_error_naming_the_tensor(tmp_path: Path, override, named, tiny):
+    path = tiny.checkpoint(tmp_path / "a.ckpt", tiny())
+    target_cfg = tiny(override).model
     torch.manual_seed(3)
     target = build_model(target_cfg)
     before = {k: v.clone() for k, v in target.state_dict().items()}
@@ -113,8 +111,8 @@ def test_what_does_not_fit_is_an_error_naming_the_tensor(tmp_path: Path, overrid
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # nothing half-loaded
 
 
-def test_bad_sources_are_named(tmp_path: Path, run_config):
-    model = build_model(run_config().model)
+def test_bad_sources_are_named(tmp_path: Path, tiny):
+    model = build_model(tiny().model)
     with pytest.raises(InitError, match="does not exist"):
         apply_init(model, tmp_path / "missing.ckpt")
     with pytest.raises(InitError, match="init.format='keras' is not valid"):
@@ -127,12 +125,12 @@ def test_bad_sources_are_named(tmp_path: Path, run_config):
         apply_init(model, tmp_path / "nocfg.ckpt")
 
 
-def test_module_applies_init_and_its_ema_follows(tmp_path: Path, run_config):
-    source_cfg = run_config()
+def test_module_applies_init_and_its_ema_follows(tmp_path: Path, tiny):
+    source_cfg = tiny()
     torch.manual_seed(0)
     source = build_model(source_cfg.model)
-    path = write_checkpoint(tmp_path / "a.ckpt", source_cfg, source)
-    cfg = run_config(f"init.path={path}", "optim.ema=true")
+    path = tiny.checkpoint(tmp_path / "a.ckpt", source_cfg, source)
+    cfg = tiny(f"init.path={path}", "optim.ema=true")
     cfg.model.img_size, cfg.model.num_classes = 64, 4  # as a 64-px, 4-class dataset would set them
     module = ViTModule(cfg)
     summary = module.apply_init(tmp_path)
@@ -141,28 +139,28 @@ def test_module_applies_init_and_its_ema_follows(tmp_path: Path, run_config):
     assert sorted(saved["reinitialised"]) == ["head.fc.bias", "head.fc.weight"] == sorted(summary.reinitialised)
     assert len(saved["loaded"]) == len(module.model.state_dict()) - 2
     assert torch.equal(module.ema.module.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
-    bad = ViTModule(run_config(f"init.path={path}", "model.depth=3"))
+    bad = ViTModule(tiny(f"init.path={path}", "model.depth=3"))
     with pytest.raises(ConfigError, match="this model model.depth=3"):
         bad.apply_init(None)
 
 
-def test_timm_export_roundtrip_via_our_names(run_config):
-    model = build_model(run_config().model)
+def test_timm_export_roundtrip_via_our_names(tiny):
+    model = build_model(tiny().model)
     theirs = timm.models.vision_transformer.VisionTransformer(**timm_kwargs(model))
     theirs.load_state_dict(to_timm_state_dict(model))
     assert torch.allclose(_logits(model, 32), _logits(theirs, 32), atol=1e-6)
 
 
-def test_train_from_a_real_run_at_twice_the_resolution(tmp_path: Path, train_args):
+def test_train_from_a_real_run_at_twice_the_resolution(tmp_path: Path, tiny):
     """A Lightning checkpoint of `vit-ablate train` starts a 64-px run; the summary lands in its folder."""
     from vit_ablate.cli import main as cli_main
 
     runs = tmp_path / "runs"
-    assert cli_main(["train", *train_args, f"output_dir={runs}", "name=pre"]) == 0
+    assert cli_main(["train", *tiny.args(f"output_dir={runs}", "name=pre")]) == 0
     checkpoint = runs / "pre" / "checkpoints" / "last.ckpt"
     pretrained = torch.load(checkpoint, weights_only=True)["state_dict"]
-    args = [*train_args, f"output_dir={runs}", "name=fine", "data.synthetic.cell=16", "model.img_size=64",
-            f"init.path={checkpoint}", "optim.lr=1e-12"]
+    args = tiny.args(f"output_dir={runs}", "name=fine", "data.synthetic.cell=16", "model.img_size=64",
+                     f"init.path={checkpoint}", "optim.lr=1e-12")
     assert cli_main(["train", *args]) == 0
     summary = json.loads((runs / "fine" / SUMMARY_FILE).read_text())
     assert summary["format"] == "vit_ablate" and summary["grid"] == [8, 8] and summary["source_grid"] == [4, 4]

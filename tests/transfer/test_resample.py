@@ -24,8 +24,8 @@ def _transfer(source: torch.nn.Module, cfg: dict, grid) -> torch.nn.Module:
 
 @pytest.mark.parametrize("pos, at", KINDS)
 @pytest.mark.parametrize("pool", ["cls", "gap"])
-def test_same_grid_gives_the_same_model(pos, at, pool, tiny_model):
-    cfg = tiny_model(**HALVES_MODEL, img_size=32, pos_embed=pos, pos_embed_at=at, pool=pool)
+def test_same_grid_gives_the_same_model(pos, at, pool, tiny):
+    cfg = tiny.model(**HALVES_MODEL, img_size=32, pos_embed=pos, pos_embed_at=at, pool=pool)
     torch.manual_seed(0)
     source = build_model(cfg).eval()
     torch.manual_seed(1)  # the target starts elsewhere
@@ -46,9 +46,9 @@ def _old_coordinate(new_index: torch.Tensor, old: int, new: int) -> torch.Tensor
 
 
 @pytest.mark.parametrize("old, new", [(4, 8), (6, 9)])
-def test_1d_table_of_a_smooth_function_resamples_to_that_function(old, new, tiny_model):
+def test_1d_table_of_a_smooth_function_resamples_to_that_function(old, new, tiny):
     dim = 16
-    cfg = tiny_model(**HALVES_MODEL, dim=dim, heads=2, patch_size=4, pos_embed="1d", pool="cls")
+    cfg = tiny.model(**HALVES_MODEL, dim=dim, heads=2, patch_size=4, pos_embed="1d", pool="cls")
     source, target = build_model({**cfg, "img_size": 4 * old}), build_model({**cfg, "img_size": 4 * new})
     r, c = torch.meshgrid(torch.arange(old, dtype=torch.float64), torch.arange(old, dtype=torch.float64), indexing="ij")
     prefix = torch.randn(1, 1, dim)
@@ -71,8 +71,8 @@ def test_1d_table_of_a_smooth_function_resamples_to_that_function(old, new, tiny
     assert error.max() < 0.3
 
 
-def test_2d_axis_tables_resample_along_their_own_axis(tiny_model):
-    cfg = tiny_model(**HALVES_MODEL, patch_size=4, pos_embed="2d", pool="cls")
+def test_2d_axis_tables_resample_along_their_own_axis(tiny):
+    cfg = tiny.model(**HALVES_MODEL, patch_size=4, pos_embed="2d", pool="cls")
     target = build_model({**cfg, "img_size": 48})  # grid 12
     rows = _smooth(torch.arange(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64), 16).float()
     moved, _ = resample_position_tensors(target, {"pos_embed.placement.table.rows": rows}, (6, 6))
@@ -122,8 +122,8 @@ def test_2d_offset_table_maps_each_displacement_to_the_same_image_displacement()
     assert torch.equal(target.resample_tensors({"table": table}, None)["table"], moved)
 
 
-def test_relative_prefix_slot_is_kept(tiny_model):
-    cfg = tiny_model(**HALVES_MODEL, patch_size=8, pos_embed="relative", pool="cls")
+def test_relative_prefix_slot_is_kept(tiny):
+    cfg = tiny.model(**HALVES_MODEL, patch_size=8, pos_embed="relative", pool="cls")
     source = build_model({**cfg, "img_size": 32})
     target = _transfer(source, {**cfg, "img_size": 64}, (4, 4))
     old, new = source.blocks[0].attn.position.table, target.blocks[0].attn.position.table
@@ -131,17 +131,17 @@ def test_relative_prefix_slot_is_kept(tiny_model):
     assert torch.equal(new[-1], old[-1])
 
 
-def test_a_table_that_is_not_a_square_grid_is_an_error_naming_it(tiny_model):
-    target = build_model(tiny_model(**HALVES_MODEL, img_size=32, pos_embed="1d", pool="cls"))
+def test_a_table_that_is_not_a_square_grid_is_an_error_naming_it(tiny):
+    target = build_model(tiny.model(**HALVES_MODEL, img_size=32, pos_embed="1d", pool="cls"))
     with pytest.raises(ValueError, match=r"pos_embed\.placement\.table\.weight.*not a square grid"):
         resample_position_tensors(target, {"pos_embed.placement.table.weight": torch.zeros(1, 1 + 12, 32)})
 
 
 @pytest.mark.parametrize("pos, pool", [("1d", "cls"), ("2d", "cls"), ("relative", "gap")])
-def test_transfer_to_64px_keeps_a_scale_independent_task(pos, pool, tiny_model):
+def test_transfer_to_64px_keeps_a_scale_independent_task(pos, pool, tiny):
     """Trained at 32 px (grid 4) to tell red-over-blue from blue-over-red, a task a bag of patches
     cannot solve, the model moved to 64 px (grid 8) still solves it without further training."""
-    cfg = tiny_model(**HALVES_MODEL, img_size=32, pos_embed=pos, pool=pool)
+    cfg = tiny.model(**HALVES_MODEL, img_size=32, pos_embed=pos, pool=pool)
     small = train_on_halves(cfg)
     assert accuracy(small, 32) >= 0.95
     large = _transfer(small, {**cfg, "img_size": 64}, (4, 4))
@@ -163,8 +163,8 @@ def test_relative_upsampling_stays_within_the_old_tables_range():
     assert resampled[0].item() == pytest.approx(-3.0) and resampled[-1].item() == pytest.approx(3.0)
 
 
-def test_a_timm_gap_source_into_the_papers_gap_is_refused_naming_gap_fc_norm(tiny_model):
-    cfg = tiny_model(**HALVES_MODEL, img_size=32, pool="gap_fc_norm")
+def test_a_timm_gap_source_into_the_papers_gap_is_refused_naming_gap_fc_norm(tiny):
+    cfg = tiny.model(**HALVES_MODEL, img_size=32, pool="gap_fc_norm")
     source = build_model(cfg)
     with pytest.raises(InitError, match="model.pool=gap_fc_norm"):
         _transfer(source, {**cfg, "pool": "gap"}, (4, 4))

@@ -13,8 +13,6 @@ from vit_ablate.model import build_model
 from vit_ablate.model.safe_load import UnsafeCheckpointError, load_state_dict_file
 from vit_ablate.model.transfer import apply_init
 
-from .helpers import write_checkpoint
-
 
 class CreatesAFile:
     """Unpickling this calls os.mkdir(marker): what any crafted checkpoint could do instead."""
@@ -27,15 +25,15 @@ class CreatesAFile:
 
 
 @pytest.fixture
-def hostile(tmp_path: Path, run_config):
+def hostile(tmp_path: Path, tiny):
     """(marker, make): ``make(path)`` writes a file that creates ``marker`` when unpickled."""
     marker = tmp_path / "payload-ran"
-    cfg = run_config()
+    cfg = tiny()
 
     def make(path: Path, kind: str = "checkpoint") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if kind == "checkpoint":
-            return write_checkpoint(path, cfg, extra={"callbacks": {"x": CreatesAFile(marker)}})
+            return tiny.checkpoint(path, cfg, extra={"callbacks": {"x": CreatesAFile(marker)}})
         state = build_model(cfg.model).state_dict()
         torch.save({**state, "extra": CreatesAFile(marker)}, path)
         return path
@@ -61,7 +59,7 @@ def test_analyze_refuses_and_says_how_to_convert(hostile, tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize("layout", ["checkpoint", "timm.pth", "timm.bin", "hf"])
-def test_init_path_refuses_every_format(hostile, tmp_path: Path, layout, run_config):
+def test_init_path_refuses_every_format(hostile, tmp_path: Path, layout, tiny):
     marker, make = hostile
     if layout == "checkpoint":
         path = make(tmp_path / "pre.ckpt")
@@ -72,14 +70,14 @@ def test_init_path_refuses_every_format(hostile, tmp_path: Path, layout, run_con
     else:
         path = make(tmp_path / f"weights.{layout.split('.')[1]}", kind="state")
     with pytest.raises(UnsafeCheckpointError):
-        apply_init(build_model(run_config().model), path)
+        apply_init(build_model(tiny().model), path)
     assert not marker.exists()
 
 
-def test_train_with_a_hostile_init_path_exits_2_and_runs_nothing(hostile, tmp_path: Path, capsys, train_args):
+def test_train_with_a_hostile_init_path_exits_2_and_runs_nothing(hostile, tmp_path: Path, capsys, tiny):
     marker, make = hostile
     path = make(tmp_path / "pre.ckpt")
-    code = cli_main(["train", *train_args, f"init.path={path}", f"output_dir={tmp_path / 'runs'}", "name=t"])
+    code = cli_main(["train", *tiny.args(f"init.path={path}", f"output_dir={tmp_path / 'runs'}", "name=t")])
     assert code == 2
     assert "pre.ckpt was refused: loading it would run code" in capsys.readouterr().err
     assert not marker.exists()
