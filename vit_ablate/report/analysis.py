@@ -21,7 +21,7 @@ from vit_ablate.report import stats
 from vit_ablate.report.contrasts import ContrastResult, ContrastSpec, decide, evaluate_contrast, validate_contrasts
 from vit_ablate.report.references import canon, match_reference, parse_assignments, sort_key
 from vit_ablate.report.runs import Design, lookup_metric, metric_names
-from vit_ablate.report.sequential import Plan, sequential_verdict, stage_looks
+from vit_ablate.report.sequential import sequential_verdict, stage_looks
 from vit_ablate.schema import did_you_mean
 
 
@@ -49,10 +49,7 @@ def _is_execution(key: str) -> bool:
 
 def default_by(runs: pd.DataFrame, design: Design) -> List[str]:
     """The swept parameters minus seed; without a sweep, the config keys whose values differ."""
-    if design.has_manifest:
-        return [k for k in design.swept if not _is_execution(k)]
-    configured = runs[runs["has_config"]]
-    return [k for k in design.params if not _is_execution(k) and configured[k].nunique() > 1]
+    return [k for k in design.swept if not _is_execution(k)] if design.has_manifest else list(differing_keys(runs, design, ()))
 
 
 def differing_keys(runs: pd.DataFrame, design: Design, by: Sequence[str]) -> Dict[str, List[str]]:
@@ -67,8 +64,7 @@ def _label(by: Sequence[str], key: Sequence[str]) -> str:
 
 
 def _values(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """``value`` (the metric where the run counts: completed, finite; else NaN), ``section`` (where in
-    result.json it was found), ``recorded`` and ``why`` (why the run does not count) per run."""
+    """Per run: ``value`` (NaN where the run does not count), ``section``, ``recorded`` and ``why`` not counted."""
     found = [lookup_metric(r if isinstance(r, Mapping) else {}, metric) for r in runs["result"]]
     value = pd.Series([math.nan if v is None else v for v, _ in found], index=runs.index, dtype=float)
     recorded = pd.Series([v is not None for v, _ in found], index=runs.index)
@@ -89,11 +85,11 @@ def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primar
     usable = groups[groups["n"] > 0]
     if requested is not None:
         found = hits({k: canon(v) for k, v in parse_assignments(requested, "baseline: ").items()}, groups)
-        if len(found[found["n"] > 0]) > 1:
-            raise ValueError(f"baseline {requested!r} is ambiguous: it matches {len(found[found['n'] > 0])} groups "
-                             f"({'; '.join(found[found['n'] > 0].index)}); add the other grouping key(s)")
-        if len(found[found["n"] > 0]):
-            return found[found["n"] > 0].index[0], "given by --baseline"
+        if len(with_runs := found[found["n"] > 0]) > 1:
+            raise ValueError(f"baseline {requested!r} is ambiguous: it matches {len(with_runs)} groups "
+                             f"({'; '.join(with_runs.index)}); add the other grouping key(s)")
+        if len(with_runs):
+            return with_runs.index[0], "given by --baseline"
         if len(found):  # it exists, but none of its runs completed: a finding, not a user error
             notes.append(f"baseline {requested} has no completed runs ({found['n_total'].iloc[0]} listed under Not "
                          "included); no comparisons")
@@ -114,7 +110,7 @@ def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primar
 
 def _summarise(runs: pd.DataFrame, by: List[str], design: Design) -> pd.DataFrame:
     """One row a group (index: its label): key values, n, n_total, mean, std, 95% t interval, seeds, the
-    params every run shares (``common``, for matching references) and the matching reference."""
+    params its runs share (``common``) and the reference they match."""
     keys = runs[by].apply(tuple, axis=1) if by else pd.Series([()] * len(runs), index=runs.index)
     runs["group"] = [_label(by, k) for k in keys]
     order = sorted(dict.fromkeys(keys), key=lambda k: tuple(sort_key(v) for v in k))
@@ -125,10 +121,8 @@ def _summarise(runs: pd.DataFrame, by: List[str], design: Design) -> pd.DataFram
     for k, key in zip(by, zip(*order)):
         groups[k] = key
     groups["short"] = [", ".join(k) if by else "all runs" for k in order]
-    members = {label: rows[rows["value"].notna()] if rows["value"].notna().any() else rows
-               for label, rows in runs.groupby("group", sort=False)}
-    groups["common"] = [{c: rows[c].iloc[0] for c in design.params if rows[c].nunique() == 1}
-                        for rows in (members[label] for label in groups.index)]
+    members = {label: rows[rows["value"].notna()] if rows["value"].notna().any() else rows for label, rows in runs.groupby("group")}
+    groups["common"] = [{c: members[g][c].iloc[0] for c in design.params if members[g][c].nunique() == 1} for g in groups.index]
     groups["reference"] = [match_reference(design.references, common) for common in groups["common"]]
     counted = runs[runs["value"].notna()].sort_values("seed", key=lambda s: s.map(lambda v: sort_key(v or "")))
     groups["seeds"] = [" ".join(counted.loc[counted["group"] == label, "seed"].fillna("—")) for label in groups.index]
@@ -137,7 +131,7 @@ def _summarise(runs: pd.DataFrame, by: List[str], design: Design) -> pd.DataFram
 
 def _compare(groups: pd.DataFrame, runs: pd.DataFrame, by: List[str], baseline: Optional[str], seed: int,
              notes: List[str]) -> pd.DataFrame:
-    """Each group with runs against the baseline, as an undeclared paired contrast (by seed, else Welch's)."""
+    """Each group with runs against the baseline: an undeclared paired contrast (by seed, else Welch's)."""
     rows = {}
     for i, label in enumerate(l for l in groups.index if baseline and l != baseline and groups.at[l, "n"] > 0):
         sides = [dict(zip(by, groups.loc[g, by])) for g in (label, baseline)]
@@ -156,16 +150,6 @@ def _same_pair(result: ContrastResult, group: pd.Series, base: pd.Series, by: Se
     sides = [{**result.spec.a, **result.spec.where}, {**result.spec.b, **result.spec.where}]
     return result.kind in ("paired", "equivalence") and \
         {frozenset(s.items()) for s in sides} == {frozenset(zip(by, g[list(by)])) for g in (group, base)}
-
-
-def _look(result: ContrastResult, plan: Plan, runs: pd.DataFrame, by: List[str], metric: str, design: Design) -> None:
-    """The sweep's group-sequential plan decides the primary: its looks, stage by stage, as the sweep made them."""
-    sizes = [len(v) if v else None for k, v in design.swept.items() if k != "seed"]
-    arms = math.prod(sizes) if None not in sizes else max(1, runs.groupby(by).ngroups if by else 1)
-    result.plan = plan
-    result.looks, result.looks_end, result.stage_open = stage_looks(
-        plan, runs, arms, lambda rows: evaluate_contrast(result.spec, rows, by, metric).per_seed)
-    result.verdict = sequential_verdict(result.looks, result.looks_end, plan, result.expect)
 
 
 def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = None, metric: str = "val/acc1",
@@ -213,8 +197,12 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
             analysis.primary = result
             notes += [f"primary contrast: {n}" for n in result.notes]
             decide(result)
-            if plan is not None:
-                _look(result, plan, runs, by, metric, design)
+            if plan is not None:  # the plan decides, from its looks stage by stage, as the sweep made them
+                sizes = [len(v) if v else None for k, v in design.swept.items() if k != "seed"]
+                arms = math.prod(sizes) if None not in sizes else max(1, runs.groupby(by).ngroups if by else 1)
+                result.plan, (result.looks, result.looks_end, result.stage_open) = plan, stage_looks(
+                    plan, runs, arms, lambda rows: evaluate_contrast(spec, rows, by, metric).per_seed)
+                result.verdict = sequential_verdict(result.looks, result.looks_end, plan, result.expect)
             if result.kind != "equivalence" and result.expect is None:
                 notes.append("the primary contrast states no expected direction (expect=greater|less, or paper "
                               "reference values for both sides): a significant result cannot be called reproduced")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -71,10 +71,12 @@ class ContrastSpec:
 
 
 def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
-    where = f"line {lineno} of {origin}: {role}: "
-    kind, *tokens = header_tokens(body, where) or [""]
+    def fail(problem: str) -> NoReturn:
+        raise ValueError(f"line {lineno} of {origin}: {role}: {problem}")
+
+    kind, *tokens = header_tokens(body, f"line {lineno} of {origin}: {role}: ") or [""]
     if kind.lower() not in KINDS:
-        raise ValueError(f"{where}unknown kind {kind!r}; the kinds are {', '.join(KINDS)}{did_you_mean(kind.lower(), KINDS)}")
+        fail(f"unknown kind {kind!r}; the kinds are {', '.join(KINDS)}{did_you_mean(kind.lower(), KINDS)}")
     kind, sections, separators, options = kind.lower(), [{}], [], {}  # sections split by vs / by / where
     for token in tokens:
         key, sep, value = (part.strip() for part in token.partition("="))
@@ -82,7 +84,7 @@ def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
             separators.append(token.lower())
             sections.append({})
         elif not (sep and key):
-            raise ValueError(f"{where}{token!r} is not of the form key=value, 'vs', 'by' or 'where'")
+            fail(f"{token!r} is not of the form key=value, 'vs', 'by' or 'where'")
         elif key in _OPTIONS:
             options[key] = value
         else:
@@ -90,33 +92,32 @@ def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
     condition = {}
     if separators[-1:] == ["where"]:
         separators, condition = separators[:-1], sections.pop()
-    form = "A vs B by C vs D" if kind == "interaction" else "A vs B"
     if separators != (["vs", "by", "vs"] if kind == "interaction" else ["vs"]) or not all(sections):
-        raise ValueError(f"{where}expected '{kind} {form} [where KEY=VALUE ...]', each side KEY=VALUE ..., got {body.strip()!r}")
+        fail(f"expected '{kind} {'A vs B by C vs D' if kind == 'interaction' else 'A vs B'} [where KEY=VALUE ...]', "
+             f"each side KEY=VALUE ..., got {body.strip()!r}")
+    where = f"line {lineno} of {origin}: {role}: "
     spec = ContrastSpec(role, kind, *sections, where=condition, line=lineno, text=body.strip(), origin=origin,
                         margin=number(options, "margin", where), effect=number(options, "effect", where),
-                        expect=options.get("expect", "").lower() or None,
-                        outcome=options.get("outcome", rundir.DIVERGED).lower())
+                        expect=options.get("expect", "").lower() or None, outcome=options.get("outcome", rundir.DIVERGED).lower())
     if kind == "interaction":
         for first, second, what in ((spec.a, spec.b, "A vs B"), (spec.c, spec.d, "C vs D")):
             if len(first) != 1 or set(first) != set(second) or first == second:
-                raise ValueError(f"{where}interaction needs a 2×2 design: {what} must be two values of one key "
-                                 f"(e.g. model.pool=cls vs model.pool=gap), got {_side(first)} vs {_side(second)}")
+                fail(f"interaction needs a 2×2 design: {what} must be two values of one key (e.g. model.pool=cls vs "
+                     f"model.pool=gap), got {_side(first)} vs {_side(second)}")
         if set(spec.a) == set(spec.c):
-            raise ValueError(f"{where}interaction needs a 2×2 design: its two factors are the same key {next(iter(spec.a))}")
+            fail(f"interaction needs a 2×2 design: its two factors are the same key {next(iter(spec.a))}")
     elif spec.a == spec.b:
-        raise ValueError(f"{where}both sides are {_side(spec.a)}: nothing to compare")
+        fail(f"both sides are {_side(spec.a)}: nothing to compare")
     if (kind == "equivalence" or spec.margin is not None) and not (spec.margin and math.isfinite(spec.margin) and spec.margin > 0):
-        raise ValueError(f"{where}an equivalence needs margin=M > 0, the largest difference that counts as equal in the "
-                         "metric's units (e.g. margin=0.01 for one point of accuracy), stated before the runs")
+        fail("an equivalence needs margin=M > 0, the largest difference that counts as equal in the metric's units "
+             "(e.g. margin=0.01 for one point of accuracy), stated before the runs")
     if spec.expect not in (None, "greater", "less"):
-        raise ValueError(f"{where}expect={options['expect']!r}: use expect=greater or expect=less (the sign of A − B)")
+        fail(f"expect={options['expect']!r}: use expect=greater or expect=less (the sign of A − B)")
     return spec
 
 
 def parse_contrast_comments(text: str, origin: str = "sweep file") -> List[ContrastSpec]:
-    """Every ``# primary:`` and ``# secondary:`` line → ContrastSpec (the ``# holm:`` line is checked
-    too). At most one primary; an error names the line."""
+    """Every ``# primary:`` and ``# secondary:`` line (at most one primary) → ContrastSpec; ``# holm:`` checked too."""
     specs = [_parse_line(role, body, n, origin) for n, role, body in header_lines(text, "primary", "secondary")]
     parse_holm_comment(text, origin)
     primaries = [s for s in specs if s.role == "primary"]
@@ -140,8 +141,7 @@ def parse_holm_comment(text: str, origin: str = "sweep file") -> Optional[Tuple[
 
 
 def validate_contrasts(specs: Sequence[ContrastSpec], values_of: Mapping[str, Sequence[str]]) -> None:
-    """Every key and value a contrast names must exist in the runs (``values_of``: key → canonical
-    values seen). ValueError names the line."""
+    """Every key and value a contrast names must exist in the runs (``values_of``: key → canonical values)."""
     for spec in specs:
         where = f"line {spec.line} of {spec.origin}: {spec.role}: "
         for key, value in [item for side in (spec.a, spec.b, spec.c, spec.d, spec.where) for item in side.items()]:

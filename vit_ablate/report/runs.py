@@ -111,12 +111,13 @@ def metric_names(results: Sequence[Mapping[str, Any]]) -> List[str]:
     return list(names)
 
 
-def _record(run: Mapping[str, Any], source: str) -> Dict[str, Any]:
-    """A run read by rundir → a row: the config's keys, the sweep's parameters over them."""
-    params = {**run.get("config", {}), **{str(k): v for k, v in (run.get("params") or {}).items()}}
+def _record(run: Mapping[str, Any], source: str, has_config: Optional[bool] = None) -> Dict[str, Any]:
+    """A run as rundir reads it (``name``, ``path``, ``status``, ``reason``, ``config``, ``params`` over
+    them, ``result``, ``history``) → a row."""
     return {"run": run["name"], "path": run.get("path"), "status": run["status"], "reason": run.get("reason", ""),
-            "source": source, "has_config": bool(run.get("config")), "result": run.get("result") or {},
-            "history": run.get("history") or [], "params": params}
+            "source": source, "has_config": bool(run.get("config")) if has_config is None else has_config,
+            "result": run.get("result") or {}, "history": run.get("history") or [],
+            "params": {**run.get("config", {}), **{str(k): v for k, v in (run.get("params") or {}).items()}}}
 
 
 def _from_folder(path: Path, design: Design) -> List[Dict[str, Any]]:
@@ -164,11 +165,11 @@ def _from_table(path: Path, design: Design) -> List[Dict[str, Any]]:
     records = []
     for i, row in table.iterrows():
         status = (row["status"] or "unknown").lower()[:40]
-        values = {c: float(pd.to_numeric(row[c], errors="coerce")) for c in metrics if row[c] != ""}
-        records.append({"run": row["run"][:200] or f"row {i + 2}", "path": f"{path}:{i + 2}", "status": status,
-                        "reason": "" if status == rundir.COMPLETED else (row.get("reason") or status)[:300],
-                        "source": f"table {path}", "has_config": True, "result": {"table": values}, "history": [],
-                        "params": {c: row[c] for c in params + ["seed"] if c in row and row[c] != ""}})
+        records.append(_record({
+            "name": row["run"][:200] or f"row {i + 2}", "path": f"{path}:{i + 2}", "status": status,
+            "reason": "" if status == rundir.COMPLETED else (row.get("reason") or status)[:300],
+            "result": {"table": {c: float(pd.to_numeric(row[c], errors="coerce")) for c in metrics if row[c] != ""}},
+            "params": {c: row[c] for c in params + ["seed"] if c in row and row[c] != ""}}, f"table {path}", True))
     return records
 
 
@@ -187,9 +188,9 @@ def _from_sweep_file(path: Path, design: Design) -> None:
 
 
 def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str, Any]]:
-    """The runs of W&B sweep ``ENTITY/PROJECT/SWEEP_ID``. ``api`` defaults to ``wandb.Api()``; a stand-in
-    needs ``api.sweep(path)`` → ``.config``, ``.runs`` (each with ``.name``, ``.id``, ``.state``,
-    ``.config``, ``.summary`` and optionally ``.scan_history(keys=…)``)."""
+    """The runs of W&B sweep ``ENTITY/PROJECT/SWEEP_ID`` through ``api`` (default ``wandb.Api()``):
+    ``api.sweep(path)`` → ``.config``, ``.runs`` (``.name``, ``.id``, ``.state``, ``.config``, ``.summary``,
+    optionally ``.scan_history(keys=…)``)."""
     if api is None:
         import wandb  # only this path needs the client (and its login)
 
@@ -208,11 +209,12 @@ def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str
         state = str(getattr(run, "state", "unknown")).lower()
         status = str(summary.get("status", "")).lower()
         status = status if status in rundir.RESULT_STATUSES else _WANDB_STATES.get(state, state)
-        result = {"status": status, "summary": {k: v for k, v in summary.items() if not k.startswith("_")}}
-        history = list(run.scan_history(keys=["epoch", "val/acc1"])) if hasattr(run, "scan_history") else []
-        records.append({"run": str(run.name or run.id), "path": f"{path.rsplit('/', 1)[0]}/{run.id}", "status": status,
-                        "reason": "" if status == rundir.COMPLETED else f"W&B state {state}", "source": f"wandb {path}",
-                        "has_config": True, "result": result, "history": history, "params": rundir.flatten(config)})
+        records.append(_record({
+            "name": str(run.name or run.id), "path": f"{path.rsplit('/', 1)[0]}/{run.id}", "status": status,
+            "reason": "" if status == rundir.COMPLETED else f"W&B state {state}", "params": rundir.flatten(config),
+            "result": {"status": status, "summary": {k: v for k, v in summary.items() if not k.startswith("_")}},
+            "history": list(run.scan_history(keys=["epoch", "val/acc1"])) if hasattr(run, "scan_history") else []},
+            f"wandb {path}", True))
     design.sources.append(f"W&B sweep {path} ({len(records)} runs)")
     if not records:
         raise ValueError(f"W&B sweep {path} has no runs")
@@ -220,11 +222,9 @@ def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str
 
 
 def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, api: Any = None) -> Tuple[pd.DataFrame, Design]:
-    """Every run under ``paths`` (sweep folders, run folders, folders holding either, a runs.csv) and
-    in W&B sweep ``wandb_path``, as one DataFrame, and the design the sweep files (``*.yaml``: their
-    header comments and swept parameters apply to the runs beside them) or manifests declare.
-
-    Raises ValueError when a path does not exist or when no run is found at all."""
+    """Every run under ``paths`` (sweep folders, run folders, folders holding either, a runs.csv) and in
+    W&B sweep ``wandb_path`` as one DataFrame, and the design their sweep files (``*.yaml``, which apply to
+    the runs beside them) or manifests declare. ValueError for a missing path or no run at all."""
     design, records = Design(), []
     sweep_files = [Path(p) for p in paths if str(p).endswith((".yaml", ".yml"))]
     for raw in dict.fromkeys(Path(p) for p in paths if Path(p) not in sweep_files):
