@@ -43,8 +43,7 @@ class Report:
 
 
 def _default_out(inputs: Sequence[str], wandb_path: Optional[str]) -> Path:
-    """``<sweep or run folder>/report``, a runs.csv's own folder, or ``runs/wandb-<id>/report``; several
-    inputs need --out (a report never picks one of its runs' folders to write into)."""
+    """``<sweep or run folder>/report``, a runs.csv's folder, ``runs/wandb-<id>/report``; several inputs need --out."""
     if len(inputs) + bool(wandb_path) > 1:
         raise ValueError(f"{len(inputs) + bool(wandb_path)} inputs given ({', '.join([*inputs, *[wandb_path] * bool(wandb_path)])}): "
                          "name the output folder with --out")
@@ -73,9 +72,8 @@ def _write(analysis: Analysis, out: Path, name: str, sources_from_table: bool) -
 def run_report(paths: Sequence[str], by: Optional[List[str]] = None, metric: str = "val/acc1",
                baseline: Optional[str] = None, out: Optional[str] = None, wandb_path: Optional[str] = None,
                seed: int = 0, split: bool = False) -> Report:
-    """Report on the runs of ``paths`` (sweep folders, run folders, a runs.csv, and a sweep file whose
-    header applies) grouped by ``by`` (default: the swept keys) into ``out``. Runs that differ in another
-    config key are an error, or with ``split`` one report each in ``out/<key=value,...>/``. Deterministic."""
+    """Report on ``paths`` (sweep or run folders, a runs.csv, a sweep file) grouped by ``by`` into ``out``; with ``split``, one
+    report per setting of the config keys the runs differ in outside ``by``, which are otherwise an error."""
     paths = [str(p) for p in paths or []]
     inputs = list(dict.fromkeys(p for p in paths if not p.endswith((".yaml", ".yml"))))
     if not inputs and not wandb_path:

@@ -109,8 +109,7 @@ def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primar
 
 
 def _summarise(runs: pd.DataFrame, by: List[str], design: Design) -> pd.DataFrame:
-    """One row a group (index: its label): key values, n, n_total, mean, std, 95% t interval, seeds, the
-    params its runs share (``common``) and the reference they match."""
+    """One row a group (index: its label): n, mean, std, 95% t interval, seeds, shared params (``common``), reference."""
     keys = runs[by].apply(tuple, axis=1) if by else pd.Series([()] * len(runs), index=runs.index)
     runs["group"] = [_label(by, k) for k in keys]
     order = sorted(dict.fromkeys(keys), key=lambda k: tuple(sort_key(v) for v in k))
@@ -154,8 +153,7 @@ def _same_pair(result: ContrastResult, group: pd.Series, base: pd.Series, by: Se
 
 def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = None, metric: str = "val/acc1",
             baseline: Optional[str] = None, seed: int = 0) -> Analysis:
-    """Group, summarise, compare, test the declared contrasts, Holm-adjust. Raises ValueError for an
-    unusable baseline, grouping key, metric or contrast, or for runs that differ outside ``by``."""
+    """Group, summarise, compare, test the declared contrasts, Holm-adjust; ValueError for unusable input."""
     notes = list(design.notes)
     by = list(default_by(runs, design) if by is None else by)
     unknown = [k for k in by if k not in design.params]

@@ -155,8 +155,7 @@ def validate_contrasts(specs: Sequence[ContrastSpec], values_of: Mapping[str, Se
 
 @dataclass
 class ContrastResult(stats.MeanTest):
-    """A declared contrast's test; for fisher, ``n`` counts the finished runs of both sides, ``estimate``
-    is rate(A) − rate(B) and ``min_perm_p`` the smallest p Fisher's test can give with these totals."""
+    """A declared contrast's test; fisher: ``n`` finished runs, ``estimate`` rate(A) − rate(B), ``min_perm_p`` its floor."""
 
     spec: Optional[ContrastSpec] = None
     ci_label: str = "95% t"
@@ -263,9 +262,7 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
 
 
 def decide(result: ContrastResult) -> str:
-    """The verdict in fixed words, from the primary's p or a secondary's Holm-adjusted p. A primary
-    equivalence whose difference is itself significant is "contradicted"; a secondary one has one
-    adjusted p (its TOST's), so it is otherwise inconclusive."""
+    """The verdict in fixed words, from the primary's p or a secondary's Holm-adjusted p (an equivalence's: its TOST's)."""
     r, primary = result, result.spec.role == "primary"
     p = r.p if primary else r.p_holm
     n_text = f"n = {r.n}" if r.kind != "fisher" else f"n = {r.counts[1]} vs {r.counts[3]} runs"

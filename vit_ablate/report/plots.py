@@ -44,8 +44,7 @@ def _scale(analysis: Analysis, column: str) -> Tuple[float, Tuple[float, float]]
 
 
 def curve_band(analysis: Analysis, group: str, column: str) -> Tuple[Optional[pd.DataFrame], int]:
-    """Per epoch over a group's counted runs: the mean and the 95% t band of the mean (NaN below two
-    seeds); and how many runs logged the column."""
+    """Per epoch over a group's counted runs: the mean and its 95% t band; and how many runs logged ``column``."""
     from scipy import stats as scipy_stats
 
     runs = analysis.runs[(analysis.runs["group"] == group) & analysis.runs["value"].notna()]
@@ -59,8 +58,7 @@ def curve_band(analysis: Analysis, group: str, column: str) -> Tuple[Optional[pd
 
 
 def plot_curves(analysis: Analysis, path: Path, lr_styles: bool = False) -> Optional[Path]:
-    """Validation curves per group: the mean over seeds with its 95% t band; with ``lr_styles`` (paper
-    Figure 9) colour = the other grouping keys, line style = the learning rate, no band."""
+    """Curves per group, mean over seeds with a 95% t band; ``lr_styles`` (Figure 9): line style = learning rate, no band."""
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
@@ -97,8 +95,7 @@ def plot_curves(analysis: Analysis, path: Path, lr_styles: bool = False) -> Opti
 
 
 def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
-    """The metric per group: each seed a grey dot, the mean with its 95% t interval (the baseline in
-    orange); the paper's values as red diamonds, on our axis only when they measure our metric."""
+    """The metric per group: seeds as grey dots, the mean with its 95% t interval, the paper's values as red diamonds."""
     groups = analysis.groups.reset_index(names="label")
     if not groups["n"].any():
         return None
@@ -148,8 +145,7 @@ def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
 
 
 def plot_all(analysis: Analysis, out: Path, keep_stale: bool) -> Tuple[List[Path], List[Tuple[str, str]], List[str]]:
-    """Every figure that applies: the paths written, each figure's (name, caption), and notes on those not
-    drawn. With ``keep_stale`` (a runs.csv holds no curves) a figure an earlier report left is kept."""
+    """(paths, (name, caption) each, notes on figures not drawn); ``keep_stale``: keep a figure a runs.csv cannot redraw."""
     lr = LR_KEY in analysis.by and len(analysis.by) >= 2  # paper Figure 9: pooling × learning rate
     drawn = {"curves.png": plot_curves(analysis, out / "curves.png"), "final.png": plot_final(analysis, out / "final.png"),
              "lr_curves.png": plot_curves(analysis, out / "lr_curves.png", lr_styles=True) if lr else "not asked"}

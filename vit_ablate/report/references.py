@@ -59,8 +59,7 @@ def header_lines(text: str, *roles: str) -> List[Tuple[int, str, str]]:
 
 
 def header_tokens(text: str, where: str = "") -> List[str]:
-    """A header line's words, split on spaces and commas outside shell quotes (a source="Table 1 (S/16,
-    GAP)" keeps its comma); an unbalanced quote is a ValueError."""
+    """A header line's words, split on spaces and commas outside shell quotes (so a quoted source keeps its commas)."""
     lexer = shlex.shlex(text, posix=True)
     lexer.whitespace += ","
     lexer.whitespace_split, lexer.commenters = True, ""
@@ -90,8 +89,7 @@ def number(fields: Mapping[str, str], key: str, where: str, kind: type = float) 
 
 
 def parse_reference_comments(text: str) -> List[Dict[str, Any]]:
-    """Every ``# reference:`` line → ``{"params", "value" (a float), "metric", "source"[, "note"]}``; a
-    line without a value or params is an error (a dropped reference would read as "no paper value")."""
+    """Every ``# reference:`` line → ``{"params", "value", "metric", "source"[, "note"]}``; each needs a value and params."""
     references = []
     for lineno, _, body in header_lines(text, "reference"):
         where = f"line {lineno}: reference: "
@@ -112,7 +110,6 @@ def parse_baseline_comment(text: str) -> Optional[Dict[str, str]]:
 
 
 def match_reference(references: List[Mapping[str, Any]], common: Mapping[str, str]) -> Optional[Mapping[str, Any]]:
-    """The reference whose params all hold in ``common`` (the canonical params every run of a group
-    shares, fixed keys included); the most specific wins."""
+    """The most specific reference whose params all hold in ``common`` (the params every run of a group shares)."""
     hits = [r for r in references if r.get("params") and all(common.get(k) == canon(v) for k, v in r["params"].items())]
     return max(hits, key=lambda r: len(r["params"]), default=None)

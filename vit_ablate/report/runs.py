@@ -20,9 +20,7 @@ from vit_ablate.report.sequential import Plan, parse_plan
 from vit_ablate.report.references import canon, parse_baseline_comment, parse_reference_comments
 
 RUNS_TABLE = "runs.csv"  # the per-run table a report writes beside report.md, and can be regenerated from
-TABLE_FIXED = ("run", "seed", "status", "reason")  # runs.csv's columns that are neither parameters nor metrics
 TABLE_METRICS = ("wall_time_s", "throughput_img_s", "epochs", "global_step")  # metrics without a "/"
-ABSENT = "—"  # the value of a key a run does not have
 DEFAULT_HOLM = (("secondary", "baseline"), "the default: the sweep file has no # holm: line")
 # W&B run.state → this project's status; a "status" in the run's summary (training's word) wins.
 _WANDB_STATES = {"finished": rundir.COMPLETED, "crashed": rundir.FAILED, "failed": rundir.FAILED,
@@ -62,8 +60,7 @@ class Design:
 
 
 def swept_parameters(sweep_config: Mapping[str, Any]) -> Dict[str, Optional[list]]:
-    """The parameters a W&B sweep file varies (nested blocks as dotted keys): ``values`` with more than
-    one entry, or a distribution (``None``)."""
+    """The keys a W&B sweep file varies (nested blocks dotted): ``values`` of more than one, or a distribution (None)."""
     swept: Dict[str, Optional[list]] = {}
 
     def walk(spec: Mapping[str, Any], prefix: str) -> None:
@@ -83,9 +80,8 @@ def swept_parameters(sweep_config: Mapping[str, Any]) -> Dict[str, Optional[list
 
 
 def lookup_metric(result: Mapping[str, Any], metric: str) -> Tuple[Optional[float], Optional[str]]:
-    """``metric`` in a result: ``(value, section)`` or ``(None, None)``. Order: a runs.csv row (``table``),
-    a W&B ``summary``, ``final``, ``test``, ``best`` by the full name; then a section-qualified name
-    (``best/val/acc1``, ``fewshot/5`` → ``fewshot["5"]``); last, a top-level number."""
+    """``(value, section)`` of ``metric`` by its full name in ``table``, ``summary``, ``final``, ``test``, ``best``; then as
+    ``best/val/acc1`` or ``fewshot/5``; then top-level; else ``(None, None)``."""
     def number(value: Any) -> Optional[float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
@@ -112,8 +108,7 @@ def metric_names(results: Sequence[Mapping[str, Any]]) -> List[str]:
 
 
 def _record(run: Mapping[str, Any], source: str, has_config: Optional[bool] = None) -> Dict[str, Any]:
-    """A run as rundir reads it (``name``, ``path``, ``status``, ``reason``, ``config``, ``params`` over
-    them, ``result``, ``history``) → a row."""
+    """A run as rundir reads it (``name``, ``path``, ``status``, ``reason``, ``config``, ``params``, ``result``) → a row."""
     return {"run": run["name"], "path": run.get("path"), "status": run["status"], "reason": run.get("reason", ""),
             "source": source, "has_config": bool(run.get("config")) if has_config is None else has_config,
             "result": run.get("result") or {}, "history": run.get("history") or [],
@@ -160,7 +155,7 @@ def _from_table(path: Path, design: Design) -> List[Dict[str, Any]]:
         raise ValueError(f"{path}: not a runs table: no column {', '.join(missing)} (expected run, <grouping keys>, "
                          "seed, status, <metrics>, reason, as `vit-ablate report` writes it)")
     metrics = [c for c in table if "/" in c or c in TABLE_METRICS]
-    params = [c for c in table if c not in TABLE_FIXED and c not in metrics]
+    params = [c for c in table if c not in ("run", "seed", "status", "reason", *metrics)]
     design.sources.append(f"{path} ({len(table)} runs in the table)")
     records = []
     for i, row in table.iterrows():
@@ -182,15 +177,12 @@ def _from_sweep_file(path: Path, design: Design) -> None:
     if not isinstance(config, Mapping):
         raise ValueError(f"{path}: a sweep file holds a mapping (method, parameters, command, ...)")
     design.read_header(text, str(path))
-    design.swept = swept_parameters(config)
-    design.has_manifest, design.name = True, design.name or str(config.get("name") or path.stem)
+    design.swept, design.has_manifest, design.name = swept_parameters(config), True, design.name or str(config.get("name") or path.stem)
     design.sources.append(f"{path} (sweep file: swept keys, references, declared contrasts)")
 
 
 def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str, Any]]:
-    """The runs of W&B sweep ``ENTITY/PROJECT/SWEEP_ID`` through ``api`` (default ``wandb.Api()``):
-    ``api.sweep(path)`` → ``.config``, ``.runs`` (``.name``, ``.id``, ``.state``, ``.config``, ``.summary``,
-    optionally ``.scan_history(keys=…)``)."""
+    """The runs of W&B sweep ``ENTITY/PROJECT/SWEEP_ID`` through ``api`` (default ``wandb.Api()``; a stand-in in tests)."""
     if api is None:
         import wandb  # only this path needs the client (and its login)
 
@@ -203,10 +195,9 @@ def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str
         design.read_header(text, f"W&B sweep {path}")
     records = []
     for run in getattr(sweep, "runs", None) or []:
-        summary = dict(getattr(run.summary, "_json_dict", None) or run.summary)
+        summary, state = dict(getattr(run.summary, "_json_dict", None) or run.summary), str(getattr(run, "state", "unknown")).lower()
         config = {k: v["value"] if isinstance(v, Mapping) and set(v) <= {"value", "desc"} and "value" in v else v
                   for k, v in dict(run.config).items() if not str(k).startswith("_")}
-        state = str(getattr(run, "state", "unknown")).lower()
         status = str(summary.get("status", "")).lower()
         status = status if status in rundir.RESULT_STATUSES else _WANDB_STATES.get(state, state)
         records.append(_record({
@@ -222,9 +213,8 @@ def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str
 
 
 def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, api: Any = None) -> Tuple[pd.DataFrame, Design]:
-    """Every run under ``paths`` (sweep folders, run folders, folders holding either, a runs.csv) and in
-    W&B sweep ``wandb_path`` as one DataFrame, and the design their sweep files (``*.yaml``, which apply to
-    the runs beside them) or manifests declare. ValueError for a missing path or no run at all."""
+    """Every run under ``paths`` and in W&B sweep ``wandb_path`` as one DataFrame, and what their sweep files (``*.yaml``)
+    or manifests declare. ValueError for a missing path or no run at all."""
     design, records = Design(), []
     sweep_files = [Path(p) for p in paths if str(p).endswith((".yaml", ".yml"))]
     for raw in dict.fromkeys(Path(p) for p in paths if Path(p) not in sweep_files):
@@ -240,8 +230,6 @@ def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, 
     if wandb_path:
         records += runs_from_wandb(wandb_path, design, api)
     for sweep_file in sweep_files:
-        if not sweep_file.is_file():
-            raise ValueError(f"{sweep_file}: no such sweep file")
         _from_sweep_file(sweep_file, design)
     if not records:
         raise ValueError(f"no runs found in {', '.join(str(p) for p in paths) or '(no paths given)'}: expected a sweep "
@@ -258,5 +246,5 @@ def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, 
     seeds = [r["params"].get("seed", r["result"].get("seed") if isinstance(r["result"], Mapping) else None) for r in records]
     frame["seed"] = [None if s is None else canon(s) for s in seeds]
     columns = pd.DataFrame([{k: canon(v) for k, v in r["params"].items() if k != "seed"} for r in records],
-                           columns=design.params, index=frame.index).fillna(ABSENT)
+                           columns=design.params, index=frame.index).fillna("—")  # a key the run lacks
     return pd.concat([frame, columns.drop(columns=[c for c in columns if c in frame])], axis=1), design

@@ -71,8 +71,7 @@ class Plan:
 
 
 def parse_plan(text: str, origin: str, seeds: Optional[Sequence], has_primary: bool, primary_kind: str = "") -> Optional[Plan]:
-    """The ``# sequential:`` line of a sweep file, checked against its seeds and primary test; None
-    without one. ValueError (one line, naming the line) for a plan that cannot run."""
+    """The ``# sequential:`` line checked against the sweep's seeds and primary test; None without one."""
     lines = header_lines(text, "sequential")
     if not lines:
         return None
@@ -116,8 +115,7 @@ def parse_plan(text: str, origin: str, seeds: Optional[Sequence], has_primary: b
 
 
 def t_statistics(ns: Sequence[int], shift: float, sweeps: int, seed: int) -> np.ndarray:
-    """Paired t statistics after ``ns[k]`` seeds of N(shift, 1) differences, for ``sweeps`` simulated
-    sweeps: an array (sweeps, len(ns))."""
+    """Paired t after ``ns[k]`` seeds of N(shift, 1) differences in ``sweeps`` simulated sweeps: (sweeps, len(ns))."""
     rng, n, out = np.random.default_rng(seed), np.asarray(ns), np.empty((sweeps, len(ns)))
     for start in range(0, sweeps, _CHUNK):  # in chunks: 200,000 sweeps of 24 seeds at once would take gigabytes
         d = rng.standard_normal((min(_CHUNK, sweeps - start), ns[-1])) + shift
@@ -137,8 +135,7 @@ class Boundaries:
 
 @functools.lru_cache(maxsize=64)
 def boundaries(plan: Plan, ns: Optional[Tuple[int, ...]] = None, sweeps: int = SIMULATIONS, seed: int = 1983) -> Boundaries:
-    """Boundaries for looks after ``ns[k]`` seeds, look k closing stage k (default: the plan's looks;
-    fewer where runs dropped out); the last stage spends all the α left. Cached and deterministic."""
+    """Boundaries of looks after ``ns[k]`` seeds (default: the plan's; fewer where runs dropped out). Cached."""
     ns = list(plan.looks if ns is None else ns)
     null = np.abs(t_statistics(ns, 0.0, sweeps, seed))
     alt = np.abs(t_statistics(ns, plan.effect_size, sweeps, seed + 1)) if plan.effect_size else None
@@ -147,8 +144,7 @@ def boundaries(plan: Plan, ns: Optional[Tuple[int, ...]] = None, sweeps: int = S
 
 
 def _spend(plan: Plan, ns: List[int], null: np.ndarray, alt: Optional[np.ndarray], beta: float):
-    """One pass over the looks: each efficacy cut spends α on the null sweeps still going, each
-    futility cut (when ``beta``) spends β on the alternative sweeps still going."""
+    """Each efficacy cut spends α on the null sweeps still going, each futility cut (with ``beta``) β on the alternative's."""
     efficacy, futility = [], []
     going_null, going_alt = np.ones(len(null), bool), np.ones(len(null), bool)
     rejected, spent_alpha, spent_beta = 0, 0.0, 0.0
@@ -202,8 +198,7 @@ class Look:
 
 
 def decide_looks(plan: Plan, differences: Sequence[Sequence[float]], dropped: Sequence[int] = ()) -> List[Look]:
-    """``differences[k]``: the per-seed differences available at the end of stage k (cumulative).
-    One Look per stage up to the first that does not say "continue"."""
+    """One Look per stage (``differences[k]``: the per-seed differences through stage k) until one does not continue."""
     ns = [len(d) for d in differences]
     if not ns or min(ns) < 2:
         raise ValueError(f"a look needs at least 2 seeds with both arms; the stages have {ns}")
@@ -233,9 +228,8 @@ ENDED = ("completed", "diverged", "failed")  # a run that will not change any mo
 
 
 def stage_looks(plan: Plan, runs, arms: int, differences: Callable[[Any], Sequence[float]]) -> Tuple[List[Look], str, bool]:
-    """The looks a sweep makes from its runs (``seed``, ``status``, ``value``): stage k once its ``arms`` ×
-    seeds runs have all ended, on the per-seed ``differences`` of the rows of stages 1..k. Returns the
-    looks, why there are no more (or ""), and whether the stage after the last look is still to run."""
+    """The looks a sweep makes: stage k once its ``arms`` × seeds runs have ended, on the ``differences`` through it.
+    Returns the looks, why there are no more (or ""), and whether the stage after the last look is still to run."""
     diffs, dropped, why, waiting = [], [], "", False
     for k, seeds in enumerate(plan.stages):
         rows = runs[runs["seed"].isin(seeds)]

@@ -154,8 +154,7 @@ def report_rows(analysis: Analysis) -> List[Dict[str, Any]]:
 
 
 def runs_rows(analysis: Analysis) -> tuple[List[Dict[str, Any]], List[str]]:
-    """runs.csv (run, grouping and swept keys, seed, status, metric values, reason): enough to
-    regenerate the report without the run folders; a runs.csv input keeps every column it had."""
+    """runs.csv: run, grouping and swept keys, seed, status, metric values, reason (a runs.csv input keeps its columns)."""
     runs, design = analysis.runs, analysis.design
     from_table = runs["source"].str.startswith("table")
     params = [k for k in dict.fromkeys([*analysis.by, *design.swept, *(design.params if from_table.any() else [])])
