@@ -44,12 +44,11 @@ class Tiny:
     def but(self, *overrides: str, validate: Optional[bool] = None, **model_changes: Any) -> "Tiny":
         return Tiny(self.model(**model_changes), (*self.overrides, *overrides), self.validate if validate is None else validate)
 
-    def checkpoint(self, path: Path, cfg=None, model: Optional[torch.nn.Module] = None, *, ema: Optional[torch.nn.Module] = None,
-                   with_config: bool = True, tensors: Optional[Dict[str, torch.Tensor]] = None,
-                   extra: Optional[Dict[str, Any]] = None) -> Path:
-        """``model`` (else one built from ``cfg.model`` with seed 0; ``cfg`` by default ``self()``) as `model.`-prefixed tensors, ``ema`` as
-        `ema.module.`, plus ``tensors``; ``cfg`` as hyper_parameters['config'] unless ``with_config=False``;
-        ``extra``: more top-level entries."""
+    def checkpoint(self, path: Path, cfg=None, model=None, *, ema=None, with_config: bool = True,
+                   tensors: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
+        """A Lightning-style checkpoint file, nothing trained: ``model``'s tensors (else those of a model of
+        ``cfg``, by default ``self()``, built with seed 0) prefixed `model.`, ``ema``'s `ema.module.`, plus
+        ``tensors``; ``cfg`` as hyper_parameters['config'] unless ``with_config=False``; ``extra`` at the top."""
         import torch
 
         from vit_ablate.model import build_model
