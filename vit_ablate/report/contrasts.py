@@ -1,7 +1,5 @@
-"""Declared contrasts: the one primary test of a comparison, its declared secondaries, the Holm family.
-
-A sweep file's header states the question its sweep answers; the primary is tested at α = 0.05 without
-correction and alone gives the verdict::
+"""Declared contrasts: a sweep file's header states the one primary test of its comparison (α = 0.05, no
+correction; it alone gives the verdict), its secondaries, and their Holm family::
 
     # primary: paired model.pos_embed=none vs model.pos_embed=1d
     # secondary: equivalence model.pos_embed=2d vs model.pos_embed=1d margin=0.01
@@ -9,15 +7,13 @@ correction and alone gives the verdict::
     # primary: fisher model.norm=post vs model.norm=pre where optim.warmup_steps=0 expect=greater
     # holm: secondary + baseline
 
-``paired A vs B``: the mean per-seed A − B, paired t-test with the exact sign-flip p beside it.
-``interaction A vs B by C vs D``: (A − B at C) − (A − B at D) per seed in a 2×2 design, one-sample t.
-``fisher A vs B``: runs whose status is ``outcome`` (default ``diverged``) of the finished runs, Fisher's
-exact test. ``equivalence A vs B margin=M``: TOST that |mean(A − B)| < M in the metric's units (0.01 is
-one point of accuracy). ``where KEY=VALUE ...`` restricts both sides; runs pair by seed and by every
-grouping key the contrast leaves free. ``expect=greater|less`` is the paper's sign of A − B (for
-``paired`` the reference values give it when omitted); ``effect=X`` the paper's A − B, for the power.
-``# holm:`` names the one Holm family: ``secondary`` and, with ``+ baseline`` (the default), each group's
-paired difference to the baseline that no declared contrast compares; its adjusted p alone decides.
+``paired``: mean per-seed A − B, paired t-test (exact sign-flip p beside it). ``interaction``: (A − B at C)
+− (A − B at D) per seed, one-sample t. ``fisher``: runs whose status is ``outcome`` (default diverged) of
+the finished runs, Fisher's exact test. ``equivalence``: TOST of |mean(A − B)| < ``margin`` (metric units:
+0.01 is one point of accuracy). ``where`` restricts both sides; runs pair by seed and the free grouping
+keys. ``expect=greater|less``: the paper's sign of A − B (for paired, the references give it when
+omitted); ``effect=X``: the paper's A − B, for the power. The Holm family: the secondaries and (with
+``+ baseline``, the default) each group's difference to the baseline no declared contrast compares.
 """
 
 from __future__ import annotations
@@ -211,8 +207,8 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
             statuses = _select(runs, {**side, **spec.where})["status"]
             finished = statuses[statuses.isin([*rundir.FINAL_STATUSES, spec.outcome])]
             counts += [int((finished == spec.outcome).sum()), len(finished)]
-            if len(statuses) > len(finished):
-                result.notes.append(f"{len(statuses) - len(finished)} run(s) neither completed nor {spec.outcome} are not counted")
+            result.notes += [f"{len(statuses) - len(finished)} run(s) neither completed nor {spec.outcome} are not counted"
+                             ] if len(statuses) > len(finished) else []
         ea, ta, eb, tb = result.counts = tuple(counts)
         result.n = ta + tb
         if ta and tb:
@@ -265,9 +261,8 @@ def decide(result: ContrastResult) -> str:
     """The verdict in fixed words, from the primary's p or a secondary's Holm-adjusted p (an equivalence's: its TOST's)."""
     r, primary = result, result.spec.role == "primary"
     p = r.p if primary else r.p_holm
-    n_text = f"n = {r.n}" if r.kind != "fisher" else f"n = {r.counts[1]} vs {r.counts[3]} runs"
     if math.isnan(p) or (p >= ALPHA and not (r.kind == "equivalence" and primary and r.p_t < ALPHA)):
-        r.verdict = f"inconclusive at {n_text}"
+        r.verdict = f"inconclusive at n = {r.n}" if r.kind != "fisher" else f"inconclusive at n = {r.counts[1]} vs {r.counts[3]} runs"
     elif r.kind == "equivalence":
         r.verdict = f"equivalent within ±{r.spec.margin:g}" if p < ALPHA else "contradicted"
     elif r.expect is None or r.estimate == 0:

@@ -59,23 +59,18 @@ class Design:
         self.header = (text, origin)
 
 
-def swept_parameters(sweep_config: Mapping[str, Any]) -> Dict[str, Optional[list]]:
+def swept_parameters(sweep_config: Mapping[str, Any], prefix: str = "") -> Dict[str, Optional[list]]:
     """The keys a W&B sweep file varies (nested blocks dotted): ``values`` of more than one, or a distribution (None)."""
     swept: Dict[str, Optional[list]] = {}
-
-    def walk(spec: Mapping[str, Any], prefix: str) -> None:
-        for key, value in spec.items():
-            if not isinstance(value, Mapping):
-                continue
-            if isinstance(value.get("parameters"), Mapping):
-                walk(value["parameters"], f"{prefix}{key}.")
-            elif isinstance(value.get("values"), list) or {"distribution", "min", "max"} & set(value):
-                values = value.get("values")
-                if not isinstance(values, list) or len(values) > 1:
-                    swept[f"{prefix}{key}"] = list(values) if isinstance(values, list) else None
-
     parameters = (sweep_config or {}).get("parameters")
-    walk(parameters if isinstance(parameters, Mapping) else {}, "")
+    for key, spec in (parameters if isinstance(parameters, Mapping) else {}).items():
+        values = spec.get("values") if isinstance(spec, Mapping) else None
+        if isinstance(spec, Mapping) and isinstance(spec.get("parameters"), Mapping):
+            swept.update(swept_parameters(spec, f"{prefix}{key}."))
+        elif isinstance(values, list) and len(values) > 1:
+            swept[f"{prefix}{key}"] = list(values)
+        elif isinstance(spec, Mapping) and not isinstance(values, list) and {"distribution", "min", "max"} & set(spec):
+            swept[f"{prefix}{key}"] = None
     return swept
 
 

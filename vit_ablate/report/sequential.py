@@ -1,19 +1,15 @@
 """Group-sequential plans: a sweep adds seeds stage by stage until its primary test decides::
 
-    # primary: paired model.stem=hybrid vs model.stem=patch
     # sequential: stages=3 seeds_per_stage=8 spending=obrien_fleming alpha=0.05 futility=true effect_size=0.8
 
-A t-test after every batch of seeds at the nominal α inflates the false positives (Armitage, McPherson &
-Rowe 1969: ~0.14 at five looks). The plan spends α across the looks by a Lan–DeMets (1983) function of
-τ = seeds so far / the plan's seeds: ``obrien_fleming`` 2 − 2Φ(z_{1−α/2}/√τ), strict early; ``pocock``
-α·ln(1 + (e − 1)τ), about even. With few seeds the paired t has heavy tails, so the boundaries are for t
-itself at the seeds reached: the first a t quantile, later ones order statistics of simulated null
-sweeps (t does not depend on σ) that have not stopped, from a fixed seed. ``futility=true`` adds a
-binding boundary spending β at ``effect_size`` (mean / sd of the per-seed differences); efficacy is then
-computed on the null sweeps that did not stop for futility. ``on_failure=drop`` looks without the seeds
-whose runs failed (never retried); ``stop`` halts before looking at a stage with failed runs (a rerun
-retries them). The repeated confidence interval mean ± c_k·se_k (Jennison & Turnbull 1989) covers the
-difference at every look at once with probability ≥ 1 − α, where the plain t interval would not.
+A t-test after every stage at the nominal α inflates the false positives (Armitage, McPherson & Rowe
+1969: ~0.14 at five looks). α is spent by a Lan–DeMets (1983) function of τ = seeds so far / planned:
+``obrien_fleming`` 2 − 2Φ(z_{1−α/2}/√τ), ``pocock`` α·ln(1 + (e − 1)τ). Few seeds give t heavy tails, so
+the boundaries are for t at the seeds reached: the first a t quantile, later ones order statistics of
+simulated null sweeps still going (t does not depend on σ; fixed seed). ``futility=true`` adds a binding
+boundary spending β at ``effect_size`` (mean / sd of the differences). ``on_failure``: ``drop`` looks
+without failed seeds, ``stop`` halts before such a stage (a rerun retries it). The repeated confidence
+interval mean ± c_k·se_k (Jennison & Turnbull 1989) covers at every look at once with probability ≥ 1 − α.
 """
 
 from __future__ import annotations
@@ -127,7 +123,6 @@ def t_statistics(ns: Sequence[int], shift: float, sweeps: int, seed: int) -> np.
 
 @dataclass
 class Boundaries:
-    ns: List[int]
     efficacy: List[float]  # reject when |t| ≥ efficacy[k]
     futility: List[Optional[float]]  # stop as futile when |t| < futility[k]
     power: Optional[float]  # P(reject) at the plan's effect size with these looks and boundaries
@@ -140,7 +135,7 @@ def boundaries(plan: Plan, ns: Optional[Tuple[int, ...]] = None, sweeps: int = S
     null = np.abs(t_statistics(ns, 0.0, sweeps, seed))
     alt = np.abs(t_statistics(ns, plan.effect_size, sweeps, seed + 1)) if plan.effect_size else None
     beta = 1 - _spend(plan, ns, null, alt, 0.0)[2] if plan.futility else 0.0
-    return Boundaries(ns, *_spend(plan, ns, null, alt, beta))
+    return Boundaries(*_spend(plan, ns, null, alt, beta))
 
 
 def _spend(plan: Plan, ns: List[int], null: np.ndarray, alt: Optional[np.ndarray], beta: float):

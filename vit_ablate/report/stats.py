@@ -128,7 +128,7 @@ def tost_power(true_diff: float, margin: float, sd: float, n: int, alpha: float 
     if n < 2 or not math.isfinite(sd) or sd <= 0 or not math.isfinite(true_diff):
         return math.nan
     df, se = n - 1, sd / math.sqrt(n)
-    crit = float(scipy_stats.t.ppf(1 - alpha, df))
+    crit = scipy_stats.t.ppf(1 - alpha, df)
     power = (scipy_stats.nct.sf(crit, df, (true_diff + margin) / se)
              + scipy_stats.nct.cdf(-crit, df, (true_diff - margin) / se) - 1.0)
     return float(min(1.0, max(0.0, power)))
@@ -137,8 +137,7 @@ def tost_power(true_diff: float, margin: float, sd: float, n: int, alpha: float 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-adjusted p-values in the input order; NaN stays NaN and does not count as a comparison."""
     p = np.asarray(pvalues, dtype=float)
-    adjusted = np.full(p.shape, math.nan)
-    valid = ~np.isnan(p)
+    adjusted, valid = np.full(p.shape, math.nan), ~np.isnan(p)
     if valid.any():
         adjusted[valid] = multipletests(p[valid], method="holm")[1]
     return adjusted

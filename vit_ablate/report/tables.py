@@ -40,12 +40,8 @@ def md_escape(text: Any) -> str:
 
 def csv_cell(value: Any) -> Any:
     """A string starting like a spreadsheet formula (but not a number like "-0.5") gets a leading apostrophe."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        try:
-            float(value)
-        except ValueError:
-            return "'" + value
-    return value
+    formula = isinstance(value, str) and value.startswith(_FORMULA_START) and pd.isna(pd.to_numeric(value, errors="coerce"))
+    return "'" + value if formula else value
 
 
 def write_csv(rows: Sequence[Dict[str, Any]], columns: Sequence[str] | None = None) -> str:
