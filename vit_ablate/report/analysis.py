@@ -76,11 +76,10 @@ def _values(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return runs.assign(value=value.where(counts), metric_value=value, section=[s for _, s in found], recorded=recorded, why=why)
 
 
-def _choose_baseline(groups: pd.DataFrame, by, requested, design: Design, primary, notes) -> Tuple[Optional[str], str]:
+def _choose_baseline(groups: pd.DataFrame, requested, design: Design, primary, notes) -> Tuple[Optional[str], str]:
     """``--baseline``, else the sweep's declared one, else the primary's reference side, else the first group."""
-    def hits(wanted: Mapping[str, str], among: pd.DataFrame) -> pd.DataFrame:
-        return among[[bool(wanted) and all((g[k] if k in by else g["common"].get(k)) == v for k, v in wanted.items())
-                      for _, g in among.iterrows()]]
+    def hits(wanted: Mapping[str, str], among: pd.DataFrame) -> pd.DataFrame:  # groups whose runs all share ``wanted``
+        return among[[bool(wanted) and wanted.items() <= common.items() for common in among["common"]]]
 
     usable = groups[groups["n"] > 0]
     if requested is not None:
@@ -174,7 +173,6 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
         values_of.setdefault(key, set()).update(canon(v) for v in listed or [])
     validate_contrasts(design.contrasts, values_of)
     plan = design.plan()
-
     groups = _summarise(runs, by, design)
     counted = runs[runs["value"].notna()]
     for label, seeds in counted.dropna(subset=["seed"]).groupby("group")["seed"]:
@@ -185,7 +183,6 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
     data = runs.reindex(columns=["data.val_split", "data.name"])
     if metric.startswith("val/") and (data["data.val_split"].eq("0") & data["data.name"].ne("synthetic")).any():
         notes.append(f"runs with data.val_split=0 validate on the test split: their {metric} is a test-split number")
-
     analysis = Analysis(metric=metric, by=by, runs=runs, groups=groups, design=design, notes=notes,
                         sections=Counter(counted["section"]),
                         higher_is_better=not any(w in metric.lower() for w in ("loss", "err", "time", "perplexity")))
@@ -206,8 +203,7 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
                               "reference values for both sides): a significant result cannot be called reproduced")
         else:
             analysis.secondary.append(result)
-    analysis.baseline, analysis.baseline_reason = _choose_baseline(groups, by, baseline, design, analysis.primary, notes)
-
+    analysis.baseline, analysis.baseline_reason = _choose_baseline(groups, baseline, design, analysis.primary, notes)
     comparisons = _compare(groups, runs, by, analysis.baseline, seed, notes)
     # One Holm family, one adjusted p per comparison: a group's comparison with the baseline that a
     # declared contrast already makes is that contrast's (the primary's is unadjusted).

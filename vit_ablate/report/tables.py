@@ -170,11 +170,10 @@ def runs_rows(analysis: Analysis) -> tuple[List[Dict[str, Any]], List[str]]:
 _KIND_TEST = {"paired": "paired t-test", "interaction": "one-sample t-test of the per-seed interaction",
               "fisher": "Fisher's exact test", "equivalence": "two one-sided t-tests (TOST)"}
 _SECTION_MEANING = {  # where in a result the metric was found, and so which weights it measures
-    "final": "the `final` section (the last epoch's weights, checkpoints/last.ckpt; EMA where optim.ema_decay is set)",
-    "table": "runs.csv (the value each run recorded at its last epoch)", "summary": "the W&B run's summary",
-    "test": "the `test` section (the test split, evaluated once after training with the last weights)",
-    "best": "the `best` section (the best validation epoch, selected on the validation split itself)",
-    "fewshot": "the `fewshot` section (few-shot linear accuracy of the final weights)"}
+    "final": "the `final` section (the last epoch's weights; EMA where set)", "summary": "the W&B run's summary",
+    "table": "runs.csv (the value each run recorded at its last epoch)", "fewshot": "the `fewshot` section (final weights)",
+    "test": "the `test` section (the test split, once after training, last weights)",
+    "best": "the `best` section (the best validation epoch, selected on the validation split itself)"}
 
 
 def _paper_clause(g: pd.Series, base: pd.Series, analysis: Analysis, units: Units, established: bool) -> str:
@@ -274,13 +273,12 @@ def secondary_lines(analysis: Analysis) -> List[str]:
     """The declared secondaries, then each group against the baseline that no declared contrast covers."""
     lines = [contrast_sentence(r, analysis) for r in analysis.secondary]
     groups = analysis.groups
-    compared = groups.index[groups["delta"].notna() & ~groups["holm"].isin(["primary", "secondary paired",
-                                                                            "secondary equivalence"])]
-    lines += [comparison_verdict(label, analysis) for label in compared]
-    for label, g in groups[groups["n"] == 0].iterrows():
+    lines += [comparison_verdict(label, analysis)  # those no declared contrast makes
+              for label in groups.index[groups["delta"].notna() & groups["holm"].isin(["", "not in the Holm family"])]]
+    for label in groups.index[groups["n"] == 0]:
         statuses = analysis.runs.loc[analysis.runs["group"] == label, "status"].value_counts().sort_index()
-        lines.append(f"{label}: no completed runs with {analysis.metric} ("
-                     + ", ".join(f"{k} {v}" for k, v in statuses.items()) + ") — not compared; see Not included")
+        lines.append(f"{label}: no completed runs with {analysis.metric} ({', '.join(f'{k} {v}' for k, v in statuses.items())}) "
+                     "— not compared; see Not included")
     usable = (groups["n"] > 0).sum()
     if groups["delta"].isna().all() and usable <= 1 and analysis.baseline is not None:
         lines.append("one group only: nothing to compare")
