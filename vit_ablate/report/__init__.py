@@ -1,10 +1,8 @@
 """``vit-ablate report``: tables, verdicts and figures from run folders, a sweep, a runs.csv, or a W&B sweep.
 
-    report = run_report(["runs/pos-embed"])          # report.md, report.csv, runs.csv, *.png in report.out
     run_report(["results/x/runs.csv", "sweeps/x.yaml"], out="results/x")   # regenerate without run folders
 
-The runs become one DataFrame (``runs``), analysed by ``analysis`` with ``stats``. Every check on the
-input runs before the first file is written; a failed one raises ValueError (CLI exit 2).
+Every check on the input runs before the first file is written; a failed one raises ValueError (exit 2).
 """
 
 from __future__ import annotations
@@ -47,9 +45,7 @@ def _default_out(inputs: Sequence[str], wandb_path: Optional[str]) -> Path:
     if len(inputs) + bool(wandb_path) > 1:
         raise ValueError(f"{len(inputs) + bool(wandb_path)} inputs given ({', '.join([*inputs, *[wandb_path] * bool(wandb_path)])}): "
                          "name the output folder with --out")
-    if not inputs:
-        return Path("runs") / f"wandb-{wandb_path.rstrip('/').rsplit('/', 1)[-1]}" / "report"
-    first = Path(inputs[0])
+    first = Path(inputs[0]) if inputs else Path("runs") / f"wandb-{wandb_path.rstrip('/').rsplit('/', 1)[-1]}"
     if first.is_file() and first.suffix == ".csv":
         return first.parent  # regenerating a committed report in place
     return (first.parent if first.is_file() else first) / "report"

@@ -1,7 +1,6 @@
-"""Group the runs by the swept keys, summarise each group, compare each with the baseline, test the
-declared contrasts and Holm-adjust the declared family. A group's replicates differ only in ``seed``;
-runs that differ in another config key are never pooled. Comparisons pair runs by seed (the same data
-order and initialisation: pairing removes that shared noise), Welch's test only without a common seed.
+"""Group the runs, summarise each group, compare it with the baseline, test the declared contrasts and
+Holm-adjust the family. A group's runs differ only in ``seed``; comparisons pair runs by seed (the same
+data order and initialisation: pairing removes that noise), Welch's test only without a common seed.
 """
 
 from __future__ import annotations

@@ -152,7 +152,6 @@ def validate_contrasts(specs: Sequence[ContrastSpec], values_of: Mapping[str, Se
 @dataclass
 class ContrastResult(stats.MeanTest):
     """A declared contrast's test; fisher: ``n`` finished runs, ``estimate`` rate(A) − rate(B), ``min_perm_p`` its floor."""
-
     spec: Optional[ContrastSpec] = None
     ci_label: str = "95% t"
     p: float = math.nan  # the test's p: t-test, TOST, or Fisher

@@ -1,8 +1,6 @@
-"""The report's figures: learning curves, the final metric per group, and Figure-9-style lr curves, on
-matplotlib's object API (no pyplot, no global backend), written atomically. An accuracy's interval is
-clipped to 0–100% (the table marks one that reaches past). The paper's numbers never get an axis of
-their own: another metric's go in a second panel spanning as many points as ours, so a 2.8-point gap
-looks like a 2.8-point gap.
+"""The report's figures on matplotlib's object API (no pyplot), written atomically. An accuracy's interval
+is clipped to 0–100%. The paper's numbers of another metric go in a second panel spanning as many points
+as ours, so a 2.8-point gap looks like a 2.8-point gap.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from vit_ablate.io import atomic_write_bytes
 from vit_ablate.report.analysis import Analysis
@@ -26,7 +25,6 @@ LR_KEY = "optim.lr"
 def _figure(width: float = 6.4, height: float = 4.0):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -45,8 +43,6 @@ def _scale(analysis: Analysis, column: str) -> Tuple[float, Tuple[float, float]]
 
 def curve_band(analysis: Analysis, group: str, column: str) -> Tuple[Optional[pd.DataFrame], int]:
     """Per epoch over a group's counted runs: the mean and its 95% t band; and how many runs logged ``column``."""
-    from scipy import stats as scipy_stats
-
     runs = analysis.runs[(analysis.runs["group"] == group) & analysis.runs["value"].notna()]
     rows = [{"run": i, "epoch": row["epoch"], "y": row[column]} for i, h in runs["history"].items() for row in h
             if isinstance(row.get(column), float) and math.isfinite(row[column]) and "epoch" in row]
@@ -61,7 +57,6 @@ def plot_curves(analysis: Analysis, path: Path, lr_styles: bool = False) -> Opti
     """Curves per group, mean over seeds with a 95% t band; ``lr_styles`` (Figure 9): line style = learning rate, no band."""
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
-
     logged = any(analysis.metric in row for h in analysis.runs["history"] for row in h)
     column = analysis.metric if logged else "val/acc1"
     scale, (low, high) = _scale(analysis, column)

@@ -1,12 +1,10 @@
-"""A sweep file's header comments (W&B rejects unknown top-level keys, so they live in lines both the
-W&B agent and YAML ignore), and canonical config values::
+"""A sweep file's header comments (lines W&B and YAML ignore) and canonical values::
 
     # reference: model.pos_embed=none value=0.61382 metric=imagenet_5shot source="paper Table 8"
     # baseline: model.pos_embed=1d
 
-A reference selects runs by every ``key=value`` but ``value``, ``metric``, ``source`` and ``note``. The
-same setting reaches a report spelt ``0.0008`` (config.yaml), ``8e-4`` (sweep file) or ``True`` (the W&B
-agent): grouping and matching compare :func:`canon` strings.
+A setting is spelt ``0.0008`` (config.yaml), ``8e-4`` (sweep file) or ``True`` (W&B agent): grouping and
+matching compare :func:`canon` strings.
 """
 
 from __future__ import annotations

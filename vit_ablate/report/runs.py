@@ -1,8 +1,6 @@
-"""The runs of a report as one DataFrame, one row a run finished or not (a report lists a failed run
-rather than average over the survivors), from sweep and run folders (read by ``vit_ablate.rundir``), a
-runs.csv an earlier report wrote, or a W&B sweep; and what their sweep declares. Columns: ``run``,
-``seed``, ``status``, ``reason``, ``source``, ``has_config``, ``result``, ``history`` (metrics.csv rows),
-and one per config key holding its canonical value (``—`` where a run lacks the key).
+"""The runs of a report as one DataFrame, one row a run finished or not (a failed run is listed, not
+averaged away), from sweep and run folders (``vit_ablate.rundir``), a runs.csv or a W&B sweep; and what
+their sweep declares. A config key is a column of canonical values (``—`` where a run lacks it).
 """
 
 from __future__ import annotations
@@ -52,8 +50,7 @@ class Design:
     def read_header(self, text: str, origin: str) -> None:
         """A sweep file's header comments (the file given last is the authority)."""
         self.references = parse_reference_comments(text)
-        baseline = parse_baseline_comment(text)
-        self.baseline = {k: canon(v) for k, v in baseline.items()} if baseline else None
+        self.baseline = {k: canon(v) for k, v in (parse_baseline_comment(text) or {}).items()} or None
         self.contrasts = parse_contrast_comments(text, origin)
         self.holm = parse_holm_comment(text, origin) or DEFAULT_HOLM
         self.header = (text, origin)
@@ -163,24 +160,10 @@ def _from_table(path: Path, design: Design) -> List[Dict[str, Any]]:
     return records
 
 
-def _from_sweep_file(path: Path, design: Design) -> None:
-    try:
-        text = rundir.read_text(path)
-        config = rundir.load_yaml(text)
-    except rundir.READ_ERRORS as exc:
-        raise ValueError(f"{path}: cannot read the sweep file ({rundir.why(exc)})") from None
-    if not isinstance(config, Mapping):
-        raise ValueError(f"{path}: a sweep file holds a mapping (method, parameters, command, ...)")
-    design.read_header(text, str(path))
-    design.swept, design.has_manifest, design.name = swept_parameters(config), True, design.name or str(config.get("name") or path.stem)
-    design.sources.append(f"{path} (sweep file: swept keys, references, declared contrasts)")
-
-
 def runs_from_wandb(path: str, design: Design, api: Any = None) -> List[Dict[str, Any]]:
     """The runs of W&B sweep ``ENTITY/PROJECT/SWEEP_ID`` through ``api`` (default ``wandb.Api()``; a stand-in in tests)."""
     if api is None:
         import wandb  # only this path needs the client (and its login)
-
         api = wandb.Api()
     sweep = api.sweep(path)
     design.name, design.has_manifest = design.name or str(getattr(sweep, "name", None) or path.rsplit("/", 1)[-1]), True
@@ -224,12 +207,20 @@ def collect_runs(paths: Sequence[str | Path], wandb_path: Optional[str] = None, 
             raise ValueError(f"{raw}: not a directory (expected a sweep directory, run directories, a runs.csv or a sweep .yaml)")
     if wandb_path:
         records += runs_from_wandb(wandb_path, design, api)
-    for sweep_file in sweep_files:
-        _from_sweep_file(sweep_file, design)
+    for path in sweep_files:  # its header and swept keys apply to the runs given with it
+        try:
+            text = rundir.read_text(path)
+            config = rundir.load_yaml(text)
+        except rundir.READ_ERRORS as exc:
+            raise ValueError(f"{path}: cannot read the sweep file ({rundir.why(exc)})") from None
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{path}: a sweep file holds a mapping (method, parameters, command, ...)")
+        design.read_header(text, str(path))
+        design.swept, design.has_manifest, design.name = swept_parameters(config), True, design.name or str(config.get("name") or path.stem)
+        design.sources.append(f"{path} (sweep file: swept keys, references, declared contrasts)")
     if not records:
-        raise ValueError(f"no runs found in {', '.join(str(p) for p in paths) or '(no paths given)'}: expected a sweep "
-                         "directory (with sweep.json), run directories (with config.yaml / result.json), a runs.csv, or "
-                         "a directory holding them")
+        raise ValueError(f"no runs found in {', '.join(str(p) for p in paths) or '(no paths given)'}: expected a sweep folder "
+                         "(sweep.json), run folders (config.yaml, result.json), a runs.csv, or a folder holding them")
     unique: Dict[str, Dict[str, Any]] = {}
     for record in records:  # the same run folder reached twice (a sweep folder and one of its runs) counts once
         local = record["source"] == "directory" or record["source"].startswith("sweep")

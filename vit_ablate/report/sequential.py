@@ -39,7 +39,6 @@ _OPTIONS = ("stages", "seeds_per_stage", "max_seeds", "alpha", "spending", "futi
 @dataclass(frozen=True)
 class Plan:
     """The seeds of each stage (canonical strings, in the order the sweep lists them) and the rules."""
-
     stages: Tuple[Tuple[str, ...], ...]
     alpha: float = 0.05
     spending: str = "obrien_fleming"

@@ -1,9 +1,6 @@
-"""A report's text: report.md with its verdicts, report.csv and runs.csv.
-
-Verdicts are fixed words, each from one test and no stronger than it (analysis and contrasts decide
-them). Markdown shows accuracies in percent and differences in points (the paper's units); the CSVs
-keep fractions. A value from a run is escaped where it is written: in Markdown it cannot close a cell,
-start a line, or inject HTML or a link; in a CSV a formula-like cell gets a leading ``'``.
+"""A report's text: report.md with its verdicts in fixed words, report.csv and runs.csv. Markdown shows
+accuracies in percent, differences in points (the paper's units); the CSVs keep fractions. A value from a
+run is escaped where written: no Markdown cell, line, HTML or link of its own, no spreadsheet formula.
 """
 
 from __future__ import annotations
@@ -27,14 +24,13 @@ LOOK_COLUMNS = ["stage", "seeds", "mean", "t", "efficacy boundary |t| ≥", "fut
 DASH = "—"
 PAST_BOUND = " ‡"  # marks an accuracy interval that reaches past 0–100% (a difference's: past ±100 points)
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+_MD_ESCAPES = str.maketrans({c: "\\" + c for c in "\\|`*"})
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def md_escape(text: Any) -> str:
     """A value from a run as one line with no HTML, link, cell separator or code span."""
-    out = " ".join(str(text).split())
-    for raw, safe in (("\\", "\\\\"), ("|", "\\|"), ("`", "\\`"), ("](", "]\\("), ("*", "\\*")):
-        out = out.replace(raw, safe)
+    out = " ".join(str(text).split()).translate(_MD_ESCAPES).replace("](", "]\\(")
     return _TAG_START.sub("&lt;", out)  # only where "<" could open a tag: "61.38 < 64.21" stays readable
 
 
