@@ -58,12 +58,9 @@ class ContrastSpec:
 
     @property
     def label(self) -> str:
-        cond = f" where {_side(self.where)}" if self.where else ""
-        if self.kind == "interaction":
-            return f"({_side(self.a)} − {_side(self.b)}) at {_side(self.c)} − the same at {_side(self.d)}{cond}"
-        if self.kind == "fisher":
-            return f"{self.outcome} runs: {_side(self.a)} vs {_side(self.b)}{cond}"
-        return f"{_side(self.a)} − {_side(self.b)}{cond}"
+        body = {"interaction": f"({_side(self.a)} − {_side(self.b)}) at {_side(self.c)} − the same at {_side(self.d)}",
+                "fisher": f"{self.outcome} runs: {_side(self.a)} vs {_side(self.b)}"}.get(self.kind, f"{_side(self.a)} − {_side(self.b)}")
+        return body + (f" where {_side(self.where)}" if self.where else "")
 
 
 def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
@@ -229,8 +226,7 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
             if ref_a and ref_b and ref_a is not ref_b and ref_a.get("metric") == ref_b.get("metric"):
                 paper = float(ref_a["value"]) - float(ref_b["value"])
                 if ref_a.get("metric") == metric:
-                    result.effect = paper
-                    result.effect_source = f"{ref_a.get('source') or ref_b.get('source') or 'paper'}, {metric}"
+                    result.effect, result.effect_source = paper, f"{ref_a.get('source') or ref_b.get('source') or 'paper'}, {metric}"
                 if result.expect is None and paper and spec.kind == "paired":
                     result.expect = "greater" if paper > 0 else "less"
         cell_a, cell_b = (_cell(runs, {**side, **spec.where}, pair_keys) for side in (spec.a, spec.b))

@@ -143,9 +143,9 @@ def _spend(plan: Plan, ns: List[int], null: np.ndarray, alt: Optional[np.ndarray
     going_null, going_alt = np.ones(len(null), bool), np.ones(len(null), bool)
     rejected, spent_alpha, spent_beta = 0, 0.0, 0.0
     for k, n in enumerate(ns):
-        final = k == len(plan.stages) - 1
-        tau = min(n / plan.max_seeds, 1.0)
-        step, spent_alpha = _increment(plan.alpha if final else SPENDING[plan.spending](plan.alpha, tau), spent_alpha)
+        final, tau = k == len(plan.stages) - 1, min(n / plan.max_seeds, 1.0)
+        spend = plan.alpha if final else SPENDING[plan.spending](plan.alpha, tau)  # by now, in all
+        step, spent_alpha = max(spend - spent_alpha, 0.0), max(spend, spent_alpha)
         # the first look exactly (Student's t with n − 1 degrees of freedom), later ones on the null sweeps still going
         cut = (float(stats.t.ppf(1 - step / 2, n - 1)) if step > 0 else math.inf) if k == 0 else \
             _cut(null[going_null, k], step * len(null), from_top=True)
@@ -157,16 +157,13 @@ def _spend(plan: Plan, ns: List[int], null: np.ndarray, alt: Optional[np.ndarray
             rejected += int(hit.sum())
             going_alt &= ~hit
             if beta and not final:
-                step_b, spent_beta = _increment(SPENDING[plan.spending](beta, tau), spent_beta)
+                spend = SPENDING[plan.spending](beta, tau)
+                step_b, spent_beta = max(spend - spent_beta, 0.0), max(spend, spent_beta)
                 low = min(_cut(alt[going_alt, k], step_b * len(alt), from_top=False), cut)
                 going_alt &= alt[:, k] >= low
                 going_null &= null[:, k] >= low
         futility.append(low)
     return efficacy, futility, (rejected / len(alt) if alt is not None else None)
-
-
-def _increment(spent_now: float, spent_before: float) -> Tuple[float, float]:
-    return max(spent_now - spent_before, 0.0), max(spent_now, spent_before)
 
 
 def _cut(values: np.ndarray, count: float, from_top: bool) -> float:
