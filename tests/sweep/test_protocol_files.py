@@ -39,7 +39,9 @@ def test_protocol_file_expands_to_valid_runs(path: Path):
     names = sorted(params)
     values = [params[n]["values"] if "values" in params[n] else [params[n]["value"]] for n in names]
     assert grid_size(spec.config) == math.prod(len(v) for v in values)
-    assert len(params["seed"]["values"]) == DIAGNOSTICS.get(path.stem, 8)
+    # a sequential plan's seeds are its maximum, split into its stages; a fixed design has 8
+    expected = spec.plan.max_seeds if spec.plan else DIAGNOSTICS.get(path.stem, 8)
+    assert len(params["seed"]["values"]) == expected
     specs = parse_contrast_comments(spec.text, str(path))
     assert sum(s.role == "primary" for s in specs) == (0 if path.stem in DIAGNOSTICS else 1)
     for combo in itertools.product(*values):
