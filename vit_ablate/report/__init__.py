@@ -85,10 +85,8 @@ def run_report(paths: Sequence[str], by: Optional[List[str]] = None, metric: str
         for values, part in runs.groupby(keys, sort=True)]
     analyses = [(where, analyse(part, design, by, metric, baseline, seed)) for where, part in parts]
     # Input checks are done: from here on files are written.
-    name = design.name or Path(paths[0] if paths else "runs").resolve().name
-    from_table = runs["source"].str.startswith("table").any()
-    reports = [_write(analysis, where, name if not keys else f"{name} ({where.name})", from_table)
-               for where, analysis in analyses]
+    name, from_table = design.name or Path(paths[0] if paths else "runs").resolve().name, runs["source"].str.startswith("table").any()
+    reports = [_write(analysis, where, name if not keys else f"{name} ({where.name})", from_table) for where, analysis in analyses]
     if not keys:
         return reports[0]
     index = "\n".join([f"# vit-ablate report: {name}, split by {', '.join(keys)}", ""]

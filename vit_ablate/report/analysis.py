@@ -136,8 +136,7 @@ def _compare(groups: pd.DataFrame, runs: pd.DataFrame, by: List[str], baseline: 
         notes += [f"{label} vs baseline: {note}" for note in r.notes]
         if 0 < r.n < max(groups.at[label, "n"], groups.at[baseline, "n"]) and not r.unpaired:
             notes.append(f"{label} vs baseline: paired on the {r.n} seeds present in both groups")
-        rows[label] = [r.estimate, r.ci_low, r.ci_high, 0 if r.unpaired else r.n, not r.unpaired, r.p_t, r.p_perm,
-                       r.min_perm_p]
+        rows[label] = [r.estimate, r.ci_low, r.ci_high, 0 if r.unpaired else r.n, not r.unpaired, r.p_t, r.p_perm, r.min_perm_p]
     return pd.DataFrame(list(rows.values()), index=list(rows), columns=["delta", "delta_ci_low", "delta_ci_high",
                         "n_pairs", "paired", "p_t", "p_signflip", "min_signflip_p"])
 
@@ -220,7 +219,6 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
         holm=pd.Series(holm, dtype=object), p_holm=pd.Series(p_holm, dtype=float))
     groups["is_baseline"] = groups.index == analysis.baseline
     analysis.groups, analysis.family_size = groups, int(np.count_nonzero(~np.isnan(adjusted)))
-    values = counted["value"]
-    analysis.is_fraction = bool(("acc" in metric.lower() or metric.lower().startswith("fewshot"))
-                                and len(values) and values.between(0, 1).all())
+    fraction = "acc" in metric.lower() or metric.lower().startswith("fewshot")  # an accuracy: shown in percent
+    analysis.is_fraction = bool(fraction and len(counted) and counted["value"].between(0, 1).all())
     return analysis

@@ -20,19 +20,16 @@ _RESERVED = ("value", "metric", "source", "note")  # describe the number rather 
 
 
 def _number(x: float) -> str:
-    if math.isfinite(x) and x.is_integer() and abs(x) < 1e15:
-        return str(int(x))  # 1.0 and 1 are one setting (dropout 0 vs 0.0)
-    return repr(x)  # the shortest round-tripping form: 0.0008, 3e-05; nan, inf
+    # 1.0 and 1 are one setting (dropout 0 vs 0.0); else the shortest round-tripping form: 0.0008, 3e-05, nan
+    return str(int(x)) if math.isfinite(x) and x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
 def canon(value: Any) -> str:
     """A canonical string for a config value: numbers by value, booleans and null in YAML spelling."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, int) and abs(value) >= 10**15:
-        return str(value)  # exact digits: float() of a 400-digit integer overflows
-    if isinstance(value, (int, float)):
-        return _number(float(value))
+    if isinstance(value, (int, float)):  # a large integer in exact digits: float() of 400 digits overflows
+        return str(value) if isinstance(value, int) and abs(value) >= 10**15 else _number(float(value))
     if isinstance(value, str):
         text = value.strip()
         # The W&B agent passes Python's spellings; only these exact forms, as "none" is a value (pos_embed=none).

@@ -74,10 +74,9 @@ def swept_parameters(sweep_config: Mapping[str, Any], prefix: str = "") -> Dict[
 def lookup_metric(result: Mapping[str, Any], metric: str) -> Tuple[Optional[float], Optional[str]]:
     """``(value, section)`` of ``metric`` by its full name in ``table``, ``summary``, ``final``, ``test``, ``best``; then as
     ``best/val/acc1`` or ``fewshot/5``; then top-level; else ``(None, None)``."""
-    def number(value: Any) -> Optional[float]:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        return float(value) if isinstance(value, float) or abs(value) < 1e308 else math.nan  # a 400-digit int is none
+    def number(value: Any) -> Optional[float]:  # a 400-digit integer is no metric value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if isinstance(value, float) or abs(value) < 1e308 else math.nan
 
     for section, name in [(s, metric) for s in ("table", "summary", "final", "test", "best")] + [metric.partition("/")[::2]]:
         values = result.get(section)

@@ -62,9 +62,7 @@ class Units:
         return " points" if self.is_fraction else ""
 
     def value(self, x: float, sign: str = "") -> str:
-        if x is None or math.isnan(x):
-            return DASH
-        return f"{x * 100:{sign}.2f}" if self.is_fraction else f"{x:{sign}.4g}"
+        return DASH if x is None or math.isnan(x) else f"{x * 100:{sign}.2f}" if self.is_fraction else f"{x:{sign}.4g}"
 
     def delta(self, x: float) -> str:
         return self.value(x, "+")
@@ -91,20 +89,17 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
 
 def group_table(analysis: Analysis) -> List[str]:
     units = Units(analysis.is_fraction)
-    rows = []
-    for label, g in analysis.groups.iterrows():
-        compared, ref = not math.isnan(g["delta"]), g["reference"]
-        rows.append([
-            label + (" (baseline)" if g["is_baseline"] else ""),
-            f"{g['n']}" if g["n"] == g["n_total"] else f"{g['n']} of {g['n_total']}",
-            units.value(g["mean"]), units.value(g["std"]), units.interval(g["ci_low"], g["ci_high"]),
-            units.delta(g["delta"]), units.interval(g["delta_ci_low"], g["delta_ci_high"], signed=True),
-            fmt_p(g["p_t"]) + ("" if not compared or g["paired"] else " †"), fmt_p(g["p_signflip"]),
-            DASH if not compared else {"primary": "primary", "not in the Holm family": DASH}.get(g["holm"])
-            or fmt_p(g["p_holm"]) + (" (TOST)" if g["holm"] == "secondary equivalence" else ""),
-            f"{units.reference(float(ref['value']))} ({ref.get('source') or 'paper'}"
-            f"{', ' + ref['metric'] if ref.get('metric') else ''})" if ref else DASH])
-    return _table(TABLE_COLUMNS, rows)
+    return _table(TABLE_COLUMNS, [[
+        label + (" (baseline)" if g["is_baseline"] else ""),
+        f"{g['n']}" if g["n"] == g["n_total"] else f"{g['n']} of {g['n_total']}",
+        units.value(g["mean"]), units.value(g["std"]), units.interval(g["ci_low"], g["ci_high"]),
+        units.delta(g["delta"]), units.interval(g["delta_ci_low"], g["delta_ci_high"], signed=True),
+        fmt_p(g["p_t"]) + ("" if math.isnan(g["delta"]) or g["paired"] else " †"), fmt_p(g["p_signflip"]),
+        DASH if math.isnan(g["delta"]) else {"primary": "primary", "not in the Holm family": DASH}.get(g["holm"])
+        or fmt_p(g["p_holm"]) + (" (TOST)" if g["holm"] == "secondary equivalence" else ""),
+        f"{units.reference(float(g['reference']['value']))} ({g['reference'].get('source') or 'paper'}"
+        f"{', ' + g['reference']['metric'] if g['reference'].get('metric') else ''})" if g["reference"] else DASH]
+        for label, g in analysis.groups.iterrows()])
 
 
 def look_lines(r: ContrastResult, units: Units) -> List[str]:
