@@ -65,9 +65,10 @@ class ContrastSpec:
 
 def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
     def fail(problem: str) -> NoReturn:
-        raise ValueError(f"line {lineno} of {origin}: {role}: {problem}")
+        raise ValueError(where + problem)
 
-    kind, *tokens = header_tokens(body, f"line {lineno} of {origin}: {role}: ") or [""]
+    where = f"line {lineno} of {origin}: {role}: "
+    kind, *tokens = header_tokens(body, where) or [""]
     if kind.lower() not in KINDS:
         fail(f"unknown kind {kind!r}; the kinds are {', '.join(KINDS)}{did_you_mean(kind.lower(), KINDS)}")
     kind, sections, separators, options = kind.lower(), [{}], [], {}  # sections split by vs / by / where
@@ -88,7 +89,6 @@ def _parse_line(role: str, body: str, lineno: int, origin: str) -> ContrastSpec:
     if separators != (["vs", "by", "vs"] if kind == "interaction" else ["vs"]) or not all(sections):
         fail(f"expected '{kind} {'A vs B by C vs D' if kind == 'interaction' else 'A vs B'} [where KEY=VALUE ...]', "
              f"each side KEY=VALUE ..., got {body.strip()!r}")
-    where = f"line {lineno} of {origin}: {role}: "
     spec = ContrastSpec(role, kind, *sections, where=condition, line=lineno, text=body.strip(), origin=origin,
                         margin=number(options, "margin", where), effect=number(options, "effect", where),
                         expect=options.get("expect", "").lower() or None, outcome=options.get("outcome", rundir.DIVERGED).lower())

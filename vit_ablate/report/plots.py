@@ -111,10 +111,9 @@ def plot_final(analysis: Analysis, path: Path) -> Optional[Path]:
                     capsize=4, ms=6, zorder=3, color="C1" if g["is_baseline"] else "C0",
                     label="mean, 95% t interval" if i == first else None)
     labels = [g["short"] + (" *" if g["is_baseline"] else "") for _, g in groups.iterrows()]
+    long = max(map(len, labels)) > 8
     for axis in axes:
-        axis.set_xticks(range(len(groups)))
-        axis.set_xticklabels(labels, fontsize=8, rotation=20 if max(map(len, labels)) > 8 else 0,
-                             ha="right" if max(map(len, labels)) > 8 else "center")
+        axis.set_xticks(range(len(groups)), labels, fontsize=8, rotation=20 if long else 0, ha="right" if long else "center")
         axis.grid(alpha=0.3, axis="y")
     unit = " (%)" if scale == 100 else ""
     ax.set_ylabel(analysis.metric + unit)

@@ -115,8 +115,7 @@ def _from_folder(path: Path, design: Design) -> List[Dict[str, Any]]:
             continue
         name = str(manifest.get("sweep") or path.name)[:200]
         design.name, design.has_manifest = design.name or name, True
-        for key, values in swept_parameters(manifest.get("config") or {}).items():
-            design.swept.setdefault(key, values)
+        design.swept |= {k: v for k, v in swept_parameters(manifest.get("config") or {}).items() if k not in design.swept}
         file = manifest.get("file")
         copies = [path / Path(file).name, Path(file)] if isinstance(file, str) and file.endswith((".yaml", ".yml")) else []
         copy = next((c for c in copies if c.is_file()), None)

@@ -40,10 +40,7 @@ class MeanTest:
 def t_interval(values: Sequence[float], confidence: float = 1 - ALPHA) -> Tuple[float, float]:
     """Student's t interval of the mean; (nan, nan) below two values."""
     x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        return math.nan, math.nan
-    low, high = DescrStatsW(x).tconfint_mean(alpha=1 - confidence)
-    return float(low), float(high)
+    return (math.nan, math.nan) if x.size < 2 else tuple(map(float, DescrStatsW(x).tconfint_mean(alpha=1 - confidence)))
 
 
 def signflip(d: np.ndarray, seed: Sequence[int]) -> Tuple[float, float]:
@@ -80,8 +77,7 @@ def welch_test(a: Sequence[float], b: Sequence[float], seed: Sequence[int] = (0,
     exact = partitions <= EXACT_UNPAIRED_MAX
     p_perm = float(scipy_stats.permutation_test(
         (x, y), lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis), permutation_type="independent",
-        vectorized=True, n_resamples=np.inf if exact else MONTE_CARLO_RESAMPLES, rng=np.random.default_rng(list(seed)),
-    ).pvalue)
+        vectorized=True, n_resamples=np.inf if exact else MONTE_CARLO_RESAMPLES, rng=np.random.default_rng(list(seed))).pvalue)
     floor = (2.0 if x.size == y.size else 1.0) / partitions if exact else 0.0
     if x.var() == 0 and y.var() == 0:
         return MeanTest(diff, diff, diff, 1.0 if diff == 0 else 0.0, p_perm, floor, n, math.nan, unpaired=True)
@@ -96,10 +92,9 @@ def tost(d: Sequence[float], margin: float) -> Tuple[float, float, float]:
     d = np.asarray(d, dtype=float)
     if d.size < 2:
         return math.nan, math.nan, math.nan
-    low, high = t_interval(d, 1 - 2 * ALPHA)
-    if np.all(d == d[0]):
-        return (0.0 if abs(d[0]) < margin else 1.0), low, high
-    return float(ttost_paired(d, np.zeros_like(d), -margin, margin)[0]), low, high
+    # no spread: the difference is certain, inside the margin or not
+    p = float(abs(d[0]) >= margin) if np.all(d == d[0]) else float(ttost_paired(d, np.zeros_like(d), -margin, margin)[0])
+    return (p, *t_interval(d, 1 - 2 * ALPHA))
 
 
 def fisher(events_a: int, total_a: int, events_b: int, total_b: int) -> float:

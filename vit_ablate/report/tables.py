@@ -120,14 +120,12 @@ def look_lines(r: ContrastResult, units: Units) -> List[str]:
 
 def report_rows(analysis: Analysis) -> List[Dict[str, Any]]:
     """report.csv: one row a group, then one a declared contrast and one a look; fractions, not percent."""
-    rows = []
-    for label, g in analysis.groups.iterrows():
-        ref = g["reference"] or {}
-        rows.append({"group": label, **{k: g[k] for k in analysis.by}, "baseline": g["is_baseline"], "n": g["n"],
-                     **{k: g[k] for k in ("n_total", "mean", "std", "ci_low", "ci_high", "delta", "delta_ci_low",
-                                          "delta_ci_high", "n_pairs", "paired", "p_t", "p_signflip", "p_holm", "holm")},
-                     "paper": ref.get("value"), "paper_metric": ref.get("metric"), "paper_source": ref.get("source"),
-                     "seeds": g["seeds"]})
+    rows = [{"group": label, **{k: g[k] for k in analysis.by}, "baseline": g["is_baseline"], "n": g["n"],
+             **{k: g[k] for k in ("n_total", "mean", "std", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high",
+                                  "n_pairs", "paired", "p_t", "p_signflip", "p_holm", "holm")},
+             "paper": (g["reference"] or {}).get("value"), "paper_metric": (g["reference"] or {}).get("metric"),
+             "paper_source": (g["reference"] or {}).get("source"),
+             "seeds": g["seeds"]} for label, g in analysis.groups.iterrows()]
     for r in ([analysis.primary] if analysis.primary else []) + analysis.secondary:
         rows.append({"group": f"{r.spec.role}: {r.spec.label}", "contrast_kind": r.kind, "role": r.spec.role, "n": r.n,
                      "delta": r.estimate, "delta_ci_low": r.ci_low, "delta_ci_high": r.ci_high, "ci_method": r.ci_label,
