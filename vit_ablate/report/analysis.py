@@ -115,8 +115,7 @@ def _summarise(runs: pd.DataFrame, by: List[str], design: Design) -> pd.DataFram
     groups = groups.loc[[_label(by, k) for k in order]]
     half = scipy_stats.t.ppf(1 - stats.ALPHA / 2, groups["n"] - 1) * groups["std"] / np.sqrt(groups["n"])
     groups["ci_low"], groups["ci_high"] = groups["mean"] - half, groups["mean"] + half
-    for k, key in zip(by, zip(*order)):
-        groups[k] = key
+    groups = groups.assign(**dict(zip(by, zip(*order))))
     groups["short"] = [", ".join(k) if by else "all runs" for k in order]
     members = {label: rows[rows["value"].notna()] if rows["value"].notna().any() else rows for label, rows in runs.groupby("group")}
     groups["common"] = [{c: members[g][c].iloc[0] for c in design.params if members[g][c].nunique() == 1} for g in groups.index]

@@ -172,15 +172,12 @@ class ContrastResult(stats.MeanTest):
 
 
 def _select(runs: pd.DataFrame, wanted: Mapping[str, str]) -> pd.DataFrame:
-    if not set(wanted) <= set(runs):
-        return runs.iloc[:0]
-    return runs[runs[list(wanted)].eq(pd.Series(wanted, dtype=object)).all(axis=1)]
+    return runs[runs[list(wanted)].eq(pd.Series(wanted, dtype=object)).all(axis=1)] if set(wanted) <= set(runs) else runs.iloc[:0]
 
 
 def _cell(runs: pd.DataFrame, wanted: Mapping[str, str], pair_keys: List[str]) -> pd.Series:
     """One side's metric values by pair key (the free grouping keys and the seed); a key's runs averaged."""
-    usable = _select(runs, wanted).dropna(subset=["value", "seed"])
-    return usable.groupby(pair_keys, dropna=False)["value"].mean()
+    return _select(runs, wanted).dropna(subset=["value", "seed"]).groupby(pair_keys, dropna=False)["value"].mean()
 
 
 def _common(cells: Sequence[pd.Series]) -> List:
@@ -218,8 +215,7 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
         if not common:
             result.notes.append("no seed has all four cells of the 2×2 design: no test")
             return result
-        per = [(cells[0][k] - cells[1][k]) - (cells[2][k] - cells[3][k]) for k in common]
-        test = stats.paired_test(per, np.zeros(len(per)), seed)
+        test = stats.paired_test([(cells[0][k] - cells[1][k]) - (cells[2][k] - cells[3][k]) for k in common], np.zeros(len(common)), seed)
     else:
         if spec.effect is None:
             ref_a, ref_b = reference_of({**spec.a, **spec.where}), reference_of({**spec.b, **spec.where})

@@ -23,11 +23,8 @@ LR_KEY = "optim.lr"
 
 
 def _figure(width: float = 6.4, height: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    from matplotlib.figure import Figure  # no pyplot: savefig picks the Agg canvas for a PNG itself
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def _save(fig, path: Path) -> Path:
@@ -57,8 +54,7 @@ def plot_curves(analysis: Analysis, path: Path, lr_styles: bool = False) -> Opti
     """Curves per group, mean over seeds with a 95% t band; ``lr_styles`` (Figure 9): line style = learning rate, no band."""
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
-    logged = any(analysis.metric in row for h in analysis.runs["history"] for row in h)
-    column = analysis.metric if logged else "val/acc1"
+    column = analysis.metric if any(analysis.metric in row for h in analysis.runs["history"] for row in h) else "val/acc1"
     scale, (low, high) = _scale(analysis, column)
     groups = analysis.groups
     others = [k for k in analysis.by if k != LR_KEY] if lr_styles else analysis.by
@@ -78,9 +74,8 @@ def plot_curves(analysis: Analysis, path: Path, lr_styles: bool = False) -> Opti
                             color=colour, alpha=0.2, lw=0)
     if not ax.lines:
         return None
-    ax.set_xlabel("epoch")
+    ax.set(xlabel="epoch", ylabel=column + (" (%)" if scale == 100 else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(column + (" (%)" if scale == 100 else ""))
     ax.set_title(f"{column} vs epoch per ({', '.join(others)}, learning rate), mean over seeds — cf. paper Figure 9"
                  if lr_styles else f"{column} after every epoch by {', '.join(analysis.by) or 'run'}: mean, 95% t band "
                  "over seeds", fontsize=9, wrap=True)

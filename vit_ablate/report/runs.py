@@ -89,10 +89,10 @@ def metric_names(results: Sequence[Mapping[str, Any]]) -> List[str]:
     """Every metric some run recorded, in the spelling ``--metric`` takes."""
     names: Dict[str, None] = {}
     for result in results:
-        for section, prefix in (("table", ""), ("summary", ""), ("final", ""), ("test", ""), ("best", "best/"),
-                                ("fewshot", "fewshot/")):
-            if isinstance(result.get(section), Mapping):
-                names.update((f"{prefix}{k}", None) for k in result[section] if k != "epoch" or section != "best")
+        for section in ("table", "summary", "final", "test", "best", "fewshot"):
+            if isinstance(result.get(section), Mapping):  # best and fewshot ones by their section: best/val/acc1, fewshot/5
+                prefix = f"{section}/" if section in ("best", "fewshot") else ""
+                names.update((prefix + k, None) for k in result[section] if (section, k) != ("best", "epoch"))
         names.update((k, None) for k, v in result.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seed", "version"))
     return list(names)

@@ -311,8 +311,7 @@ def render_markdown(analysis: Analysis, title: str, figures: Sequence[Tuple[str,
                      "every comparison below is secondary.")
     parts += ["", "## Groups", "", *group_table(analysis), "", "## Secondary comparisons", ""]
     parts += [f"- {md_escape(line)}" for line in secondary_lines(analysis)]
-    all_notes = list(analysis.notes) + list(notes)
-    parts += ["", "## Notes", ""] + [f"- {md_escape(note)}" for note in all_notes] if all_notes else []
+    parts += ["", "## Notes", "", *(f"- {md_escape(note)}" for note in [*analysis.notes, *notes])] if [*analysis.notes, *notes] else []
     excluded = analysis.runs[analysis.runs["value"].isna()]
     parts += ["", "## Not included", "", *(_table(["run", "group", "seed", "status", "reason"], [
         [run["run"], run["group"], run["seed"] or DASH, run["status"], run["why"]] for _, run in excluded.iterrows()])
