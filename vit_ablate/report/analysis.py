@@ -152,11 +152,9 @@ def analyse(runs: pd.DataFrame, design: Design, by: Optional[Sequence[str]] = No
     """Group, summarise, compare, test the declared contrasts, Holm-adjust; ValueError for unusable input."""
     notes = list(design.notes)
     by = list(default_by(runs, design) if by is None else by)
-    unknown = [k for k in by if k not in design.params]
-    if unknown:
+    if unknown := [k for k in by if k not in design.params]:
         raise ValueError("grouping key(s) found in no run's config: " + ", ".join(k + did_you_mean(k, design.params) for k in unknown))
-    differing = differing_keys(runs, design, by)
-    if differing:
+    if differing := differing_keys(runs, design, by):
         raise ValueError("the runs differ in " + "; ".join(f"{k} ({', '.join(v[:4])})" for k, v in differing.items())
                          + ", which is neither a grouping key nor the seed: a report never pools them (group by "
                          "them with --by, or split the report by them with --split)")

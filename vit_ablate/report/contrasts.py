@@ -122,8 +122,7 @@ def parse_contrast_comments(text: str, origin: str = "sweep file") -> List[Contr
 
 def parse_holm_comment(text: str, origin: str = "sweep file") -> Optional[Tuple[Tuple[str, ...], str]]:
     """The ``# holm:`` line as ``(members, "declared on line N of ORIGIN")``; None when the file has none."""
-    lines = header_lines(text, "holm")
-    if not lines:
+    if not (lines := header_lines(text, "holm")):
         return None
     lineno, _, body = lines[0]
     members = tuple(dict.fromkeys(t.lower() for t in header_tokens(body, f"line {lineno} of {origin}: holm: ") if t != "+"))
@@ -211,8 +210,7 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
     if spec.kind == "interaction":
         cells = [_cell(runs, {**side, **level, **spec.where}, pair_keys)
                  for level in (spec.c, spec.d) for side in (spec.a, spec.b)]
-        common = _common(cells)
-        if not common:
+        if not (common := _common(cells)):
             result.notes.append("no seed has all four cells of the 2×2 design: no test")
             return result
         test = stats.paired_test([(cells[0][k] - cells[1][k]) - (cells[2][k] - cells[3][k]) for k in common], np.zeros(len(common)), seed)
@@ -226,8 +224,7 @@ def evaluate_contrast(spec: ContrastSpec, runs: pd.DataFrame, by: Sequence[str],
                 if result.expect is None and paper and spec.kind == "paired":
                     result.expect = "greater" if paper > 0 else "less"
         cell_a, cell_b = (_cell(runs, {**side, **spec.where}, pair_keys) for side in (spec.a, spec.b))
-        common = _common([cell_a, cell_b])
-        if common:
+        if common := _common([cell_a, cell_b]):
             test = stats.paired_test(cell_a[common].to_numpy(), cell_b[common].to_numpy(), seed)
         elif len(cell_a) and len(cell_b):
             test = stats.welch_test(cell_a.to_numpy(), cell_b.to_numpy(), seed)

@@ -118,8 +118,7 @@ def _from_folder(path: Path, design: Design) -> List[Dict[str, Any]]:
         design.swept |= {k: v for k, v in swept_parameters(manifest.get("config") or {}).items() if k not in design.swept}
         file = manifest.get("file")
         copies = [path / Path(file).name, Path(file)] if isinstance(file, str) and file.endswith((".yaml", ".yml")) else []
-        copy = next((c for c in copies if c.is_file()), None)
-        if copy is not None:
+        if (copy := next((c for c in copies if c.is_file()), None)) is not None:
             design.read_header(rundir.read_text(copy), file)
         if isinstance(manifest.get("reference"), list):  # what the sweep recorded from its file's header
             design.references = [r for r in manifest["reference"] if isinstance(r, Mapping)]
@@ -140,8 +139,7 @@ def _from_table(path: Path, design: Design) -> List[Dict[str, Any]]:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except rundir.READ_ERRORS as exc:
         raise ValueError(f"{path}: cannot read the runs table ({rundir.why(exc)})") from None
-    missing = [c for c in ("run", "status") if c not in table]
-    if missing:
+    if missing := [c for c in ("run", "status") if c not in table]:
         raise ValueError(f"{path}: not a runs table: no column {', '.join(missing)} (expected run, <grouping keys>, "
                          "seed, status, <metrics>, reason, as `vit-ablate report` writes it)")
     metrics = [c for c in table if "/" in c or c in TABLE_METRICS]

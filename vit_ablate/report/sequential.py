@@ -67,8 +67,7 @@ class Plan:
 
 def parse_plan(text: str, origin: str, seeds: Optional[Sequence], has_primary: bool, primary_kind: str = "") -> Optional[Plan]:
     """The ``# sequential:`` line checked against the sweep's seeds and primary test; None without one."""
-    lines = header_lines(text, "sequential")
-    if not lines:
+    if not (lines := header_lines(text, "sequential")):
         return None
     where = f"line {lines[0][0]} of {origin}: sequential: "
 
@@ -84,10 +83,9 @@ def parse_plan(text: str, origin: str, seeds: Optional[Sequence], has_primary: b
         value = options[key] = value.lower() if key in _CHOICES else value
         if value not in _CHOICES.get(key, (value,)):
             fail(f"{key}={value!r} is not valid; choose one of {', '.join(_CHOICES[key])}{did_you_mean(value, _CHOICES[key])}")
-    if not has_primary:
-        fail("a plan needs the test it decides: declare '# primary: paired A vs B' (or an interaction)")
-    if primary_kind not in ("paired", "interaction"):
-        fail(f"a plan decides a per-seed mean difference; the primary is a {primary_kind} test: use paired or interaction")
+    if not has_primary or primary_kind not in ("paired", "interaction"):  # a plan decides a per-seed mean difference
+        fail(f"a plan needs the test it decides: the primary is a {primary_kind} test: use paired or interaction" if has_primary
+             else "a plan needs the test it decides: declare '# primary: paired A vs B' (or an interaction)")
     if not seeds:
         fail("a plan adds seeds stage by stage: the sweep needs parameters: seed: values: [...]")
     stages, per_stage, most = (number(options, k, where, int) for k in ("stages", "seeds_per_stage", "max_seeds"))

@@ -301,8 +301,7 @@ def render_markdown(analysis: Analysis, title: str, figures: Sequence[Tuple[str,
              "from " + "; ".join(md_escape(s) for s in analysis.design.sources) + "."]
     parts += [f"- Written to {md_escape(written_to)}."] if written_to else []
     parts += _method_lines(analysis) + ["", "## Primary contrast", ""]
-    r = analysis.primary
-    if r is not None:
+    if (r := analysis.primary) is not None:
         parts += [f"Declared on line {r.spec.line} of {md_escape(r.spec.origin)}: `{md_escape(r.spec.text)}`", "",
                   f"**Verdict: {md_escape(display_verdict(r, Units(analysis.is_fraction)))}.** {md_escape(primary_line)}"]
         parts += ["", *look_lines(r, Units(analysis.is_fraction))] if r.plan is not None else []
