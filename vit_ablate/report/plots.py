@@ -140,11 +140,11 @@ def plot_all(analysis: Analysis, out: Path, keep_stale: bool) -> Tuple[List[Path
              "lr_curves.png": plot_curves(analysis, out / "lr_curves.png", lr_styles=True) if lr else "not asked"}
     paths = [p for p in drawn.values() if isinstance(p, Path)]
     stale = [n for n, p in drawn.items() if keep_stale and not isinstance(p, Path) and (out / n).is_file()]
-    stale_caption = "not redrawn (a runs.csv holds no per-epoch values): left by an earlier report over the run folders"
+    captions = [(p.name, figure_caption(p.name, analysis)) for p in paths] + [(n, "not redrawn (a runs.csv holds no per-epoch "
+                f"values), left by an earlier report over the run folders: {figure_caption(n, analysis)}") for n in stale]
     why = "no included run has per-epoch values (a run folder's metrics.csv; a runs.csv holds none)"
-    return paths, [(p.name, figure_caption(p.name, analysis)) for p in paths] + [(n, stale_caption) for n in stale], [
-        f"{n} not drawn: " + ("no group has an included run" if n == "final.png" else why)
-        for n, p in drawn.items() if p is None and n not in stale]
+    return paths, captions, [f"{n} not drawn: " + ("no group has an included run" if n == "final.png" else why)
+                             for n, p in drawn.items() if p is None and n not in stale]
 
 
 def figure_caption(name: str, analysis: Analysis) -> str:

@@ -249,7 +249,8 @@ def contrast_sentence(r: ContrastResult, analysis: Analysis) -> str:
     if r.spec.role == "secondary":
         body += f"; Holm-adjusted p={fmt_p(r.p_holm)}" + (" (of the TOST)" if r.kind == "equivalence" else "")
     if r.expect and r.kind != "equivalence":
-        body += f"; the paper's direction: {'interaction' if r.kind == 'interaction' else 'A − B'} {'>' if r.expect == 'greater' else '<'} 0"
+        body += (f"; the paper's direction: {'interaction' if r.kind == 'interaction' else 'A − B'} "
+                 f"{'>' if r.expect == 'greater' else '<'} 0")
     verdict = display_verdict(r, units)
     if verdict == "contradicted" and r.kind == "equivalence":
         verdict += f" (not equivalent: the difference itself is significant, paired t p={fmt_p(r.p_t)})"
@@ -280,7 +281,7 @@ def _method_lines(analysis: Analysis) -> List[str]:
     found = "; ".join(f"{_SECTION_MEANING.get(s, s)} for {c} run{'s' if c != 1 else ''}" for s, c in sorted(analysis.sections.items()))
     baseline = (f"baseline group `{md_escape(analysis.baseline)}` ({analysis.baseline_reason})." if analysis.baseline
                 else f"no baseline group ({analysis.baseline_reason}): no comparisons.")
-    members, origin = analysis.design.holm
+    (members, origin), m = analysis.design.holm, analysis.family_size
     return [
         f"- Metric: `{md_escape(analysis.metric)}` from {found or 'no included run'}; "
         + ("in % (accuracy × 100), differences in percentage points; " if analysis.is_fraction else "")
@@ -292,7 +293,7 @@ def _method_lines(analysis: Analysis) -> List[str]:
         "the paired t-test the exact sign-flip p (free of normality, never below 2/2^n). The primary contrast alone "
         f"decides the verdict, at α=0.05 without correction. One Holm family ({md_escape(origin)}): the declared "
         "secondaries" + (" and each group's difference to the baseline that no declared contrast compares" if "baseline"
-                         in members else "") + f", {analysis.family_size} comparison(s), each decided by its p (Holm)."]
+                         in members else "") + f", {m} comparison{'s' if m != 1 else ''}, each decided by its p (Holm)."]
 
 
 def render_markdown(analysis: Analysis, title: str, figures: Sequence[Tuple[str, str]] = (), notes: Sequence[str] = (),
