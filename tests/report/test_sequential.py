@@ -69,7 +69,7 @@ def simulate(p, shift, sweeps, seed):
     return rejected / sweeps
 
 
-PLANS = [staged([4, 4]), staged([3, 3, 3], spending="pocock"), staged([8, 8, 8], futility=True, effect_size=0.8),
+PLANS = [staged([4, 4], effect_size=1.0), staged([3, 3, 3], spending="pocock", effect_size=1.2), staged([8, 8, 8], futility=True, effect_size=0.8),
          staged([3, 3, 3, 3], spending="pocock", futility=True, effect_size=1.2)]
 
 
