@@ -313,7 +313,7 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     for layer, where in layers:
         cfg = _merge(cfg, layer, where)
     # Unless a file or the command line sets them, the model's classes and image size are the data's,
-    # so `vit-ablate train` alone trains on the synthetic data; imagefolder keeps the paper's 1000 and 224.
+    # so `vit-ablate train` alone trains on the synthetic data and an imagefolder needs no model keys.
     facts = data_facts(cfg)
     for key, value in (("num_classes", facts and facts.num_classes), ("img_size", facts and facts.img_size)):
         if isinstance(value, int) and value > 0 and not any(OmegaConf.select(layer, f"model.{key}") is not None for layer, _ in layers):
@@ -338,7 +338,7 @@ def from_container(data: Mapping[str, Any], validate: bool = True) -> DictConfig
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataFacts:
-    """What ``data.*`` fixes without reading a file; None where only the files say (images are RGB)."""
+    """What ``data.*`` fixes, or an imagefolder's class folders and first image say; None where unknown."""
 
     num_classes: Optional[int]
     img_size: Optional[int]  # the side of the images the model sees
@@ -361,7 +361,32 @@ def data_facts(cfg: DictConfig) -> Optional[DataFacts]:
     if data.name in FIXED_DATASETS:
         classes, side, num_train = FIXED_DATASETS[data.name]
         return DataFacts(classes, data.img_size or side, num_train)
-    return DataFacts(None, data.img_size, None) if data.name == "imagefolder" else None
+    if data.name == "imagefolder":
+        classes, side = imagefolder_facts(str(data_root(cfg) / "train"))
+        return DataFacts(classes, data.img_size or side, None)
+    return None
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+@functools.lru_cache(maxsize=8)
+def imagefolder_facts(train: str) -> Tuple[Optional[int], Optional[int]]:
+    """An imagefolder's class count and its first training image's shorter side, as its data module takes
+    them (data/imagefolder.py); (None, None) where the folder is not readable, which the data module names."""
+    try:
+        classes = sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
+        for directory, subdirs, files in os.walk(Path(train) / classes[0], followlinks=True):
+            subdirs.sort()
+            first = next((f for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)), None)
+            if first:
+                from PIL import Image
+
+                with Image.open(Path(directory) / first) as image:
+                    return len(classes), min(image.size)
+    except (OSError, IndexError, ValueError):
+        pass
+    return None, None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -245,3 +245,20 @@ def test_real_cifar10_test_split_decodes_and_comes_back_from_the_cache(tiny, cif
     assert torch.bincount(labels).tolist() == [1000] * 10
     build_datamodule(cfg).prepare_data()  # writes the caches (once)
     assert torch.equal(build_datamodule(cfg).split("test").images, images)
+
+
+def test_an_imagefolder_gives_the_model_its_class_count_and_image_side(tmp_path, monkeypatch):
+    """`vit-ablate train data.name=imagefolder data.root=X` needs no model keys: the config takes what
+    the data module will find (class folders, the first training image's shorter side)."""
+    from PIL import Image
+
+    from vit_ablate.config import load_config
+
+    for name in ("cat", "dog", "emu"):
+        (tmp_path / "imgs" / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (24, 20)).save(tmp_path / "imgs" / "train" / name / "0.png")
+    (tmp_path / "imgs" / "test").symlink_to(tmp_path / "imgs" / "train")
+    monkeypatch.setenv("VIT_ABLATE_DATA", str(tmp_path))
+    cfg = load_config(overrides=["data.name=imagefolder", "data.root=imgs", "model.variant=Ti/4"])
+    assert (cfg.model.num_classes, cfg.model.img_size) == (3, 20)
+    assert load_config(overrides=["data.name=imagefolder", "data.root=imgs", "data.img_size=32"]).model.img_size == 32

@@ -24,9 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vit_ablate.config import data_root
+from vit_ablate.config import IMAGE_EXTENSIONS, data_root
 from vit_ablate.data.base import DATASETS, ImageDataModule, Split
 from vit_ablate.data.sample_loader import load_rgb, resize_center_crop
 
@@ -54,9 +53,9 @@ def scan_split(folder: Path) -> Tuple[List[str], List[str], List[int]]:
         found = []
         for directory, subdirs, files in os.walk(folder / name, followlinks=True):
             subdirs.sort()
-            found += [os.path.join(directory, f) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+            found += [os.path.join(directory, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
         if not found:
-            raise FileNotFoundError(f"class folder {str(folder / name)!r} contains no images (extensions: {', '.join(IMG_EXTENSIONS)})")
+            raise FileNotFoundError(f"class folder {str(folder / name)!r} contains no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
         paths += found
         labels += [label] * len(found)
     return classes, paths, labels
