@@ -171,3 +171,14 @@ def test_an_unfinished_stage_is_not_looked_at_and_a_failed_run_is_dropped_or_sto
     (tmp_path / "hybrid.yaml").write_text(SWEEP.replace("spending=pocock", "spending=pocock on_failure=stop"))
     report = run_report([str(tmp_path / "runs.csv"), str(tmp_path / "hybrid.yaml")], out=str(tmp_path / "c"))
     assert report.analysis.primary.looks == [] and "on_failure=stop" in report.analysis.primary.verdict
+
+
+def test_a_look_made_so_far_gets_the_boundaries_the_whole_plan_gives_it():
+    """The sweep looks before later stages exist: its boundaries (futility spending the whole plan's β
+    included) must be the plan's own, not those of a plan that ends at this look."""
+    p = staged([8, 8, 8], futility=True, effect_size=0.6)
+    whole = boundaries(p)
+    for k in (1, 2):
+        sofar = boundaries(p, p.looks[:k])
+        assert sofar.efficacy == whole.efficacy[:k] and sofar.futility == whole.futility[:k]
+    assert whole.futility[0] < 0.5 and whole.power == boundaries(p, p.looks[:1]).power

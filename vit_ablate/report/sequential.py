@@ -122,17 +122,21 @@ def t_statistics(ns: Sequence[int], shift: float, sweeps: int, seed: int) -> np.
 class Boundaries:
     efficacy: List[float]  # reject when |t| ≥ efficacy[k]
     futility: List[Optional[float]]  # stop as futile when |t| < futility[k]
-    power: Optional[float]  # P(reject) at the plan's effect size with these looks and boundaries
+    power: Optional[float]  # P(reject) at the plan's effect size over the whole plan
 
 
 @functools.lru_cache(maxsize=64)
 def boundaries(plan: Plan, ns: Optional[Tuple[int, ...]] = None, sweeps: int = SIMULATIONS, seed: int = 1983) -> Boundaries:
-    """Boundaries of looks after ``ns[k]`` seeds (default: the plan's; fewer where runs dropped out). Cached."""
-    ns = list(plan.looks if ns is None else ns)
+    """Boundaries of the looks made so far, after ``ns[k]`` seeds (default: every planned look; fewer seeds
+    where runs dropped out). The looks still to come count at their planned seeds: the futility cuts spend
+    the type-II error of the whole plan, and the power is the whole plan's. Cached."""
+    done = list(plan.looks if ns is None else ns)
+    ns = done + list(plan.looks[len(done):])
     null = np.abs(t_statistics(ns, 0.0, sweeps, seed))
     alt = np.abs(t_statistics(ns, plan.effect_size, sweeps, seed + 1)) if plan.effect_size else None
     beta = 1 - _spend(plan, ns, null, alt, 0.0)[2] if plan.futility else 0.0
-    return Boundaries(*_spend(plan, ns, null, alt, beta))
+    efficacy, futility, power = _spend(plan, ns, null, alt, beta)
+    return Boundaries(efficacy[:len(done)], futility[:len(done)], power)
 
 
 def _spend(plan: Plan, ns: List[int], null: np.ndarray, alt: Optional[np.ndarray], beta: float):
