@@ -22,6 +22,7 @@ from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
+from vit_ablate import rundir
 from vit_ablate.report.references import canon, header_lines, number, parse_assignments
 from vit_ablate.schema import did_you_mean
 
@@ -217,7 +218,7 @@ def plan_power(plan: Plan) -> Optional[float]:
     return boundaries(plan).power if plan.effect_size else None
 
 
-ENDED = ("completed", "diverged", "failed")  # a run that will not change any more within a sweep
+ENDED = (*rundir.FINAL_STATUSES, rundir.FAILED)  # a run that will not change any more within a sweep
 
 
 def stage_looks(plan: Plan, runs, arms: int, differences: Callable[[Any], Sequence[float]]) -> Tuple[List[Look], str, bool]:
@@ -226,7 +227,7 @@ def stage_looks(plan: Plan, runs, arms: int, differences: Callable[[Any], Sequen
     diffs, dropped, why, waiting = [], [], "", False
     for k, seeds in enumerate(plan.stages):
         rows = runs[runs["seed"].isin(seeds)]
-        ended, failed = int(rows["status"].isin(ENDED).sum()), int((rows["status"] == "failed").sum())
+        ended, failed = int(rows["status"].isin(ENDED).sum()), int((rows["status"] == rundir.FAILED).sum())
         if ended < arms * len(seeds):
             waiting, why = True, f"stage {k + 1} of {len(plan.stages)}: " + (
                 f"{ended} of {arms * len(seeds)} runs ended" if len(rows) else "not started")
