@@ -17,14 +17,13 @@ class Head(nn.Module):
         super().__init__()
         self.drop = nn.Dropout(spec.dropout)
         self.fc = nn.Linear(in_features or spec.dim, spec.num_classes)
-        # Zero for fine-tuning (paper §3.1); from scratch timm's truncated normal: a zero head leaves the
-        # features without gradient until the head has moved, which costs a short run its first steps
-        # (results/bench/timm_epoch: +2.8 points after one CIFAR-10 epoch).
-        nn.init.zeros_(self.fc.bias)
+        # Zero for fine-tuning (paper §3.1). From scratch nn.Linear's own init (std 1/√(3·D), initial logits
+        # of the same spread at any width): a zero head leaves the features without gradient until it has
+        # moved, and timm's std 0.02 nearly so at small D (results/bench/timm_epoch: after one CIFAR-10
+        # epoch, +2.7 points over zero and +1.3 over std 0.02, 4 seeds).
         if spec.head_zero_init:
             nn.init.zeros_(self.fc.weight)
-        else:
-            nn.init.trunc_normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
 
 
 @HEADS.register("linear")

@@ -44,7 +44,7 @@ class ModelConfig:
     pool: str = setting("cls", "image representation (model/pooling.py): class token, global average (the paper's: LayerNorm on each token, then the mean; gap_fc_norm: timm's mean, then LayerNorm) or attention pooling", valid=POOLINGS)
     head: str = setting("linear", "classifier (model/heads.py): mlp = tanh pre-logits", valid=HEADS)
     head_hidden_dim: Optional[int] = setting(None, "mlp head width; null = dim (paper §3.1 pre-logits)", valid=POSITIVE)
-    head_zero_init: bool = setting(False, "zero-initialise the head (paper §3.1's fine-tuning head; init.path sets it for a new head); false = timm's truncated normal (std 0.02)")
+    head_zero_init: bool = setting(False, "zero-initialise the head (paper §3.1's fine-tuning head; init.path zeroes a re-created head anyway); false = nn.Linear's init")
     pos_embed: str = setting("1d", "position embedding (model/pos_embed.py; relative_* other than relative: diagnostic variants, not in the paper)", valid=POSITION_EMBEDDINGS)
     pos_embed_at: str = setting("input", "where position embeddings are added (model/pos_embed.py)", valid=PLACEMENTS)
     stem: str = setting("patch", "image to tokens (model/stems.py)", valid=STEMS)
