@@ -202,11 +202,23 @@ def test_a_lone_run_takes_the_free_cores_unless_omp_num_threads_says_otherwise(m
     monkeypatch.setattr(trainer.torch, "set_num_threads", chosen.append)
     monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS")
-    for load, threads in ((5.4, 3), (0.3, 8), (12.0, 1)):
-        monkeypatch.setattr(trainer.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+    for busy, threads in ((5.4, 3), (0.3, 8), (12.0, 1)):
+        monkeypatch.setattr(trainer, "busy_cores", lambda cores, busy=busy: busy)
         trainer.use_free_cores()
         assert chosen.pop() == threads
-        assert f"[vit-ablate] using {threads} threads: 8 cores, load {load:.2f}" in capsys.readouterr().err
+        assert f"[vit-ablate] using {threads} threads: 8 cores, {busy:.1f} busy" in capsys.readouterr().err
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # set by the user, or by the sweep for each worker
     trainer.use_free_cores()
     assert chosen == [2] and "using 2 threads: OMP_NUM_THREADS=2" in capsys.readouterr().err
+
+
+def test_busy_cores_are_the_busy_share_of_proc_stat_now_not_the_lagging_load_average(monkeypatch):
+    import io
+
+    from vit_ablate.training import trainer
+
+    # cpu user nice system idle iowait ...: between the two reads 25 of 100 ticks were busy
+    reads = iter(["cpu 100 0 100 700 100 0 0 0 0 0\n", "cpu 120 0 105 760 115 0 0 0 0 0\n"])
+    monkeypatch.setattr(trainer, "open", lambda path: io.StringIO(next(reads)), raising=False)
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    assert trainer.busy_cores(4, seconds=0) == pytest.approx(1.0)

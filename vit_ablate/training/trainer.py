@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +79,34 @@ def use_sync_batchnorm(cfg: DictConfig, placement: Placement) -> bool:
     return bool(cfg.trainer.sync_batchnorm and placement.devices * cfg.trainer.num_nodes > 1 and placement.cuda)
 
 
+def busy_cores(cores: int, seconds: float = 0.25) -> float:
+    """Cores that other processes keep busy now: the machine's busy share over ``seconds`` (/proc/stat)
+    times ``cores``. Not the 1-minute load average, which still counts a process that has just ended."""
+    def idle_and_total() -> Tuple[int, int]:
+        with open("/proc/stat") as handle:
+            ticks = [int(x) for x in handle.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
+
+    try:
+        idle0, total0 = idle_and_total()
+        time.sleep(seconds)
+        idle1, total1 = idle_and_total()
+    except (OSError, ValueError, IndexError):  # no /proc: the load average is what there is
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
 def use_free_cores() -> None:
     """Intra-op threads: OMP_NUM_THREADS where the user or the sweep (a share for each worker) set it,
-    else the free cores (cores minus the 1-minute load average, at least 1): a lone run must not
-    oversubscribe a busy machine, where OpenMP threads waiting on a taken core spin."""
+    else the cores nothing else is using (at least 1): a lone run must not oversubscribe a busy
+    machine, where OpenMP threads waiting on a taken core spin."""
     given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if given.isdigit() and int(given) > 0:
         threads, why = int(given), f"OMP_NUM_THREADS={given}"
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        threads, why = max(1, round(cores - load)), f"{cores} cores, load {load:.2f}"
+        busy = busy_cores(cores)
+        threads, why = max(1, round(cores - busy)), f"{cores} cores, {busy:.1f} busy"
     torch.set_num_threads(threads)
     log(f"using {threads} threads: {why}")
 
