@@ -292,3 +292,31 @@ def test_lightning_ddp_two_processes_shard_as_specified(tiny, tmp_path):
     val = [ids(r["val"], "val") for r in ranks]
     assert (len(val[0]), len(val[1])) == (51, 50)
     assert sorted(val[0] + val[1]) == list(range(101))
+
+
+def test_the_batched_inception_crop_draws_torchvisions_boxes_and_resamples_them_exactly():
+    from vit_ablate.data.device_loader import batch_inception_crop, inception_boxes
+
+    boxes = inception_boxes(20_000, 32, 32, torch.Generator().manual_seed(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 32).all() and (boxes[:, 3] <= 32).all() and (w >= 1).all()
+    share = w * h / 1024
+    import torchvision.transforms as T
+    from PIL import Image
+
+    torch.manual_seed(0)
+    theirs = torch.tensor([[hh * ww / 1024, ww / hh] for _, _, hh, ww in
+                           (T.RandomResizedCrop.get_params(Image.new("RGB", (32, 32)), (0.08, 1.0), (3 / 4, 4 / 3))
+                            for _ in range(5000))])
+    assert share.min() >= 0.07 and share.max() <= 1.0
+    assert abs(share.mean() - theirs[:, 0].mean()) < 0.01 and abs((w / h).mean() - theirs[:, 1].mean()) < 0.02
+    # a box of the whole image at its own size returns the image; the flip mirrors it
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    from torchvision.ops import roi_align
+
+    whole = roi_align(images.float(), torch.tensor([[0, 0, 0, 8, 8], [1, 0, 0, 8, 8]], dtype=torch.float), (8, 8),
+                      spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    assert torch.equal(whole, images.float())
+    out = batch_inception_crop(images, (8, 8), hflip=False, generator=torch.Generator().manual_seed(1))
+    again = batch_inception_crop(images, (8, 8), hflip=False, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (2, 3, 8, 8) and torch.equal(out, again) and out.min() >= 0 and out.max() <= 255

@@ -154,14 +154,15 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, name: str, batch_size: int, train: bool):
         common = dict(batch_size=batch_size, train=train, seed=self.seed, world_size=self.world_size, rank=self.global_rank)
         split = self.split(name)
-        # RandAugment and the Inception crop need single PIL images (device_loader.py)
-        per_sample = train and bool(self.augment.randaugment or self.augment.random_resized_crop)
+        # RandAugment needs single PIL images (device_loader.py)
+        per_sample = train and bool(self.augment.randaugment)
         if split.in_memory and not per_sample:
             resident = self._on_device(name)
             out_size = self.img_size if self.native_size not in (None, self.img_size) else None
             return DeviceLoader(resident.images, resident.labels, mean=self.mean, std=self.std, out_size=out_size,
                                 crop_padding=int(self.augment.random_crop_padding) if train else 0,
-                                hflip=bool(self.augment.hflip) and train, **common)
+                                hflip=bool(self.augment.hflip) and train,
+                                inception_crop=bool(self.augment.random_resized_crop) and train, **common)
         transform = (train_transform(self.augment, self.img_size, self.mean, self.std, self.native_size) if train
                      else eval_transform(self.img_size, self.mean, self.std, self.native_size))
         dataset = (TensorImageDataset(split.images, split.labels, transform) if split.in_memory

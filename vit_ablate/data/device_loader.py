@@ -4,8 +4,9 @@ The small datasets of the ablations (synthetic, CIFAR, small image folders) fit 
 over, yet a per-sample ``DataLoader`` spends most of a 2-core machine (or starves a GPU) decoding and
 collating 32×32 images one by one. Here a split is one uint8 tensor ``(N, C, H, W)`` (on the training
 device with ``data.on_device``) and a batch is one ``index_select``, one vectorised pad-crop/flip gather
-and one normalisation. RandAugment and the Inception crop act on single PIL images: the data modules
-send a training split that asks for them through the per-sample path (``sample_loader.py``).
+(or one ``roi_align`` for the Inception crop) and one normalisation. RandAugment acts on single PIL
+images: the data modules send a training split that asks for it through the per-sample path
+(``sample_loader.py``).
 
 Distributed semantics, shared with the per-sample path through ``ShardSampler``:
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-__all__ = ["derive_seed", "ShardSampler", "DeviceLoader", "batch_crop_flip", "normalize_batch"]
+__all__ = ["derive_seed", "ShardSampler", "DeviceLoader", "batch_crop_flip", "batch_inception_crop", "normalize_batch"]
 
 
 def derive_seed(*parts: object) -> int:
@@ -95,6 +96,46 @@ def batch_crop_flip(images: Tensor, padding: int, hflip: bool, generator: torch.
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def inception_boxes(b: int, h: int, w: int, generator: torch.Generator, scale=(0.08, 1.0),
+                    ratio=(3 / 4, 4 / 3), attempts: int = 10) -> Tensor:
+    """``(B, 4)`` crop boxes ``(x1, y1, x2, y2)`` drawn as torchvision's ``RandomResizedCrop.get_params``
+    draws them (an area share in ``scale``, a log-uniform aspect in ``ratio``, the first of ``attempts``
+    that fits, else the whole image clamped to ``ratio``), for a batch at once."""
+    area = h * w * torch.empty(b, attempts).uniform_(*scale, generator=generator)
+    aspect = torch.exp(torch.empty(b, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    cw, ch = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = fits.float().argmax(1, keepdim=True)
+    cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
+    if w / h < ratio[0]:
+        whole_w, whole_h = w, round(w / ratio[0])
+    elif w / h > ratio[1]:
+        whole_w, whole_h = round(h * ratio[1]), h
+    else:
+        whole_w, whole_h = w, h
+    none = ~fits.any(1)
+    cw, ch = torch.where(none, float(whole_w), cw), torch.where(none, float(whole_h), ch)
+    x1 = (torch.rand(b, generator=generator) * (w - cw + 1)).floor()
+    y1 = (torch.rand(b, generator=generator) * (h - ch + 1)).floor()
+    x1, y1 = torch.where(none, ((w - cw) / 2).floor(), x1), torch.where(none, ((h - ch) / 2).floor(), y1)
+    return torch.stack([x1, y1, x1 + cw, y1 + ch], 1)
+
+
+def batch_inception_crop(images: Tensor, size: Tuple[int, int], hflip: bool, generator: torch.Generator) -> Tensor:
+    """The Inception crop (paper §B.1's random-resized crop) of a uint8 batch, resized to ``size`` with
+    bilinear sampling (``roi_align``; PIL's per-image path is bicubic), then the flip: float, 0–255."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = images.shape
+    boxes = inception_boxes(b, h, w, generator).to(images.device)
+    rois = torch.cat([torch.arange(b, device=images.device, dtype=boxes.dtype)[:, None], boxes], 1)
+    out = roi_align(images.float(), rois, size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    if hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out
+
+
 def normalize_batch(images: Tensor, mean255: Tensor, std255: Tensor, out_size: Optional[Tuple[int, int]] = None) -> Tensor:
     """uint8 ``(B, C, H, W)`` → float32 ``(x - mean) / std``, mean and std on the 0–255 scale. ``out_size``
     resizes first (bicubic, antialiased when shrinking, clamped like a PIL resize): small datasets stay in
@@ -113,10 +154,11 @@ class DeviceLoader:
 
     def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool, seed: int = 0, world_size: int = 1, rank: int = 0, crop_padding: int = 0,
-                 hflip: bool = False, out_size: Optional[int] = None):
+                 hflip: bool = False, inception_crop: bool = False, out_size: Optional[int] = None):
         self.images, self.labels, self.batch_size = images, labels, int(batch_size)
         self.train, self.seed, self.world_size, self.rank = train, seed, world_size, rank
         self.crop_padding, self.hflip = (int(crop_padding), bool(hflip)) if train else (0, False)
+        self.inception_crop = bool(inception_crop) and train
         self.out_size = (int(out_size),) * 2 if out_size is not None else None
         self._mean255 = torch.tensor([255.0 * m for m in mean], device=images.device).view(1, -1, 1, 1)
         self._std255 = torch.tensor([255.0 * s for s in std], device=images.device).view(1, -1, 1, 1)
@@ -149,6 +191,11 @@ class DeviceLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start: start + self.batch_size]
             images = self.images.index_select(0, index)
+            if self.inception_crop:
+                size = self.out_size or tuple(images.shape[-2:])
+                images = batch_inception_crop(images, size, self.hflip, generator)
+                yield images.sub_(self._mean255).div_(self._std255), self.labels.index_select(0, index)
+                continue
             if augment:
                 images = batch_crop_flip(images, self.crop_padding, self.hflip, generator)
             yield normalize_batch(images, self._mean255, self._std255, self.out_size), self.labels.index_select(0, index)
