@@ -15,6 +15,7 @@ COMMITTED = {  # results/<folder>: (its sweep file, its metric), as each report.
     "quickstart": ("sweeps/quickstart.yaml", "val/acc1"),
     "protocol_cpu_pos_embed": ("sweeps/protocol/cpu_pos_embed.yaml", "val/acc1"),
     "protocol_cpu_norm": ("sweeps/protocol/cpu_norm.yaml", "val/loss"),
+    "protocol_cpu_hybrid_sequential": ("sweeps/protocol/cpu_hybrid_sequential.yaml", "val/acc1"),  # a plan's looks
 }
 
 
