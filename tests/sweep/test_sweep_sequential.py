@@ -51,6 +51,15 @@ def test_an_interrupted_stage_resumes_and_a_failed_seed_is_dropped_not_retried(t
     assert "inconclusive at n = 8" in summary.text  # seed 1 dropped from every look
 
 
+def test_a_sweep_stopped_by_count_at_a_stage_end_looks_at_that_stage(tmp_path):
+    sweep = staged_sweep(tmp_path, 0.0)
+    first = run_sweep(sweep, count=6, output_dir=tmp_path / "runs")
+    assert "undecided: stage 2 of 3: not started" in first.text
+    run_sweep(sweep, count=6, output_dir=tmp_path / "runs")
+    last = run_sweep(sweep, count=6, output_dir=tmp_path / "runs")
+    assert "inconclusive at n = 9 (the plan's last stage)" in last.text
+
+
 def test_the_emulated_wandb_agent_follows_the_plan(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     summary = run_sweep(staged_sweep(tmp_path, 0.05), backend="wandb", output_dir=tmp_path / "runs")

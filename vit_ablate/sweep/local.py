@@ -518,7 +518,8 @@ class SweepRunner:
                         break
                     self._launch(entry)
                 if not self.active and (not self._may_launch() or (self.exhausted and not self.queue)):
-                    if not (self.spec.plan and self._may_launch() and self._next_stage()):
+                    # every ended stage is looked at, also when --count stops the sweep at a stage's end
+                    if not (self.spec.plan and self._next_stage() and self._may_launch()):
                         return
                     self.exhausted = False
             time.sleep(self.poll_s)
