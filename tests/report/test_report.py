@@ -205,6 +205,20 @@ def test_sweep_declared_baseline_is_the_default(sweep_dir: Path):
     assert run_report([str(sweep_dir)], baseline="model.pos_embed=2d").analysis.baseline == "model.pos_embed=2d"
 
 
+
+def test_overrides_from_the_sweep_command_line_are_named(sweep_dir: Path):
+    """`vit-ablate sweep FILE trainer.max_epochs=6` changes every run without the file showing it."""
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    declared = ["vit-ablate", "train", "base.yaml", "${args_no_hyphens}"]
+    manifest["config"]["command"] = declared
+    manifest["command"] = declared + ["trainer.max_epochs=6"]
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
+    assert ("runs in sweep.json; every run also given trainer.max_epochs=6 on the sweep's command line)"
+            in run_report([str(sweep_dir)]).markdown)
+    manifest["command"] = declared
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest))
+    assert "command line" not in run_report([str(sweep_dir)]).markdown
+
 POOL_LR_SWEEP = """\
 # reference: model.pool=gap value=0.765 metric=imagenet_top1 source="Beyer et al. 2022, Table 1 (GAP)"
 # reference: model.pool=cls value=0.750 metric=imagenet_top1 source="Beyer et al. 2022, Table 1 (cls)"

@@ -126,10 +126,21 @@ def _from_folder(path: Path, design: Design) -> List[Dict[str, Any]]:
             design.baseline = {str(k): canon(v) for k, v in manifest["baseline"].items()}
         records += [_record(run, f"sweep {name}") for run in runs]
         design.notes += [note] if note else []
-        design.sources.append(f"{path} (sweep {name!r}, {len(manifest.get('runs') or [])} runs in {rundir.SWEEP_MANIFEST})")
+        design.sources.append(f"{path} (sweep {name!r}, {len(manifest.get('runs') or [])} runs in {rundir.SWEEP_MANIFEST}"
+                              f"{_command_line_overrides(manifest)})")
     if plain:
         design.sources.append(f"{path} (run directory)" if rundir.is_run_dir(path) else f"{path} ({plain} runs in its subdirectories)")
     return records
+
+
+def _command_line_overrides(manifest: Mapping[str, Any]) -> str:
+    """The ``key=value`` items given after the sweep file on ``vit-ablate sweep``'s command line (e.g. a doubled
+    ``trainer.max_epochs``): every run has them, the sweep file does not show them, so the report says so."""
+    command, declared = manifest.get("command"), (manifest.get("config") or {}).get("command")
+    if not (isinstance(command, list) and isinstance(declared, list)) or command[:len(declared)] != declared:
+        return ""
+    extra = " ".join(str(item) for item in command[len(declared):])[:500]
+    return f"; every run also given {extra} on the sweep's command line" if extra else ""
 
 
 def _from_table(path: Path, design: Design) -> List[Dict[str, Any]]:
