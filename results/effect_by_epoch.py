@@ -1,0 +1,32 @@
+"""The paired effect of a two-arm comparison after every epoch, from its runs' metrics.csv: the curve behind a
+budget check (results/README.md). Descriptive: the verdict is the report's, at the last epoch.
+
+    python results/effect_by_epoch.py runs_x2/protocol_cpu_hybrid_sequential model.stem hybrid patch [val/acc1]
+
+prints a markdown table: per epoch, each arm's mean over seeds and A − B paired by seed with its 95% t interval.
+"""
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from scipy import stats
+
+sweep, key, a, b = sys.argv[1:5]
+metric = sys.argv[5] if len(sys.argv) > 5 else "val/acc1"
+scale = 100 if "acc" in metric else 1
+rows = []
+for run in sorted(Path(sweep).glob("run-*")):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    arm = config
+    for part in key.split("."):
+        arm = arm[part]
+    for _, row in pd.read_csv(run / "metrics.csv").dropna(subset=[metric]).iterrows():
+        rows.append({"seed": config["seed"], "arm": str(arm), "epoch": int(row["epoch"]) + 1, "value": row[metric] * scale})
+table = pd.DataFrame(rows).pivot_table(index=["epoch", "seed"], columns="arm", values="value")
+print(f"| epoch | {a} | {b} | {a} − {b} [95% t CI] | seeds |\n|---|---|---|---|---|")
+for epoch, group in table.groupby(level=0):
+    group = group.dropna()
+    diff = group[a] - group[b]
+    low, high = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=stats.sem(diff))
+    print(f"| {epoch} | {group[a].mean():.2f} | {group[b].mean():.2f} | {diff.mean():+.2f} [{low:+.2f}, {high:+.2f}] | {len(diff)} |")
