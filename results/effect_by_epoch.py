@@ -6,23 +6,22 @@ budget check (results/README.md). Descriptive: the verdict is the report's, at t
 prints a markdown table: per epoch, each arm's mean over seeds and A − B paired by seed with its 95% t interval.
 """
 import sys
-from pathlib import Path
 
 import pandas as pd
-import yaml
 from scipy import stats
+
+from vit_ablate import rundir
 
 sweep, key, a, b = sys.argv[1:5]
 metric = sys.argv[5] if len(sys.argv) > 5 else "val/acc1"
 scale = 100 if "acc" in metric else 1
 rows = []
-for run in sorted(Path(sweep).glob("run-*")):
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    arm = config
-    for part in key.split("."):
-        arm = arm[part]
-    for _, row in pd.read_csv(run / "metrics.csv").dropna(subset=[metric]).iterrows():
-        rows.append({"seed": config["seed"], "arm": str(arm), "epoch": int(row["epoch"]) + 1, "value": row[metric] * scale})
+_, runs = rundir.read_sweep(sweep)  # the one reader of run folders: flattened config.yaml, metrics.csv rows
+for run in runs:
+    for row in run["history"]:
+        if row.get(metric) not in (None, ""):
+            rows.append({"seed": run["config"]["seed"], "arm": str(run["config"][key]), "epoch": int(float(row["epoch"])) + 1,
+                         "value": float(row[metric]) * scale})
 table = pd.DataFrame(rows).pivot_table(index=["epoch", "seed"], columns="arm", values="value")
 print(f"| epoch | {a} | {b} | {a} − {b} [95% t CI] | seeds |\n|---|---|---|---|---|")
 for epoch, group in table.groupby(level=0):
