@@ -173,6 +173,21 @@ class FolderLock:
         self._handle = handle
         return self
 
+    def holder(self) -> Optional[str]:
+        """The pid in the lock file while another process holds the lock, else None; writes nothing."""
+        import fcntl
+
+        try:
+            handle = open(self.path)
+        except OSError:
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "unknown"
+            return None
+
     def release(self) -> None:
         if self._handle is None:
             return

@@ -296,6 +296,27 @@ def test_only_rank_0_judges_a_folder_that_torchrun_ranks_start_in_together(tiny,
         check_run_dir(run_dir, cfg)
 
 
+def test_a_folder_its_owner_is_still_making_is_reported_busy_not_foreign(tiny, tmp_path):
+    """Between taking the lock and writing config.yaml, the first `train` has made checkpoints/: a
+    second `train` that looks then is told the folder is busy, as it is a moment later."""
+    import os
+
+    from vit_ablate import rundir
+    from vit_ablate.config import ConfigError
+    from vit_ablate.io import FolderLock
+    from vit_ablate.training.run import check_run_dir, resolve_run_dir
+
+    cfg = tiny("name=making")
+    run_dir = resolve_run_dir(cfg)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    with FolderLock(run_dir):  # another open file description: flock refuses it as it would another process
+        with pytest.raises(ConfigError, match=rf"being trained by another process \(pid {os.getpid()}\)"):
+            check_run_dir(run_dir, cfg)
+    assert not (run_dir / rundir.LOCK_FILE).exists()
+    with pytest.raises(ConfigError, match="not a run directory"):  # nobody holds it: a stranger's folder
+        check_run_dir(run_dir, cfg)
+
+
 def test_a_finished_gap_run_of_before_0_2_is_not_taken_for_the_papers_gap(tiny):
     """vit_ablate 0.1 ran timm's mean-then-LayerNorm as pool=gap; its finished run is refused, not reused."""
     from vit_ablate import rundir

@@ -88,6 +88,8 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     if os.environ.get(rundir.RUN_DIR_ENV) or _wandb_sweep_run() or rank_zero_only.rank != 0:
         return
     if run_dir.exists() and (not run_dir.is_dir() or any(e.name != rundir.LOCK_FILE for e in os.scandir(run_dir))):
+        if run_dir.is_dir() and (holder := FolderLock(run_dir).holder()) is not None:
+            raise _busy(run_dir, holder)  # its owner is writing config.yaml right now
         raise ConfigError(f"{str(run_dir)!r} exists and is not a run directory (a file, or a folder with files but no "
                           f"{rundir.CONFIG_FILE}); nothing was written there: pick another `name=` (or output_dir=)")
 
@@ -110,6 +112,11 @@ def finished_result(run_dir: Path) -> Optional[Dict[str, Any]]:
     return previous
 
 
+def _busy(run_dir: Path, holder: str) -> ConfigError:
+    return ConfigError(f"run directory {str(run_dir)!r} is being trained by another process (pid {holder}); "
+                       "wait for it to end, or stop it and run this command again to resume")
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``<run_dir>/.lock`` (rank 0 only: the other DDP ranks are its own children)."""
@@ -120,8 +127,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except FolderBusy as exc:
-        raise ConfigError(f"run directory {str(run_dir)!r} is being trained by another process (pid {exc.holder}); "
-                          "wait for it to end, or stop it and run this command again to resume") from None
+        raise _busy(run_dir, exc.holder) from None
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory {str(run_dir)!r}: {exc.strerror or exc}") from None
     try:
