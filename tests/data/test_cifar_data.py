@@ -122,6 +122,7 @@ def test_splits_and_pixel_layout(tiny, cifar10_root):
     assert (train.images[:, 2] == 7).all()  # channel order survived NHWC → NCHW
     assert train.labels.tolist() == fake_labels(0, 500, 10)
     assert image_ids(val.images) == image_ids(test.images) == list(range(1000, 1060))  # val = test split
+    assert dm.test_is_validation()
     assert dm.class_names == [f"class{i}" for i in range(10)]
     assert isinstance(dm.train_dataloader(), DeviceLoader)
 
@@ -139,6 +140,7 @@ def test_val_split_holds_out_the_last_balanced_training_images(tiny, cifar10_roo
         # … and the subset each class's first 5
         assert sorted(i for i in used if labels[i] == c) == torch.nonzero(labels == c).flatten()[:5].tolist()
     assert len(test) == 60
+    assert not dm.test_is_validation()
     # deterministic: a second module holds out the same images
     again = build_datamodule(tiny("data.name=cifar10", f"data.root={cifar10_root}", "data.val_split=100"))
     assert set(image_ids(again.split("val").images)) == held and len(again.split("train")) == 400

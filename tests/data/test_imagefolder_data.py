@@ -119,6 +119,33 @@ def test_unreadable_file_in_the_pool_is_named(tmp_path):
         decode_images(paths, 4, num_workers=2)
 
 
+def test_jpegs_decode_to_the_bytes_pil_gives(tmp_path, monkeypatch):
+    """RGB and greyscale JPEGs at the target size take torchvision's decoder; CMYK, resized and PNG
+    files take PIL's; every pixel is the one PIL alone gives."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (16, 16, 4), dtype=torch.uint8, generator=generator).numpy()
+    images = {"rgb.jpg": Image.fromarray(noise[..., :3]), "grey.jpeg": Image.fromarray(noise[..., 0]),
+              "cmyk.jpg": Image.fromarray(noise, "CMYK"), "big.jpg": Image.fromarray(noise[..., :3]).resize((24, 20)),
+              "rgb.png": Image.fromarray(noise[..., 1:])}
+    paths = []
+    for name, img in images.items():
+        img.save(tmp_path / name, quality=75) if name.endswith(("jpg", "jpeg")) else img.save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    fast, decode_jpeg = [], imagefolder._decode_jpeg
+
+    def counted(decode, path, size):
+        out = decode_jpeg(decode, path, size)
+        if out is not None:
+            fast.append(path)
+        return out
+
+    monkeypatch.setattr(imagefolder, "_decode_jpeg", counted)
+    both = decode_images(paths, 16)
+    assert fast == paths[:2]
+    monkeypatch.setattr(imagefolder, "_decode_jpeg", lambda *a: None)
+    assert torch.equal(both, decode_images(paths, 16))
+
+
 # --------------------------------------------------------------------------------------------- in memory
 def test_in_memory_decode_labels_and_pixels(tiny, tmp_path):
     write_folder(tmp_path, splits=("train", "val", "test"), per_class=4, size=(12, 12))
@@ -196,6 +223,10 @@ def test_streamed_and_in_memory_evaluation_agree(tiny, tmp_path):
     xm = torch.cat([x for x, _ in memory.val_dataloader()])
     assert xs.shape == xm.shape == (12, 3, 8, 8)
     assert torch.allclose(xs, xm, atol=1e-6)
+    assert memory.test_is_validation() and stream.test_is_validation()  # test/ stands in for the missing val/
+    write_folder(tmp_path, splits=("test",), size=(20, 14), classes={k: v[::-1] for k, v in COLOURS.items()})
+    apart = [build_datamodule(cfg_for(tiny, tmp_path, "data.img_size=8", f"data.in_memory={m}")) for m in ("true", "false")]
+    assert not any(dm.test_is_validation() for dm in apart)
 
 
 def test_streamed_training_uses_transforms_and_shards(tiny, tmp_path, trainer_stub):

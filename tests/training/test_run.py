@@ -19,6 +19,44 @@ from vit_ablate.training.run import train
 from vit_ablate.training.trainer import plan_batches, resolve_devices
 
 
+
+def _colour_folder(root: Path, splits) -> Path:
+    """Three classes of 32-px images, four each, every image a different colour."""
+    from PIL import Image
+
+    for s, split in enumerate(splits):
+        for c, name in enumerate(("cat", "dog", "emu")):
+            (root / split / name).mkdir(parents=True)
+            for k in range(4):
+                Image.new("RGB", (32, 32), (80 * c, 60 * k, 100 * s + 7 * k)).save(root / split / name / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("splits", [("train", "test"), ("train", "val", "test")])
+def test_the_test_pass_is_not_repeated_where_the_test_split_is_the_validation_split(tiny, tmp_path, monkeypatch, splits):
+    """With test/ standing in for val/, the last validation has already measured the final weights on the
+    test images: its numbers are the test numbers, the same a test pass computes (forced here)."""
+    import lightning as L
+
+    from vit_ablate.data.base import ImageDataModule
+
+    root = _colour_folder(tmp_path / "colours", splits)
+    args = ("data.name=imagefolder", f"data.root={root}", "data.num_workers=0", "data.batch_size=4",
+            "model.num_classes=3", "trainer.max_epochs=2")
+    tests_run, real_test = [], L.Trainer.test
+    monkeypatch.setattr(L.Trainer, "test", lambda self, *a, **k: tests_run.append(1) or real_test(self, *a, **k))
+    result = train(tiny(*args, "name=once"))
+    assert result["status"] == "completed" and len(tests_run) == (len(splits) == 3)
+    if len(splits) == 2:
+        assert result["test"] == {k.replace("val/", "test/"): v for k, v in result["final"].items()}
+        monkeypatch.setattr(ImageDataModule, "test_is_validation", lambda self: False)
+        tested = train(tiny(*args, "name=twice"))
+        assert len(tests_run) == 1 and tested["final"] == result["final"]
+        assert tested["test"] == pytest.approx(result["test"], abs=1e-6)
+    else:  # val/ and test/ differ: tested apart
+        assert result["test"]["test/loss"] != result["final"]["val/loss"]
+
+
 def test_run_directory_layout_and_result(tiny, tmp_path):
     result = train(tiny("name=layout", "trainer.max_epochs=2"))
     run = tmp_path / "layout"

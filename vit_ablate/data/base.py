@@ -134,6 +134,14 @@ class ImageDataModule(L.LightningDataModule):
             self._splits[name] = self._load_split(name)
         return self._splits[name]
 
+    def test_is_validation(self) -> bool:
+        """Whether ``test`` holds the very samples of ``val``, in order (CIFAR without a hold-out, a
+        folder with only one of val/ and test/): then testing the weights last validated repeats it."""
+        val, test = self.split("val"), self.split("test")
+        if val.in_memory != test.in_memory or not torch.equal(val.labels, test.labels):
+            return False
+        return torch.equal(val.images, test.images) if val.in_memory else val.paths == test.paths
+
     def _on_device(self, name: str) -> Split:
         """The in-memory split on the trainer's device when ``data.on_device`` (else the CPU), moved once."""
         split = self.split(name)
