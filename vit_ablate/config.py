@@ -144,7 +144,7 @@ class LoggingConfig:
 
 @dataclass
 class EvaluateConfig:
-    test: bool = setting(True, "evaluate the final model on the test split")
+    test: bool = setting(True, "evaluate the final model on the test split (where it is the validation split, the final validation's numbers)")
     fewshot: bool = setting(False, "paper §4.1 few-shot linear accuracy on frozen features after training")
     fewshot_shots: List[int] = setting(help="examples per class", valid=POSITIVE, factory=lambda: [1, 5, 10, 25])
     fewshot_draws: int = setting(3, "random draws per shot count", valid=POSITIVE)
