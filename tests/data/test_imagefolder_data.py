@@ -146,6 +146,28 @@ def test_jpegs_decode_to_the_bytes_pil_gives(tmp_path, monkeypatch):
     assert torch.equal(both, decode_images(paths, 16))
 
 
+def test_the_pool_ends_although_the_parent_holds_sigterm(tmp_path):
+    """A trainer's SIGTERM handler that holds the signal, inherited by the forked workers, must not leave
+    the pool waiting forever on a worker it asked to stop (on an unreadable file, or at the end)."""
+    import subprocess
+    import sys
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "0.png")
+    for k in range(1, 2100):
+        os.link(tmp_path / "0.png", tmp_path / f"{k}.png")
+    script = (
+        "import signal, sys; from pathlib import Path; from vit_ablate.data.imagefolder import decode_images\n"
+        "signal.signal(signal.SIGTERM, lambda *a: None)  # held, as SigtermGuard holds it\n"
+        f"paths = [str(Path({str(tmp_path)!r}) / f'{{k}}.png') for k in range(2100)]\n"
+        "assert decode_images(paths, 4, num_workers=2).shape == (2100, 3, 4, 4)\n"
+        "Path(paths[1500]).unlink(); Path(paths[1500]).write_bytes(b'garbage')\n"
+        "try:\n    decode_images(paths, 4, num_workers=2)\nexcept ValueError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"cannot read image file {tmp_path / '1500.png'}" in done.stdout
+
+
 # --------------------------------------------------------------------------------------------- in memory
 def test_in_memory_decode_labels_and_pixels(tiny, tmp_path):
     write_folder(tmp_path, splits=("train", "val", "test"), per_class=4, size=(12, 12))

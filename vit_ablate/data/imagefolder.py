@@ -19,6 +19,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -103,20 +104,29 @@ def _decode_chunk(task: Tuple[Sequence[str], int]) -> np.ndarray:
     return out
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends the pool
+
+
 def decode_images(paths: Sequence[str], img_size: int, num_workers: int = 0) -> Tensor:
     """Decode files into a uint8 ``(N, 3, img_size, img_size)`` tensor, in ``num_workers`` processes.
 
     The pool forks (where available) so that workers start in milliseconds without re-importing torch;
-    they only run PIL and NumPy.
+    they only decode. A fork inherits the trainer's SIGTERM handler, which may hold the signal instead of
+    exiting: each worker takes the default back, so that ending the pool (on an unreadable file) cannot
+    wait forever on a worker that ignored it, and a finished pool ends by its workers' own exit.
     """
     out = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
     tasks = [(paths[i : i + _CHUNK], img_size) for i in range(0, len(paths), _CHUNK)]
     workers = min(int(num_workers), os.cpu_count() or 1, len(tasks))
     if workers > 1 and len(paths) >= _POOL_MIN_IMAGES:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        with multiprocessing.get_context(method).Pool(workers) as pool:
+        with multiprocessing.get_context(method).Pool(workers, initializer=_default_signals) as pool:
             for k, block in enumerate(pool.imap(_decode_chunk, tasks)):
                 out[k * _CHUNK : k * _CHUNK + len(block)] = block
+            pool.close()
+            pool.join()
     else:
         for k, task in enumerate(tasks):
             out[k * _CHUNK : k * _CHUNK + len(task[0])] = _decode_chunk(task)
