@@ -147,8 +147,9 @@ def test_jpegs_decode_to_the_bytes_pil_gives(tmp_path, monkeypatch):
 
 
 def test_the_pool_ends_although_the_parent_holds_sigterm(tmp_path):
-    """A trainer's SIGTERM handler that holds the signal, inherited by the forked workers, must not leave
-    the pool waiting forever on a worker it asked to stop (on an unreadable file, or at the end)."""
+    """A worker that does not end on SIGTERM (here the parent's handler, inherited, holds it; in a sweep
+    the trainer's handler never ran, the signal having landed just before the worker blocked) must not
+    leave the pool waiting forever, on an unreadable file or at the end."""
     import subprocess
     import sys
 

@@ -113,9 +113,10 @@ def decode_images(paths: Sequence[str], img_size: int, num_workers: int = 0) -> 
     """Decode files into a uint8 ``(N, 3, img_size, img_size)`` tensor, in ``num_workers`` processes.
 
     The pool forks (where available) so that workers start in milliseconds without re-importing torch;
-    they only decode. A fork inherits the trainer's SIGTERM handler, which may hold the signal instead of
-    exiting: each worker takes the default back, so that ending the pool (on an unreadable file) cannot
-    wait forever on a worker that ignored it, and a finished pool ends by its workers' own exit.
+    they only decode. A fork inherits the trainer's Python SIGTERM handler, which runs only when the
+    worker is back in the interpreter: a SIGTERM from ``Pool.terminate`` that lands just before a worker
+    blocks on the pool's queue lock stays pending, and the pool waits on that worker forever. So each
+    worker takes the kernel's default action back, and a finished pool ends by its workers' own exit.
     """
     out = np.empty((len(paths), img_size, img_size, 3), dtype=np.uint8)
     tasks = [(paths[i : i + _CHUNK], img_size) for i in range(0, len(paths), _CHUNK)]
