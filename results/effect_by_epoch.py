@@ -26,9 +26,9 @@ _, runs = rundir.read_sweep(sweep)  # the one reader of run folders: flattened c
 for run in runs:
     if any(str(run["config"].get(k)) != v for k, v in where.items()):
         continue
+    level = str(run["config"].get(by_key)) if by_key else None
     for row in run["history"]:
         if row.get(metric) not in (None, ""):
-            level = str(run["config"].get(by_key)) if by_key else None
             rows.append({"seed": run["config"]["seed"], "arm": (str(run["config"][key]), level), "epoch": int(float(row["epoch"])) + 1,
                          "value": float(row[metric]) * scale})
 table = pd.DataFrame(rows).pivot_table(index=["epoch", "seed"], columns="arm", values="value")
